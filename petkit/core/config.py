@@ -1,0 +1,102 @@
+"""Method configs: small frozen dataclasses that validate on construction.
+
+Every method declares one `<Method>Config(AdapterConfig)`. Shared fields (which modules to target,
+which to exclude, whether to train the task head) live here; the registry links a config class to
+the method that builds its deltas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from petkit.core.errors import ConfigError
+
+Targets = "str | list[str] | tuple[str, ...]"
+
+
+def _as_tuple(value, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a string or a list of strings, got {type(value).__name__}") from None
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{name} must hold non-empty strings, got {item!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields every method shares.
+
+    targets: module names, suffixes (`"query"`), regexes (`"re:.*layer\\.[0-3]\\..*query"`), role names
+        (`"attn.q"`, `"mlp.out"`; see `petkit.core.roles`) or `"all-linear"` (every linear layer but
+        the output head).
+    exclude: the same kinds of patterns; a module matching any of them is left alone.
+    train_head: train (and save with the adapter) the task head of a classification model: `"auto"`
+        trains it when the model has a freshly added head (`classifier`, `score`), True/False force it.
+    """
+
+    method: ClassVar[str] = ""
+    targets: Any = ()
+    exclude: Any = ()
+    train_head: Any = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", _as_tuple(self.targets, "targets"))
+        object.__setattr__(self, "exclude", _as_tuple(self.exclude, "exclude"))
+        if self.train_head not in ("auto", True, False):
+            raise ConfigError(f"train_head must be 'auto', True or False, got {self.train_head!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Override to check method hyper-parameters; raise ConfigError with a plain message."""
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {"method": self.method}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+        """Build from a saved dict; unknown keys (from a newer petkit) are warned about and dropped."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a {cls.__name__} must be read from a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k != "method")
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown} (written by a newer petkit?)", stacklevel=2)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # wrong value types that slipped through the field checks
+            raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+
+    def replace(self, **changes) -> "AdapterConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds: keeps validate() bodies one line per rule."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_pos_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+__all__ = ["AdapterConfig", "check", "is_number", "is_pos_int", "field"]

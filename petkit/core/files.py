@@ -1,0 +1,152 @@
+"""Saving and loading adapters: the petkit format, with PEFT's format delegated to `interop.peft`.
+
+petkit format: one folder, `adapter_config.json` (every adapter's config, the modules it touches,
+the base-model fingerprint) and `adapter_model.safetensors` (keys `<adapter>/<module path>.<tensor>`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petkit import __version__
+from petkit.core.errors import AdapterFileError, BaseModelMismatch, ConfigError, PetkitError
+from petkit.core.fingerprint import fingerprint, mismatch
+from petkit.core.model import AdaptedModel
+from petkit.core.registry import config_from_dict
+from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_files
+
+FORMATS = ("petkit", "peft")
+
+
+def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) -> None:
+    names = am.adapters if names is None else ([names] if isinstance(names, str) else list(names))
+    am._check_names(names)
+    if not names:
+        raise ConfigError("there is no adapter to save")
+    if format == "peft":
+        from petkit.interop.peft import save_peft
+        return save_peft(am, Path(path), names)
+    if format != "petkit":
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    tensors, adapters = {}, {}
+    for n in names:
+        for key, value in am.adapter_parameters(n).items():
+            tensors[f"{n}/{key}"] = value
+        adapters[n] = {"config": am.config(n).to_dict(), "modules": am._modules_of.get(n, [])}
+    config = {
+        "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
+        "base_fingerprint": am.base_fingerprint, "adapters": adapters,
+        "active": [n for n in am.active if n in names],
+    }
+    write_files(Path(path), {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
+
+
+def load(model: nn.Module, path, name: str | None = None, *, force: bool = False, trainable: bool = False) -> AdaptedModel:
+    """Load adapters saved by petkit or Hugging Face PEFT onto `model` (wrapped in place).
+
+    name: load only that adapter from a multi-adapter petkit file (PEFT: the name to give it).
+    force: load even if the file was saved for a different base model.
+    On any error the model is left exactly as it was.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFileError(f"adapter folder {path} does not exist")
+    config = read_json(path / CONFIG_NAME)
+    created = not isinstance(model, AdaptedModel)
+    am = AdaptedModel(model) if created else model
+    before = set(am.adapters)
+    try:
+        if config.get("format") == "petkit":
+            _load_petkit(am, path, config, name, force)
+        elif "peft_type" in config:
+            from petkit.interop.peft import load_peft
+            load_peft(am, path, config, name or "default", force)
+        else:
+            raise AdapterFileError(f"{path / CONFIG_NAME} is neither a petkit nor a PEFT adapter config")
+    except Exception as exc:
+        for n in set(am.adapters) - before:
+            am.delete(n)  # new adapters are never merged, so this restores the model exactly
+        if isinstance(exc, PetkitError):
+            raise
+        raise AdapterFileError(f"could not load {path}: {exc}") from exc
+    for n in set(am.adapters) - before:
+        am.set_trainable(n, trainable)
+    return am
+
+
+def check_base(am: AdaptedModel, saved, force: bool, where) -> None:
+    why = mismatch(saved, am.base_fingerprint)
+    if why and not force:
+        raise BaseModelMismatch(f"{where} does not fit this model: {why}; pass force=True to load it anyway")
+
+
+def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) -> None:
+    adapters = config.get("adapters")
+    if not isinstance(adapters, dict) or not adapters:
+        raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
+    if name is not None and name not in adapters:
+        raise AdapterFileError(f"{path} has no adapter {name!r}; it has {', '.join(adapters)}")
+    check_base(am, config.get("base_fingerprint"), force, path)
+    tensors, _ = read_tensors(path / WEIGHTS_NAME)
+    wanted = [name] if name else list(adapters)
+    for n in wanted:
+        entry = adapters[n]
+        if not isinstance(entry, dict):
+            raise AdapterFileError(f"{path / CONFIG_NAME}: adapter {n!r} must be a JSON object")
+        cfg = config_from_dict(entry.get("config"))
+        if n in am.adapters:
+            raise ConfigError(f"the model already has an adapter named {n!r}; load with name=... or delete it first")
+        am.add(cfg, n, init=False)
+        saved = {k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + "/")}
+        copy_into(am.adapter_parameters(n), saved, f"{path} (adapter {n!r})")
+    active = [n for n in config.get("active", []) if isinstance(n, str) and n in am.adapters and n in wanted]
+    if active:
+        am.set_active(active)
+
+
+def copy_into(expected: dict, saved: dict, where: str) -> None:
+    """Copy saved tensors into the adapter's tensors after checking names and shapes all agree."""
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} tensors for modules this model lacks (e.g. {extra[0]})")
+        raise AdapterFileError(f"{where} does not match the model: {'; '.join(parts)}")
+    for key, target in expected.items():
+        if tuple(saved[key].shape) != tuple(target.shape):
+            raise AdapterFileError(f"{where}: shape mismatch for {key}: file has {tuple(saved[key].shape)}, "
+                                   f"model expects {tuple(target.shape)}")
+        if not saved[key].is_floating_point() and target.is_floating_point():
+            raise AdapterFileError(f"{where}: {key} has dtype {saved[key].dtype}, expected a float tensor")
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(saved[key].to(target.dtype))
+
+
+def describe(path) -> dict:
+    """What an adapter folder holds (for `petkit inspect`), without needing the base model."""
+    path = Path(path)
+    config = read_json(path / CONFIG_NAME)
+    tensors, metadata = read_tensors(path / WEIGHTS_NAME)
+    size = (path / WEIGHTS_NAME).stat().st_size
+    info = {"path": str(path), "format": "petkit" if config.get("format") == "petkit" else "peft",
+            "bytes": size, "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}
+    if info["format"] == "petkit":
+        info["adapters"] = {n: {"method": e.get("config", {}).get("method"), "modules": len(e.get("modules", [])),
+                                "parameters": sum(t.numel() for k, t in tensors.items() if k.startswith(n + "/"))}
+                            for n, e in config.get("adapters", {}).items()}
+        info["base_model_class"] = config.get("base_model_class")
+    else:
+        info["peft_type"] = config.get("peft_type")
+        info["r"] = config.get("r")
+        info["target_modules"] = config.get("target_modules")
+        info["petkit_fingerprint"] = "petkit_base" in metadata
+    info["config"] = json.loads(json.dumps(config))
+    return info

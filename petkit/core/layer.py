@@ -1,0 +1,111 @@
+"""The wrapper that puts deltas on one module, and the Delta contract methods implement.
+
+`AdaptedLayer` replaces a module in its parent, keeps the original as `base_layer` (frozen), and
+holds one `Delta` per adapter in `deltas`. Its forward is the only place where output and weight
+deltas are applied, merged ones skipped, and mixed-adapter batches routed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from petkit.core.state import AdapterState
+from petkit.core.targeting import Conv1D
+
+
+class Delta(nn.Module):
+    """One adapter's change to one module.
+
+    forward(base, x, y) -> y'      the unmerged output, given the base output y for input x.
+    fused_forward(base, x)         optional: base + delta in one pass (used when it is the only live delta).
+    merge(base) / unmerge(base)    fold into / out of the base weights in place (weight deltas).
+    delta_weight(base)             ΔW in (out, in) layout, for merging tools; None if not a weight delta.
+    """
+
+    mergeable = True
+    fused = False
+
+    def forward(self, base: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def fused_forward(self, base: nn.Module, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def routed(self, base: nn.Module, x: torch.Tensor, y: torch.Tensor, rows) -> None:
+        """Apply this delta to the samples `rows` of a mixed batch, writing into y in place."""
+        y[rows] = self(base, x[rows], y[rows])
+
+    def merge(self, base: nn.Module) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def unmerge(self, base: nn.Module) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def delta_weight(self, base: nn.Module) -> torch.Tensor | None:
+        return None
+
+
+class AdaptedLayer(nn.Module):
+    _petkit_wrapper = True  # lets targeting see through wrappers without importing this module
+
+    def __init__(self, base_layer: nn.Module, path: str, state: AdapterState):
+        super().__init__()
+        self.base_layer = base_layer
+        self.deltas = nn.ModuleDict()
+        self.path = path
+        object.__setattr__(self, "_state", state)  # shared, deliberately not a submodule
+
+    def forward(self, x, *args, **kwargs):
+        state = self._state
+        if state.routes is not None:
+            return self._forward_routed(x, args, kwargs)
+        live = state.live(self.deltas)
+        if not live:
+            return self.base_layer(x, *args, **kwargs)
+        if len(live) == 1 and self.deltas[live[0]].fused and not args and not kwargs:
+            return self.deltas[live[0]].fused_forward(self.base_layer, x)
+        y = self.base_layer(x, *args, **kwargs)
+        for name in live:
+            y = self.deltas[name](self.base_layer, x, y)
+        return y
+
+    def _forward_routed(self, x, args, kwargs):
+        y = self.base_layer(x, *args, **kwargs)
+        groups = [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]
+        if not groups:
+            return y
+        y = y.clone() if y.requires_grad else y  # in-place writes must not clobber a saved tensor
+        for name, rows in groups:
+            self.deltas[name].routed(self.base_layer, x, y, rows)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}, adapters={list(self.deltas)}"
+
+
+# -- base layer geometry: every weight seen as (out, in) -------------------------------------------
+
+def weight_oi(base: nn.Module) -> torch.Tensor:
+    """The base weight as an (out_features, in_features) matrix view (no copy)."""
+    w = base.weight
+    if isinstance(base, nn.Linear):
+        return w
+    if Conv1D and isinstance(base, Conv1D):  # stored (in, out)
+        return w.t()
+    if isinstance(base, nn.Embedding):  # (num_embeddings, dim): rows are looked up, so "in" = num_embeddings
+        return w.t()
+    if isinstance(base, nn.Conv2d):
+        return w.flatten(1)
+    raise TypeError(f"no (out, in) view for {type(base).__name__}")
+
+
+def add_to_weight(base: nn.Module, delta_oi: torch.Tensor, sign: float = 1.0) -> None:
+    """base.weight += sign * ΔW, with ΔW given in (out, in) layout."""
+    with torch.no_grad():
+        weight_oi(base).add_(delta_oi.to(base.weight.dtype), alpha=sign)
+
+
+def in_out_features(base: nn.Module) -> tuple[int, int]:
+    w = weight_oi(base)
+    return w.shape[1], w.shape[0]

@@ -1,0 +1,327 @@
+"""AdaptedModel: the user's model plus named adapters, and the engine that manages them.
+
+`petkit.adapt(model, config)` wraps the targeted modules *in place* (the model you pass is the one
+that changes; `copy=True` leaves it untouched) and returns an AdaptedModel whose `base` is that model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy as copy_module
+import re
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from petkit.core.config import AdapterConfig
+from petkit.core.errors import ConfigError, StateError, TargetError
+from petkit.core.fingerprint import fingerprint
+from petkit.core.layer import AdaptedLayer
+from petkit.core.registry import Method, method_for
+from petkit.core.state import AdapterState
+from petkit.core.targeting import named_base_modules, resolve_targets, task_head_names
+from petkit.methods.head import HeadDelta
+
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class AdaptedModel(nn.Module):
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        if isinstance(base, AdaptedModel):
+            raise TypeError("already an AdaptedModel; call .add(config, name) on it")
+        self.base = base
+        self.state = AdapterState()
+        self.base_fingerprint = fingerprint(base)
+        self._modules_of: dict[str, list[str]] = {}  # adapter -> wrapped module paths (method + head)
+        self._selected: dict[str, list[str]] = {}    # selection adapters -> base parameter names
+
+    # -- building ---------------------------------------------------------------------------------
+    def add(self, config: AdapterConfig, name: str = "default", *, trainable: bool = True, init: bool = True):
+        """Add an adapter. `init=False` skips (possibly costly) initialisation: used when loading."""
+        method = method_for(config)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"adapter names use letters, digits, '_' and '-', got {name!r}")
+        if name in self.state.configs:
+            raise ConfigError(f"an adapter named {name!r} already exists; delete it or pick another name")
+        if method.kind == "model":
+            raise ConfigError(f"{method.name} is a model-level method, which this engine version cannot attach yet")
+        paths: list[str] = []
+        try:
+            if method.kind in ("weight", "output"):
+                targets = config.targets or method.default_targets
+                paths = resolve_targets(self.base, targets, config.exclude, method.layer_types)
+                modules = dict(named_base_modules(self.base))
+                built = {p: self._build(method, config, p, modules[p], init) for p in paths}
+                for p, delta in built.items():
+                    self._wrap(p).deltas[name] = delta
+            elif method.kind == "selection":
+                self._select(name, config)
+            heads = self._heads_for(config, method)
+            for p in heads:
+                self._wrap(p).deltas[name] = HeadDelta(self._wrap(p).base_layer)
+            paths += heads
+        except Exception:
+            self._remove_deltas(name, paths)
+            raise
+        self._modules_of[name] = paths
+        self.state.configs[name] = config
+        self.set_trainable(name, trainable)
+        if not self.state.active:
+            self.state.active = (name,)
+        return self
+
+    def _build(self, method: Method, config, path, base, init):
+        try:
+            return method.build(base, config, path, self.base, init=init)
+        except ValueError as exc:
+            raise TargetError(f"{method.name} cannot adapt {path!r}: {exc}") from None
+
+    def _heads_for(self, config, method) -> list[str]:
+        heads = task_head_names(self.base)
+        if config.train_head is True and not heads:
+            raise TargetError("train_head=True, but the model has no task head named classifier/score/qa_outputs")
+        wanted = config.train_head is True or (config.train_head == "auto" and method.kind != "selection")
+        return heads if wanted else []
+
+    def _select(self, name, config):
+        if self._selected:
+            raise ConfigError("only one full fine-tuning (selection) adapter can be attached at a time")
+        targets = config.targets or ("all",)
+        if targets == ("all",):
+            modules = [""]
+        else:
+            modules = resolve_targets(self.base, targets, config.exclude)
+        params = [n for n, _ in self.base.named_parameters()
+                  if any(m == "" or n.startswith(m + ".") for m in modules)]
+        self._selected[name] = params
+        self.state.merged.append(name)  # its change lives in the base weights from the start
+
+    def _wrap(self, path: str) -> AdaptedLayer:
+        parent_name, _, child = path.rpartition(".")
+        parent = self.base.get_submodule(parent_name) if parent_name else self.base
+        module = getattr(parent, child)
+        if isinstance(module, AdaptedLayer):
+            return module
+        layer = AdaptedLayer(module, path, self.state)
+        setattr(parent, child, layer)
+        return layer
+
+    def _unwrap_if_empty(self, path: str) -> None:
+        parent_name, _, child = path.rpartition(".")
+        parent = self.base.get_submodule(parent_name) if parent_name else self.base
+        layer = getattr(parent, child)
+        if isinstance(layer, AdaptedLayer) and len(layer.deltas) == 0:
+            setattr(parent, child, layer.base_layer)
+
+    def _remove_deltas(self, name: str, paths) -> None:
+        for p in paths:
+            layer = self.layer(p)
+            if layer is not None and name in layer.deltas:
+                del layer.deltas[name]
+                self._unwrap_if_empty(p)
+        self._selected.pop(name, None)
+        if name in self.state.merged:
+            self.state.merged.remove(name)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.state.configs)
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return self.state.active
+
+    def config(self, name: str = "default") -> AdapterConfig:
+        self._check_names([name])
+        return self.state.configs[name]
+
+    def layer(self, path: str) -> AdaptedLayer | None:
+        try:
+            module = self.base.get_submodule(path)
+        except AttributeError:
+            return None
+        return module if isinstance(module, AdaptedLayer) else None
+
+    def layers(self, name: str):
+        """(path, AdaptedLayer, Delta) for every module the adapter touches."""
+        for p in self._modules_of.get(name, []):
+            layer = self.layer(p)
+            yield p, layer, layer.deltas[name]
+
+    def method_of(self, name: str) -> Method:
+        return method_for(self.config(name))
+
+    def is_selection(self, name: str) -> bool:
+        return name in self._selected
+
+    def selected_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        params = dict(self.base.named_parameters())
+        return {n: params[n] for n in self._selected.get(name, [])}
+
+    def adapter_parameters(self, name: str, include_head: bool = True) -> dict[str, torch.Tensor]:
+        """Every parameter (and saved buffer) of one adapter, keyed by `<module path>.<tensor name>`."""
+        if name in self._selected:
+            return dict(self.selected_parameters(name))
+        out = {}
+        for p, _, delta in self.layers(name):
+            if not include_head and isinstance(delta, HeadDelta):
+                continue
+            for k, v in delta.state_dict(keep_vars=True).items():
+                out[f"{p}.{k}"] = v
+        return out
+
+    def num_parameters(self, name: str, include_head: bool = True) -> int:
+        if name in self._selected:
+            return sum(p.numel() for p in self.selected_parameters(name).values())
+        seen = 0
+        for p, _, delta in self.layers(name):
+            if include_head or not isinstance(delta, HeadDelta):
+                seen += sum(t.numel() for t in delta.parameters())
+        return seen
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def set_trainable(self, name: str, trainable: bool = True) -> None:
+        """Freeze everything in the base, then mark `name`'s parameters trainable (or frozen)."""
+        self._check_names([name])
+        if trainable:
+            for n, p in self.base.named_parameters():
+                if ".deltas." not in n:
+                    p.requires_grad_(False)
+        if name in self._selected:
+            for p in self.selected_parameters(name).values():
+                p.requires_grad_(trainable)
+        for _, _, delta in self.layers(name):
+            for p in delta.parameters():
+                p.requires_grad_(trainable)
+
+    # -- activation -----------------------------------------------------------------------------
+    def _check_names(self, names) -> None:
+        for n in names:
+            if n not in self.state.configs:
+                known = ", ".join(self.state.configs) or "none"
+                raise ConfigError(f"no adapter named {n!r}; adapters: {known}")
+
+    def set_active(self, names) -> None:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        self._check_names(names)
+        stray = [n for n in self.state.merged if n not in names and n not in self._selected]
+        if stray:
+            raise StateError(f"adapters {stray} are merged into the weights; unmerge() before changing the active set")
+        self.state.active = names
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Run the base model alone inside the block."""
+        if self._selected:
+            raise StateError("full fine-tuning changed the base weights in place, so they cannot be disabled; "
+                             "use adapt(model, config, copy=True) to keep the original model")
+        if self.state.merged:
+            raise StateError(f"adapters {self.state.merged} are merged into the weights; unmerge() first")
+        previous, self.state.disabled = self.state.disabled, True
+        try:
+            yield self
+        finally:
+            self.state.disabled = previous
+
+    # -- merging --------------------------------------------------------------------------------
+    def merge(self, names=None) -> None:
+        names = self.state.active if names is None else ((names,) if isinstance(names, str) else tuple(names))
+        self._check_names(names)
+        for n in names:
+            if n in self.state.merged:
+                continue
+            for p, layer, delta in self.layers(n):
+                if not delta.mergeable:
+                    raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged ({p})")
+            for _, layer, delta in self.layers(n):
+                delta.merge(layer.base_layer)
+            self.state.merged.append(n)
+
+    def unmerge(self) -> None:
+        for n in reversed([n for n in self.state.merged if n not in self._selected]):
+            for _, layer, delta in self.layers(n):
+                delta.unmerge(layer.base_layer)
+            self.state.merged.remove(n)
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge the active adapters and return the plain base model (every wrapper removed)."""
+        self.merge()
+        for name in list(self.state.configs):
+            paths = self._modules_of.get(name, [])
+            for p in paths:
+                layer = self.layer(p)
+                if layer is not None:
+                    del layer.deltas[name]
+                    self._unwrap_if_empty(p)
+        self.state.configs.clear()
+        self.state.active, self.state.merged = (), []
+        self._modules_of.clear()
+        self._selected.clear()
+        return self.base
+
+    def delete(self, name: str) -> None:
+        self._check_names([name])
+        if name in self.state.merged and name not in self._selected:
+            raise StateError(f"adapter {name!r} is merged; unmerge() before deleting it")
+        self._remove_deltas(name, self._modules_of.pop(name, []))
+        del self.state.configs[name]
+        self.state.active = tuple(n for n in self.state.active if n != name)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is None:
+            return self.base(*args, **kwargs)
+        with self.routing(adapter_names):
+            return self.base(*args, **kwargs)
+
+    def generate(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is None:
+            return self.base.generate(*args, **kwargs)
+        with self.routing(adapter_names):
+            return self.base.generate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def routing(self, adapter_names):
+        """Mixed-adapter batch: sample i runs with adapter_names[i] (None = the base alone)."""
+        names = list(adapter_names)
+        self._check_names({n for n in names if n is not None})
+        if [n for n in self.state.merged]:
+            raise StateError("mixed-adapter batches need unmerged adapters; unmerge() first")
+        groups: dict[str | None, list[int]] = defaultdict(list)
+        for i, n in enumerate(names):
+            groups[n].append(i)
+        routes = {}
+        for n, rows in groups.items():
+            contiguous = rows == list(range(rows[0], rows[-1] + 1))
+            routes[n] = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows)
+        previous, self.state.routes = self.state.routes, routes
+        try:
+            yield
+        finally:
+            self.state.routes = previous
+
+    # -- reporting and files ---------------------------------------------------------------------
+    def summary(self, print_it: bool = True) -> str:
+        from petkit.core.summary import render_summary
+        return render_summary(self, print_it)
+
+    def save(self, path, format: str = "petkit", names=None) -> None:
+        from petkit.core.files import save_adapters
+        save_adapters(self, path, format=format, names=names)
+
+
+def adapt(model: nn.Module, config: AdapterConfig, name: str = "default", *, copy: bool = False,
+          trainable: bool = True) -> AdaptedModel:
+    """Attach an adapter. Wraps modules of `model` in place unless copy=True; returns the AdaptedModel.
+
+    Passing an AdaptedModel adds another named adapter to it.
+    """
+    if copy:
+        model = copy_module.deepcopy(model)
+    am = model if isinstance(model, AdaptedModel) else AdaptedModel(model)
+    return am.add(config, name, trainable=trainable)

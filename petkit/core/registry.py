@@ -1,0 +1,73 @@
+"""The method registry: one entry per method, filled by `@register` in `petkit/methods/*`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from petkit.core.config import AdapterConfig
+from petkit.core.errors import ConfigError
+
+KINDS = ("weight", "output", "model", "selection", "head")
+
+
+@dataclass(frozen=True)
+class Method:
+    """What the engine needs to know about a method.
+
+    build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
+    default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning)
+    """
+
+    name: str
+    config: type[AdapterConfig]
+    kind: str
+    build: Callable | None
+    layer_types: tuple
+    mergeable: bool
+    spec: str
+    summary: str
+    default_targets: tuple[str, ...] = ()
+    peft_type: str | None = None
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.kind not in KINDS:
+        raise ValueError(f"unknown kind {method.kind!r} for {method.name}")
+    if method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    method.config.method = method.name
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def method_for(config: AdapterConfig) -> Method:
+    if not isinstance(config, AdapterConfig):
+        raise ConfigError(f"expected a petkit method config (e.g. petkit.LoraConfig), got {type(config).__name__}")
+    return get_method(type(config).method)
+
+
+def all_methods() -> list[Method]:
+    _ensure_loaded()
+    return [_METHODS[k] for k in sorted(_METHODS)]
+
+
+def config_from_dict(data: dict) -> AdapterConfig:
+    """Rebuild a config from its saved dict (the `method` key picks the class)."""
+    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
+        raise ConfigError("an adapter config must be a JSON object with a 'method' name")
+    return get_method(data["method"]).config.from_dict(data)
+
+
+def _ensure_loaded() -> None:
+    import petkit.methods  # noqa: F401  (importing registers every built-in method)

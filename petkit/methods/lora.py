@@ -1,0 +1,243 @@
+"""LoRA (Hu et al. 2021) with rsLoRA scaling, PiSSA init and per-module rank patterns; DoRA (Liu et al. 2024).
+
+ΔW = s · B A with A ∈ R^{r×in}, B ∈ R^{out×r}, s = alpha / r (rsLoRA: alpha / sqrt(r)).
+B starts at zero, so the adapted model equals the base at init. Works on Linear, GPT-2 Conv1D,
+Embedding and Conv2d; the linear forward is the fused kernel in `lora_kernel.py`.
+
+PiSSA (Meng et al. 2024) starts A, B from the top-r singular triplets of W. Instead of rewriting the
+base weight to the residual (as the paper and PEFT do), petkit keeps the initial factors A0, B0 as
+buffers and uses ΔW = s (B A − B0 A0): the same function and gradients, the base stays untouched,
+and the file is a plain rank-2r LoRA of the original base when exported to PEFT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
+from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.registry import Method, register
+from petkit.core.targeting import LINEAR_TYPES, matches_any
+from petkit.methods.lora_kernel import lora_linear
+
+INITS = ("kaiming", "gaussian", "pissa")
+
+
+@dataclass(frozen=True)
+class LoraConfig(AdapterConfig):
+    """r: rank; alpha: scale numerator; dropout on the adapter input; rslora: s = alpha/sqrt(r);
+    init: "kaiming" (PEFT's default), "gaussian" (A ~ N(0, 1/r)) or "pissa";
+    rank_pattern / alpha_pattern: {target pattern: value} overriding r / alpha per module."""
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    rslora: bool = False
+    init: str = "kaiming"
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+
+    def validate(self):
+        check(is_pos_int(self.r), f"r must be a positive int, got {self.r!r}")
+        check(is_number(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}")
+        check(is_number(self.dropout) and 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
+        check(isinstance(self.rslora, bool), f"rslora must be true or false, got {self.rslora!r}")
+        check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        for name, table, ok in (("rank_pattern", self.rank_pattern, is_pos_int),
+                                ("alpha_pattern", self.alpha_pattern, lambda v: is_number(v) and v > 0)):
+            check(isinstance(table, dict), f"{name} must map target patterns to values, got {type(table).__name__}")
+            for key, value in table.items():
+                check(isinstance(key, str) and ok(value), f"{name}[{key!r}] must be a positive number, got {value!r}")
+
+    def rank_and_scale(self, path: str, model) -> tuple[int, float]:
+        key = matches_any(path, self.rank_pattern, model)
+        r = self.rank_pattern[key] if key else self.r
+        key = matches_any(path, self.alpha_pattern, model)
+        alpha = self.alpha_pattern[key] if key else self.alpha
+        return r, alpha / (math.sqrt(r) if self.rslora else r)
+
+
+class LoraDelta(Delta):
+    fused = True
+
+    def __init__(self, base: nn.Module, r: int, scale: float, dropout: float, init: str | None):
+        super().__init__()
+        self.r, self.scale, self.p = r, float(scale), float(dropout)
+        in_f, out_f = in_out_features(base)
+        if isinstance(base, nn.Conv2d):
+            if base.groups != 1 or base.padding_mode != "zeros":
+                raise ValueError("LoRA on Conv2d supports groups=1 and zero padding only")
+            self.A = nn.Parameter(torch.empty(r, base.in_channels, *base.kernel_size))
+            self.B = nn.Parameter(torch.empty(out_f, r, 1, 1))
+        else:
+            self.A = nn.Parameter(torch.empty(r, in_f))
+            self.B = nn.Parameter(torch.empty(out_f, r))
+        self.is_linear = isinstance(base, LINEAR_TYPES)
+        self.pissa = False
+        if init is not None:
+            self.reset(base, init)
+
+    @torch.no_grad()
+    def reset(self, base: nn.Module, init: str) -> None:
+        if init == "pissa":
+            self._pissa_init(base)
+        elif isinstance(base, nn.Embedding):  # PEFT's convention for embeddings: A = 0, B ~ N(0, 1)
+            nn.init.zeros_(self.A)
+            nn.init.normal_(self.B)
+        else:
+            if init == "gaussian":
+                nn.init.normal_(self.A, std=1.0 / self.r)
+            else:
+                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+            nn.init.zeros_(self.B)
+
+    def _pissa_init(self, base: nn.Module) -> None:
+        if not self.is_linear:
+            raise ValueError("PiSSA init applies to linear layers only")
+        W = weight_oi(base).detach().float()
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        root = (S[: self.r] / self.scale).sqrt()
+        self.A.copy_(root[:, None] * Vh[: self.r])
+        self.B.copy_(U[:, : self.r] * root[None, :])
+        self.enable_pissa()
+
+    def enable_pissa(self) -> None:
+        """Register A0, B0 (frozen copies of the initial factors): ΔW = s (B A − B0 A0)."""
+        self.pissa = True
+        self.register_buffer("A0", self.A.detach().clone())
+        self.register_buffer("B0", self.B.detach().clone())
+
+    # -- forward ------------------------------------------------------------------------------
+    def _effective_weight(self, base):
+        W = weight_oi(base)
+        return torch.addmm(W, self.B0, self.A0, alpha=-self.scale) if self.pissa else W
+
+    def fused_forward(self, base, x):
+        if not self.is_linear:
+            return self(base, x, base(x))
+        p = self.p if self.training else 0.0
+        return lora_linear(x, self._effective_weight(base), base.bias, self.A, self.B, self.scale, p)
+
+    def _low_rank(self, base, x):
+        """s · B A x for this layer type (no base term), with dropout when training."""
+        if isinstance(base, nn.Embedding):
+            u = F.embedding(x, self.A.t(), base.padding_idx, base.max_norm, base.norm_type,
+                            base.scale_grad_by_freq, base.sparse)
+            return (u @ self.B.t()) * self.scale
+        x = F.dropout(x, self.p, self.training) if self.p else x
+        if isinstance(base, nn.Conv2d):
+            u = F.conv2d(x, self.A, None, base.stride, base.padding, base.dilation)
+            return F.conv2d(u, self.B) * self.scale
+        out = F.linear(F.linear(x, self.A), self.B) * self.scale
+        if self.pissa:
+            out = out - F.linear(F.linear(x, self.A0), self.B0) * self.scale
+        return out
+
+    def forward(self, base, x, y):
+        return y + self._low_rank(base, x)
+
+    def routed(self, base, x, y, rows):
+        if isinstance(rows, slice):
+            y[rows] += self._low_rank(base, x[rows])
+        else:
+            y.index_add_(0, rows, self._low_rank(base, x.index_select(0, rows)).to(y.dtype))
+
+    # -- merging ------------------------------------------------------------------------------
+    def delta_weight(self, base):
+        dw = self.B.flatten(1) @ self.A.flatten(1)
+        if self.pissa:
+            dw = dw - self.B0 @ self.A0
+        return dw * self.scale
+
+    def merge(self, base):
+        add_to_weight(base, self.delta_weight(base).detach())
+
+    def unmerge(self, base):
+        add_to_weight(base, self.delta_weight(base).detach(), sign=-1.0)
+
+
+def build_lora(base, config: LoraConfig, path: str, model, init: bool = True) -> LoraDelta:
+    r, scale = config.rank_and_scale(path, model)
+    delta = LoraDelta(base, r, scale, config.dropout, config.init if init else None)
+    if not init and config.init == "pissa":
+        delta.enable_pissa()  # buffers exist so the saved A0, B0 can be loaded into them
+    return delta
+
+
+register(Method(
+    name="lora", config=LoraConfig, kind="weight", build=build_lora,
+    layer_types=LINEAR_TYPES + (nn.Embedding, nn.Conv2d), mergeable=True,
+    spec="Hu et al. 2021 (arXiv 2106.09685); rsLoRA arXiv 2312.03732; PiSSA arXiv 2404.02948",
+    summary="low-rank weight update s·BA; rsLoRA, PiSSA init, rank patterns", peft_type="LORA",
+))
+
+
+# -- DoRA ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DoraConfig(LoraConfig):
+    """DoRA: W' = m · (W + s B A) / ||W + s B A||_row, with the norm treated as a constant in backward
+    (paper §4.3). Same fields as LoraConfig; linear layers only."""
+
+    def validate(self):
+        super().validate()
+        check(self.init != "pissa", "DoRA does not combine with PiSSA init in petkit; use init='kaiming' or 'gaussian'")
+
+
+class DoraDelta(LoraDelta):
+    fused = False
+
+    def __init__(self, base, r, scale, dropout, init):
+        super().__init__(base, r, scale, dropout, init)
+        self.magnitude = nn.Parameter(self._column_norm(base).detach().clone())
+
+    def _merged_weight(self, base):
+        return torch.addmm(weight_oi(base), self.B, self.A, alpha=self.scale)
+
+    def _column_norm(self, base):
+        # Norm of each output row of W + sBA (PEFT and the paper call it the column norm of W^T).
+        return self._merged_weight(base).norm(dim=1)
+
+    def forward(self, base, x, y):
+        factor = self.magnitude / self._column_norm(base).detach()
+        bias = base.bias
+        y_lin = y if bias is None else y - bias
+        out = factor * (y_lin + self._low_rank(base, x))
+        return out if bias is None else out + bias
+
+    routed = Delta.routed  # DoRA rescales the whole output, so LoRA's additive routing does not apply
+
+    def delta_weight(self, base):
+        factor = (self.magnitude / self._column_norm(base))[:, None]
+        return factor * self._merged_weight(base) - weight_oi(base)
+
+    @torch.no_grad()
+    def merge(self, base):
+        factor = self.magnitude / self._column_norm(base)
+        self._merge_factor = factor.clone()
+        W = weight_oi(base)
+        W.copy_(factor[:, None] * self._merged_weight(base))
+
+    @torch.no_grad()
+    def unmerge(self, base):
+        W = weight_oi(base)
+        W.div_(self._merge_factor[:, None]).addmm_(self.B, self.A, alpha=-self.scale)
+        del self._merge_factor
+
+
+def build_dora(base, config: DoraConfig, path: str, model, init: bool = True) -> DoraDelta:
+    r, scale = config.rank_and_scale(path, model)
+    return DoraDelta(base, r, scale, config.dropout, config.init if init else "kaiming")
+
+
+register(Method(
+    name="dora", config=DoraConfig, kind="weight", build=build_dora,
+    layer_types=LINEAR_TYPES, mergeable=True,
+    spec="Liu et al. 2024, DoRA (arXiv 2402.09353)",
+    summary="LoRA direction + trained per-row magnitude", peft_type="LORA",
+))
