@@ -6,7 +6,6 @@ the base-model fingerprint) and `adapter_model.safetensors` (keys `<adapter>/<mo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -59,6 +58,7 @@ def load(model: nn.Module, path, name: str | None = None, *, force: bool = False
     created = not isinstance(model, AdaptedModel)
     am = AdaptedModel(model) if created else model
     before = set(am.adapters)
+    grads = [(p, p.requires_grad) for p in am.parameters()]  # adding an adapter freezes the base
     try:
         if config.get("format") == "petkit":
             _load_petkit(am, path, config, name, force)
@@ -70,6 +70,8 @@ def load(model: nn.Module, path, name: str | None = None, *, force: bool = False
     except Exception as exc:
         for n in set(am.adapters) - before:
             am.delete(n)  # new adapters are never merged, so this restores the model exactly
+        for p, flag in grads:
+            p.requires_grad_(flag)
         if isinstance(exc, PetkitError):
             raise
         raise AdapterFileError(f"could not load {path}: {exc}") from exc
@@ -90,9 +92,9 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
         raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
     if name is not None and name not in adapters:
         raise AdapterFileError(f"{path} has no adapter {name!r}; it has {', '.join(adapters)}")
-    check_base(am, config.get("base_fingerprint"), force, path)
     tensors, _ = read_tensors(path / WEIGHTS_NAME)
     wanted = [name] if name else list(adapters)
+    pairs = []
     for n in wanted:
         entry = adapters[n]
         if not isinstance(entry, dict):
@@ -100,16 +102,32 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
         cfg = config_from_dict(entry.get("config"))
         if n in am.adapters:
             raise ConfigError(f"the model already has an adapter named {n!r}; load with name=... or delete it first")
-        am.add(cfg, n, init=False)
         saved = {k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + "/")}
-        copy_into(am.adapter_parameters(n), saved, f"{path} (adapter {n!r})")
-    active = [n for n in config.get("active", []) if isinstance(n, str) and n in am.adapters and n in wanted]
+        _check_rank(cfg, saved, f"{path} (adapter {n!r})")
+        am.add(cfg, n, init=False)
+        pairs.append((am.adapter_parameters(n), saved, f"{path} (adapter {n!r})"))
+    # Every check before any copy: full fine-tuning copies into the base itself, which delete() cannot undo.
+    for expected, saved, where in pairs:
+        check_tensors(expected, saved, where)
+    check_base(am, config.get("base_fingerprint"), force, path)  # after the shapes: a wrong shape says more
+    for expected, saved, _ in pairs:
+        copy_tensors(expected, saved)
+    active = config.get("active")
+    active = [n for n in active if isinstance(n, str) and n in am.adapters and n in wanted] if isinstance(active, list) else []
     if active:
         am.set_active(active)
 
 
-def copy_into(expected: dict, saved: dict, where: str) -> None:
-    """Copy saved tensors into the adapter's tensors after checking names and shapes all agree."""
+def _check_rank(cfg, saved: dict, where: str) -> None:
+    """Refuse a rank no tensor in the file has room for, before the adapter allocates it."""
+    ranks = [getattr(cfg, "r", 0)] + list(getattr(cfg, "rank_pattern", {}).values())
+    room = max((max(t.shape, default=1) for t in saved.values()), default=0)
+    if max(ranks) > room:
+        raise AdapterFileError(f"{where}: rank {max(ranks)} is larger than any tensor in the file; the config is corrupt")
+
+
+def check_tensors(expected: dict, saved: dict, where: str) -> None:
+    """Check that saved tensors match the adapter's tensors in names, shapes and kind."""
     missing = sorted(set(expected) - set(saved))
     extra = sorted(set(saved) - set(expected))
     if missing or extra:
@@ -125,9 +143,18 @@ def copy_into(expected: dict, saved: dict, where: str) -> None:
                                    f"model expects {tuple(target.shape)}")
         if not saved[key].is_floating_point() and target.is_floating_point():
             raise AdapterFileError(f"{where}: {key} has dtype {saved[key].dtype}, expected a float tensor")
+
+
+def copy_tensors(expected: dict, saved: dict) -> None:
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(saved[key].to(target.dtype))
+
+
+def copy_into(expected: dict, saved: dict, where: str) -> None:
+    """Copy saved tensors into the adapter's tensors after checking names and shapes all agree."""
+    check_tensors(expected, saved, where)
+    copy_tensors(expected, saved)
 
 
 def describe(path) -> dict:
@@ -139,14 +166,21 @@ def describe(path) -> dict:
     info = {"path": str(path), "format": "petkit" if config.get("format") == "petkit" else "peft",
             "bytes": size, "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}
     if info["format"] == "petkit":
-        info["adapters"] = {n: {"method": e.get("config", {}).get("method"), "modules": len(e.get("modules", [])),
-                                "parameters": sum(t.numel() for k, t in tensors.items() if k.startswith(n + "/"))}
-                            for n, e in config.get("adapters", {}).items()}
+        adapters = config.get("adapters")
+        if not isinstance(adapters, dict):
+            raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
+        info["adapters"] = {}
+        for n, e in adapters.items():
+            e = e if isinstance(e, dict) else {}  # describe what is there; load() is the strict one
+            cfg, modules = e.get("config"), e.get("modules")
+            info["adapters"][n] = {"method": cfg.get("method") if isinstance(cfg, dict) else None,
+                                   "modules": len(modules) if isinstance(modules, list) else 0,
+                                   "parameters": sum(t.numel() for k, t in tensors.items() if k.startswith(n + "/"))}
         info["base_model_class"] = config.get("base_model_class")
     else:
         info["peft_type"] = config.get("peft_type")
         info["r"] = config.get("r")
         info["target_modules"] = config.get("target_modules")
         info["petkit_fingerprint"] = "petkit_base" in metadata
-    info["config"] = json.loads(json.dumps(config))
+    info["config"] = config  # a fresh object from read_json: plain JSON values
     return info

@@ -35,6 +35,8 @@ def fingerprint(model: nn.Module) -> dict:
         arch.update(f"{name}:{tuple(p.shape)};".encode())
         flat = p.detach().reshape(-1)
         count += flat.numel()
+        if flat.numel() == 0:
+            continue  # nothing to sample (and linspace would index out of range)
         idx = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR).long()
         sample.extend(round(float(v), 6) for v in flat[idx].float())
     return {"arch": arch.hexdigest()[:16], "num_parameters": count, "sample": sample}
@@ -45,13 +47,25 @@ def mismatch(saved: dict, current: dict) -> str | None:
     if not isinstance(saved, dict) or "arch" not in saved:
         return None  # files from tools that record no fingerprint (e.g. PEFT) cannot be checked
     if saved.get("arch") != current["arch"]:
-        return (f"the adapter was saved for a model with {saved.get('num_parameters', '?')} base parameters "
-                f"(architecture {saved.get('arch')}), this one has {current['num_parameters']} ({current['arch']})")
-    a = torch.tensor(saved.get("sample", []), dtype=torch.float64)
-    b = torch.tensor(current["sample"], dtype=torch.float64)
-    if a.shape != b.shape:
+        return (f"the adapter was saved for a model with {_short(saved.get('num_parameters', '?'))} base parameters "
+                f"(architecture {_short(saved.get('arch'))}), this one has {current['num_parameters']} ({current['arch']})")
+    # The saved sample comes from a file: anything but a list of numbers of the right length is garbage.
+    sample = saved.get("sample")
+    try:
+        if not isinstance(sample, list) or any(isinstance(v, bool) for v in sample):
+            raise TypeError
+        a = torch.tensor([float(v) for v in sample], dtype=torch.float64)
+    except (TypeError, ValueError, OverflowError):
+        a = None
+    if a is None or len(a) != len(current["sample"]):
         return "the adapter's base-model fingerprint is malformed"
+    b = torch.tensor(current["sample"], dtype=torch.float64)
     close = (a - b).abs() <= 1e-2 * (a.abs() + b.abs()) + 1e-3
     if close.float().mean() < 0.9:
         return "the base weights differ from those the adapter was trained on (same architecture, other checkpoint)"
     return None
+
+
+def _short(value) -> str:
+    text = str(value)  # from a file: keep a garbage value from flooding the message
+    return text if len(text) <= 40 else text[:37] + "..."

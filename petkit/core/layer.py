@@ -80,6 +80,16 @@ class AdaptedLayer(nn.Module):
             self.deltas[name].routed(self.base_layer, x, y, rows)
         return y
 
+    # Model code sometimes reads a layer's weight directly (T5 checks `self.wo.weight.dtype`); expose
+    # the base layer's tensors explicitly rather than forwarding every attribute.
+    @property
+    def weight(self):
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base_layer, "bias", None)
+
     def extra_repr(self) -> str:
         return f"path={self.path!r}, adapters={list(self.deltas)}"
 

@@ -32,6 +32,7 @@ class AdaptedModel(nn.Module):
         if isinstance(base, AdaptedModel):
             raise TypeError("already an AdaptedModel; call .add(config, name) on it")
         self.base = base
+        self.train(base.training)
         self.state = AdapterState()
         self.base_fingerprint = fingerprint(base)
         self._modules_of: dict[str, list[str]] = {}  # adapter -> wrapped module paths (method + head)
@@ -55,12 +56,12 @@ class AdaptedModel(nn.Module):
                 modules = dict(named_base_modules(self.base))
                 built = {p: self._build(method, config, p, modules[p], init) for p in paths}
                 for p, delta in built.items():
-                    self._wrap(p).deltas[name] = delta
+                    self._attach(p, name, delta)
             elif method.kind == "selection":
                 self._select(name, config)
             heads = self._heads_for(config, method)
             for p in heads:
-                self._wrap(p).deltas[name] = HeadDelta(self._wrap(p).base_layer)
+                self._attach(p, name, HeadDelta(self._wrap(p).base_layer))
             paths += heads
         except Exception:
             self._remove_deltas(name, paths)
@@ -98,22 +99,29 @@ class AdaptedModel(nn.Module):
         self._selected[name] = params
         self.state.merged.append(name)  # its change lives in the base weights from the start
 
+    def _attach(self, path: str, name: str, delta) -> None:
+        layer = self._wrap(path)
+        layer.deltas[name] = delta.train(layer.base_layer.training)
+
+    def _replace_everywhere(self, old: nn.Module, new: nn.Module) -> None:
+        # A module can sit at several paths (T5's `shared` is also `encoder.embed_tokens`): swap them all.
+        for parent in list(self.base.modules()):
+            for child_name, child in list(parent.named_children()):
+                if child is old and parent is not new:
+                    setattr(parent, child_name, new)
+
     def _wrap(self, path: str) -> AdaptedLayer:
-        parent_name, _, child = path.rpartition(".")
-        parent = self.base.get_submodule(parent_name) if parent_name else self.base
-        module = getattr(parent, child)
+        module = self.base.get_submodule(path)
         if isinstance(module, AdaptedLayer):
             return module
         layer = AdaptedLayer(module, path, self.state)
-        setattr(parent, child, layer)
+        self._replace_everywhere(module, layer)
         return layer
 
     def _unwrap_if_empty(self, path: str) -> None:
-        parent_name, _, child = path.rpartition(".")
-        parent = self.base.get_submodule(parent_name) if parent_name else self.base
-        layer = getattr(parent, child)
+        layer = self.base.get_submodule(path)
         if isinstance(layer, AdaptedLayer) and len(layer.deltas) == 0:
-            setattr(parent, child, layer.base_layer)
+            self._replace_everywhere(layer, layer.base_layer)
 
     def _remove_deltas(self, name: str, paths) -> None:
         for p in paths:
@@ -235,12 +243,24 @@ class AdaptedModel(nn.Module):
         for n in names:
             if n in self.state.merged:
                 continue
+            tied = self._tied_weights()
             for p, layer, delta in self.layers(n):
                 if not delta.mergeable:
                     raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged ({p})")
+                if id(getattr(layer.base_layer, "weight", None)) in tied and delta.delta_weight(layer.base_layer) is not None:
+                    raise StateError(f"the weight of {p} is tied to another module (e.g. the output head), so merging "
+                                     f"adapter {n!r} would change both; keep it unmerged")
             for _, layer, delta in self.layers(n):
                 delta.merge(layer.base_layer)
             self.state.merged.append(n)
+
+    def _tied_weights(self) -> set[int]:
+        """ids of parameters owned by more than one module (tied input/output embeddings)."""
+        owners: dict[int, int] = defaultdict(int)
+        for module in self.base.modules():
+            for p in module.parameters(recurse=False):
+                owners[id(p)] += 1
+        return {i for i, count in owners.items() if count > 1}
 
     def unmerge(self) -> None:
         for n in reversed([n for n in self.state.merged if n not in self._selected]):

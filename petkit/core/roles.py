@@ -13,6 +13,7 @@ _BERT = {
     "attn.k": r"attention\.self\.key",
     "attn.v": r"attention\.self\.value",
     "attn.qkv": r"attention\.self\.(query|key|value)",
+    "attn.kv": r"attention\.self\.(key|value)",
     "attn.out": r"attention\.output\.dense",
     "mlp.in": r"intermediate\.dense",
     "mlp.out": r"layer\.\d+\.output\.dense",
@@ -20,6 +21,7 @@ _BERT = {
 }
 _GPT2 = {
     "attn.qkv": r"attn\.c_attn",
+    "attn.kv": r"attn\.c_attn",  # fused with q: the closest GPT-2 has (PEFT's IA3 default does the same)
     "attn.out": r"attn\.c_proj",
     "mlp.in": r"mlp\.c_fc",
     "mlp.out": r"mlp\.c_proj",
@@ -30,6 +32,7 @@ _LLAMA = {
     "attn.k": r"self_attn\.k_proj",
     "attn.v": r"self_attn\.v_proj",
     "attn.qkv": r"self_attn\.(q|k|v)_proj",
+    "attn.kv": r"self_attn\.(k|v)_proj",
     "attn.out": r"self_attn\.o_proj",
     "mlp.gate": r"mlp\.gate_proj",
     "mlp.up": r"mlp\.up_proj",
@@ -42,6 +45,7 @@ _T5 = {  # self- and cross-attention both answer to attn.*; xattn.* is cross-att
     "attn.k": r"(SelfAttention|EncDecAttention)\.k",
     "attn.v": r"(SelfAttention|EncDecAttention)\.v",
     "attn.qkv": r"(SelfAttention|EncDecAttention)\.(q|k|v)",
+    "attn.kv": r"(SelfAttention|EncDecAttention)\.(k|v)",
     "attn.out": r"(SelfAttention|EncDecAttention)\.o",
     "xattn.q": r"EncDecAttention\.q",
     "xattn.k": r"EncDecAttention\.k",
@@ -51,14 +55,15 @@ _T5 = {  # self- and cross-attention both answer to attn.*; xattn.* is cross-att
     "mlp.out": r"DenseReluDense\.wo",
     "norm": r"layer_norm",
 }
-_VIT = {
-    "attn.q": r"attention\.attention\.query",
-    "attn.k": r"attention\.attention\.key",
-    "attn.v": r"attention\.attention\.value",
-    "attn.qkv": r"attention\.attention\.(query|key|value)",
-    "attn.out": r"attention\.output\.dense",
-    "mlp.in": r"intermediate\.dense",
-    "mlp.out": r"layer\.\d+\.output\.dense",
+_VIT = {  # transformers >= 5 names (attention.q_proj, mlp.fc1) and the 4.x ones (attention.attention.query)
+    "attn.q": r"attention\.(attention\.query|q_proj)",
+    "attn.k": r"attention\.(attention\.key|k_proj)",
+    "attn.v": r"attention\.(attention\.value|v_proj)",
+    "attn.qkv": r"attention\.(attention\.(query|key|value)|(q|k|v)_proj)",
+    "attn.kv": r"attention\.(attention\.(key|value)|(k|v)_proj)",
+    "attn.out": r"attention\.(output\.dense|o_proj)",
+    "mlp.in": r"(intermediate\.dense|mlp\.fc1)",
+    "mlp.out": r"(layer\.\d+\.output\.dense|mlp\.fc2)",
     "norm": r"(layernorm_before|layernorm_after|layernorm)",
 }
 

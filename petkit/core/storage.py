@@ -26,7 +26,10 @@ def read_json(path: Path) -> dict:
         raise AdapterFileError(f"{path} not found; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except OSError as exc:
+        raise AdapterFileError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    # ValueError covers JSONDecodeError, bad UTF-8 and integers too long to convert
+    except (ValueError, RecursionError) as exc:
         raise AdapterFileError(f"{path} is not valid JSON ({type(exc).__name__}); the file is corrupt or truncated") from None
     if not isinstance(data, dict):
         raise AdapterFileError(f"{path} must hold a JSON object, found {type(data).__name__}")
@@ -47,26 +50,28 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def write_files(folder: Path, files: dict[str, object]) -> None:
-    """Write {name: dict-for-JSON | (tensors, metadata)} into folder, atomically per file.
+    """Write {relative name: dict-for-JSON | (tensors, metadata)} under folder, all or nothing.
 
-    Every file is first written completely to a temporary name in the same folder; only when all
-    of them succeeded are they moved into place, so a failed save leaves the previous files intact.
+    Names may hold a subfolder ("other/adapter_config.json"). Every file is first written completely
+    to a temporary name next to its target; only when all of them succeeded are they moved into place,
+    so a failed save leaves the previous files intact.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[str, str]] = []
+    temps: list[tuple[str, Path]] = []
     try:
         for name, content in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             os.close(fd)
-            temps.append((tmp, name))
+            temps.append((tmp, target))
             if isinstance(content, dict):
                 Path(tmp).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             else:
                 tensors, metadata = content
                 save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
                           tmp, metadata=metadata)
-        for tmp, name in temps:
-            os.replace(tmp, folder / name)
+        for tmp, target in temps:
+            os.replace(tmp, target)
     finally:
         for tmp, _ in temps:
             if os.path.exists(tmp):

@@ -80,8 +80,9 @@ def _keyword_matches(keyword: str, model: nn.Module) -> list[str]:
     if keyword == "all-norm":
         return [n for n, m in named_base_modules(model) if is_norm(m)]
     if keyword == "all-bias":
+        heads = output_head_names(model)
         return [n for n, m in named_base_modules(model) if isinstance(getattr(m, "bias", None), nn.Parameter)
-                and isinstance(m, LINEAR_TYPES + (nn.Conv2d, nn.LayerNorm))]
+                and isinstance(m, LINEAR_TYPES + (nn.Conv2d, nn.LayerNorm)) and n not in heads]
     return []
 
 

@@ -86,5 +86,5 @@ register(Method(
     name="ia3", config=IA3Config, kind="weight", build=build_ia3, layer_types=LINEAR_TYPES,
     mergeable=True, spec="Liu et al. 2022 (arXiv 2205.05638)",
     summary="learned per-feature rescaling of keys, values and FFN inputs",
-    default_targets=("attn.k", "attn.v", "mlp.out"), peft_type="IA3",
+    default_targets=("attn.kv", "mlp.out"), peft_type="IA3",
 ))
