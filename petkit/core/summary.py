@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections import defaultdict
 
@@ -54,10 +55,9 @@ def render_summary(am, print_it: bool = True) -> str:
         paths = am._modules_of.get(name) or [n.rsplit(".", 1)[0] for n in am._selected.get(name, [])]
         for line in compress_paths(list(dict.fromkeys(paths))):
             branch.add(line)
-    console = Console(record=True, width=120)
-    with console.capture():
-        console.print(table)
-        console.print(tree)
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(table)
+    console.print(tree)
     text = console.export_text()
     if print_it:
         Console().print(table)
