@@ -1,0 +1,1 @@
+"""The `petkit` command."""

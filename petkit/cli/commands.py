@@ -1,0 +1,158 @@
+"""What each `petkit` sub-command does. Parsing lives in main.py; the work lives in the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from petkit.core.errors import ConfigError, PetkitError
+
+console = Console()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from petkit.data import DatasetNotFound
+    from petkit.models import ModelNotFound
+    from petkit.train import CheckpointError
+    return PetkitError, DatasetNotFound, ModelNotFound, CheckpointError, yaml.YAMLError
+
+
+USER_ERRORS = _user_errors()
+
+
+def parse_value(text: str):
+    """`8` -> 8, `1e-3` -> 0.001, `true` -> True, `a,b` -> ["a", "b"], anything else stays a string."""
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t]
+    value = yaml.safe_load(text)
+    return value if isinstance(value, (int, float, bool)) or value is None else text
+
+
+def parse_pairs(pairs: list[str], what: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{what} settings are KEY=VALUE, got {pair!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def _spec_from_args(args):
+    from petkit.pipeline import RunSpec
+    data: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"run config {path} not found")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of run settings")
+    for key in ("model", "data", "max_length", "max_train", "max_eval", "seed", "output"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    if args.format:
+        data["save_format"] = args.format
+    method = dict(data.get("method") or {})
+    if args.method:
+        method = {"name": args.method}
+    method.update(parse_pairs(args.method_arg, "method"))
+    if method:
+        data["method"] = method
+    data["train"] = {**(data.get("train") or {}), **parse_pairs(args.train_arg, "train")}
+    return RunSpec.from_dict(data)
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title=f"{report['method']} on {report['model']} / {report['data']}")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key in report["test_after"]:
+        table.add_row(f"test {key}", f"{report['test_before'].get(key, float('nan')):.4f}", f"{report['test_after'][key]:.4f}")
+    console.print(table)
+    pct = 100 * report["trainable_parameters"] / report["base_parameters"]
+    console.print(f"trainable parameters: {report['trainable_parameters']:,} ({pct:.2f}% of {report['base_parameters']:,})")
+    console.print(f"training: {report['steps']} steps in {report['train_seconds']} s")
+    if "adapter" in report:
+        console.print(f"adapter: {report['adapter']} ({report['adapter_bytes'] / 1024:.1f} KiB)")
+
+
+def train(args) -> int:
+    from petkit.pipeline import run
+    spec = _spec_from_args(args)
+    report = run(spec, resume=args.resume, progress=not args.no_progress, log=console.print)
+    _print_report(report)
+    return 0
+
+
+def evaluate(args) -> int:
+    from petkit.pipeline import evaluate_adapter
+    metrics = evaluate_adapter(args.model, args.data, args.adapter, args.split, max_eval=args.max_eval,
+                               max_length=args.max_length, force=args.force)
+    console.print_json(json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
+    return 0
+
+
+def inspect(args) -> int:
+    from petkit.core.files import describe
+    info = describe(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    config = info.pop("config")
+    table = Table(title=f"{info['path']} ({info['format']} format)", show_header=False)
+    for key, value in info.items():
+        if key != "adapters":
+            table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    console.print(table)
+    for name, entry in (info.get("adapters") or {}).items():
+        cfg = config["adapters"][name]["config"]
+        settings = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("method",) and v not in ((), [], {}, None))
+        console.print(f"  [bold]{name}[/bold]: {entry['method']}, {entry['modules']} modules, "
+                      f"{entry['parameters']:,} parameters ({settings})")
+    return 0
+
+
+def merge_unload(args) -> int:
+    import petkit
+    from petkit.models import load_model
+    from petkit.core.storage import read_json, CONFIG_NAME
+    config = read_json(Path(args.adapter) / CONFIG_NAME)
+    num_labels = _num_labels_of(args.adapter, config) if args.task == "classification" else None
+    model = load_model(args.model, task=args.task, num_labels=num_labels)
+    am = petkit.load(model, args.adapter, force=args.force)
+    plain = am.merge_and_unload()
+    plain.save_pretrained(args.output)
+    console.print(f"merged model saved to {args.output}")
+    return 0
+
+
+def _num_labels_of(adapter: str, config: dict) -> int | None:
+    """The head size stored with an adapter, so the base is built with a matching head."""
+    from petkit.core.storage import WEIGHTS_NAME, read_tensors
+    tensors, _ = read_tensors(Path(adapter) / WEIGHTS_NAME)
+    for key, t in tensors.items():
+        if key.endswith(("classifier.weight", "classifier.module.weight", "score.weight", "score.module.weight")) and t.dim() == 2:
+            return t.shape[0]
+    return None
+
+
+def methods(args) -> int:
+    from petkit.core.registry import all_methods
+    table = Table(title="registered methods")
+    for col in ("name", "kind", "mergeable", "PEFT format", "what", "spec"):
+        table.add_column(col)
+    for m in all_methods():
+        table.add_row(m.name, m.kind, "yes" if m.mergeable else "no", m.peft_type or "", m.summary, m.spec)
+    console.print(table)
+    return 0
+
+
+def demo(args) -> int:
+    from petkit.cli.demo import run_demo
+    return run_demo(epochs=args.epochs, max_train=args.max_train, output=args.output)

@@ -1,0 +1,91 @@
+"""`petkit`: train, eval, inspect, merge-unload, methods, demo.
+
+Errors in the user's input print as one line (`error: ...`) with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Nothing petkit runs may reach a model hub; set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the CLI reports what matters itself
+
+from petkit.cli import commands  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petkit", description="Parameter-efficient tuning of pre-trained transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model with a method (flags or --config run.yaml)")
+    p.add_argument("--config", help="YAML file with the run settings (flags override it)")
+    p.add_argument("--model", help="alias (minilm, smollm2) or a local Hugging Face folder")
+    p.add_argument("--data", help="dataset name (bbc, sst2, trec, rte, ag_news, sms_spam, tiny_shakespeare) or a file")
+    p.add_argument("--method", help="method name (see `petkit methods`)")
+    p.add_argument("-m", "--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="method setting, e.g. -m r=8 -m targets=query,value (repeatable)")
+    p.add_argument("-t", "--train-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="trainer setting, e.g. -t lr=1e-3 -t epochs=2 (repeatable)")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--max-train", type=int)
+    p.add_argument("--max-eval", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", help="folder for the adapter, checkpoints and metrics")
+    p.add_argument("--format", choices=["petkit", "peft"], help="adapter file format (default petkit)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=commands.train)
+
+    p = sub.add_parser("eval", help="evaluate a base model, or a base model with a saved adapter")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--adapter", help="adapter folder (petkit or PEFT format)")
+    p.add_argument("--split", default="test", choices=["dev", "test", "train"])
+    p.add_argument("--max-eval", type=int)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--force", action="store_true", help="load an adapter saved for a different base")
+    p.set_defaults(func=commands.evaluate)
+
+    p = sub.add_parser("inspect", help="what an adapter folder holds")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=commands.inspect)
+
+    p = sub.add_parser("merge-unload", help="merge an adapter into its base and save a plain Hugging Face model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--task", default="classification", choices=["classification", "causal_lm", "base"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=commands.merge_unload)
+
+    p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
+    p.set_defaults(func=commands.methods)
+
+    p = sub.add_parser("demo", help="LoRA on MiniLM over BBC News: accuracy before/after, file size, reload check")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-train", type=int)
+    p.add_argument("--output", default="runs/demo")
+    p.set_defaults(func=commands.demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except commands.USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
