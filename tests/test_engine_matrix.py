@@ -7,8 +7,6 @@ merged == unmerged output, unmerge restores the base, and the trainable count ma
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn

@@ -7,7 +7,14 @@ import torch
 
 import petkit
 from petkit.core.targeting import resolve_targets
-from petkit.testing import tiny_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_t5, tiny_vit
+from petkit.testing import (
+    tiny_batch,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_t5,
+    tiny_vit,
+)
 
 
 def _noisy(am, name, seed=0):

@@ -28,8 +28,12 @@ def parse_value(text: str):
     """`8` -> 8, `1e-3` -> 0.001, `true` -> True, `a,b` -> ["a", "b"], anything else stays a string."""
     if "," in text:
         return [parse_value(t) for t in text.split(",") if t]
-    value = yaml.safe_load(text)
-    return value if isinstance(value, (int, float, bool)) or value is None else text
+    for cast in (int, float):  # before YAML, which reads `5e-3` as a string
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
 
 
 def parse_pairs(pairs: list[str], what: str) -> dict:
@@ -120,8 +124,8 @@ def inspect(args) -> int:
 
 def merge_unload(args) -> int:
     import petkit
+    from petkit.core.storage import CONFIG_NAME, read_json
     from petkit.models import load_model
-    from petkit.core.storage import read_json, CONFIG_NAME
     config = read_json(Path(args.adapter) / CONFIG_NAME)
     num_labels = _num_labels_of(args.adapter, config) if args.task == "classification" else None
     model = load_model(args.model, task=args.task, num_labels=num_labels)

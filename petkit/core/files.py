@@ -12,11 +12,22 @@ import torch
 from torch import nn
 
 from petkit import __version__
-from petkit.core.errors import AdapterFileError, BaseModelMismatch, ConfigError, PetkitError
-from petkit.core.fingerprint import fingerprint, mismatch
+from petkit.core.errors import (
+    AdapterFileError,
+    BaseModelMismatch,
+    ConfigError,
+    PetkitError,
+)
+from petkit.core.fingerprint import mismatch
 from petkit.core.model import AdaptedModel
 from petkit.core.registry import config_from_dict
-from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_files
+from petkit.core.storage import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    read_json,
+    read_tensors,
+    write_files,
+)
 
 FORMATS = ("petkit", "peft")
 
@@ -91,7 +102,8 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
     if not isinstance(adapters, dict) or not adapters:
         raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
     if name is not None and name not in adapters:
-        raise AdapterFileError(f"{path} has no adapter {name!r}; it has {', '.join(adapters)}")
+        names = ", ".join(map(repr, list(adapters)[:5])) + (", ..." if len(adapters) > 5 else "")
+        raise AdapterFileError(f"{path} has no adapter {name!r}; it has {names}")
     tensors, _ = read_tensors(path / WEIGHTS_NAME)
     wanted = [name] if name else list(adapters)
     pairs = []
@@ -133,28 +145,22 @@ def check_tensors(expected: dict, saved: dict, where: str) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]!r})")
         if extra:
-            parts.append(f"{len(extra)} tensors for modules this model lacks (e.g. {extra[0]})")
+            parts.append(f"{len(extra)} tensors for modules this model lacks (e.g. {extra[0]!r})")
         raise AdapterFileError(f"{where} does not match the model: {'; '.join(parts)}")
     for key, target in expected.items():
         if tuple(saved[key].shape) != tuple(target.shape):
-            raise AdapterFileError(f"{where}: shape mismatch for {key}: file has {tuple(saved[key].shape)}, "
+            raise AdapterFileError(f"{where}: shape mismatch for {key!r}: file has {tuple(saved[key].shape)}, "
                                    f"model expects {tuple(target.shape)}")
         if not saved[key].is_floating_point() and target.is_floating_point():
-            raise AdapterFileError(f"{where}: {key} has dtype {saved[key].dtype}, expected a float tensor")
+            raise AdapterFileError(f"{where}: {key!r} has dtype {saved[key].dtype}, expected a float tensor")
 
 
 def copy_tensors(expected: dict, saved: dict) -> None:
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(saved[key].to(target.dtype))
-
-
-def copy_into(expected: dict, saved: dict, where: str) -> None:
-    """Copy saved tensors into the adapter's tensors after checking names and shapes all agree."""
-    check_tensors(expected, saved, where)
-    copy_tensors(expected, saved)
 
 
 def describe(path) -> dict:

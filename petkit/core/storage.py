@@ -45,7 +45,8 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for every kind of bad file
-        raise AdapterFileError(f"{path} is not a readable safetensors file ({str(exc)[:120]}); it is corrupt or truncated") from None
+        why = " ".join(str(exc).split())[:120]  # one line, even when the file put newlines in a tensor name
+        raise AdapterFileError(f"{path} is not a readable safetensors file ({why}); it is corrupt or truncated") from None
     return tensors, metadata
 
 

@@ -1,0 +1,150 @@
+"""Tiny random-weight models, batches and a tokenizer for fast, offline unit tests.
+
+Every model has hidden size 32, 2 layers and a 100-token vocabulary (about 0.1 MB), is built from a
+seed (same seed, same weights; the global torch RNG is left untouched), uses eager attention (one
+code path, deterministic on CPU) and is returned in eval mode. Dropout keeps each family's Hugging
+Face default (0.1 for BERT/GPT-2/T5, 0 for Llama/ViT) unless ``dropout=`` is given, so a test that
+calls ``model.train()`` exercises the RNG as a real fine-tune would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VOCAB_SIZE = 100
+_COMMON = {"attn_implementation": "eager"}
+
+
+def _build(model_cls, config, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model.eval()
+
+
+def _dropout(value: float | None, *names: str) -> dict:
+    return {} if value is None else dict.fromkeys(names, value)
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0, dropout: float | None = None) -> nn.Module:
+    """``BertForSequenceClassification`` (modules: ``bert.encoder.layer.{0,1}.attention.self.query`` …)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, **_COMMON,
+                        **_dropout(dropout, "hidden_dropout_prob", "attention_probs_dropout_prob"))
+    return _build(BertForSequenceClassification, config, seed)
+
+
+def tiny_gpt2(seed: int = 0, dropout: float | None = None) -> nn.Module:
+    """``GPT2LMHeadModel`` (GPT-2's causal-LM class; modules ``transformer.h.{0,1}.attn.c_attn`` are Conv1D)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=1, eos_token_id=1, pad_token_id=0, **_COMMON,
+                        **_dropout(dropout, "resid_pdrop", "embd_pdrop", "attn_pdrop"))
+    return _build(GPT2LMHeadModel, config, seed)
+
+
+def tiny_llama(seed: int = 0, dropout: float | None = None) -> nn.Module:
+    """``LlamaForCausalLM`` shaped like SmolLM2 in miniature (grouped-query attention: 4 heads, 2 KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True, **_COMMON,
+                         **_dropout(dropout, "attention_dropout"))
+    return _build(LlamaForCausalLM, config, seed)
+
+
+def tiny_t5(seed: int = 0, dropout: float | None = None) -> nn.Module:
+    """``T5ForConditionalGeneration`` (encoder-decoder; modules ``encoder.block.0.layer.0.SelfAttention.q`` …)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                      pad_token_id=0, eos_token_id=1, **_COMMON, **_dropout(dropout, "dropout_rate"))
+    return _build(T5ForConditionalGeneration, config, seed)
+
+
+def tiny_vit(num_labels: int = 3, seed: int = 0, dropout: float | None = None) -> nn.Module:
+    """``ViTForImageClassification`` on 16x16 RGB images in 4x4 patches."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=num_labels, **_COMMON,
+                       **_dropout(dropout, "hidden_dropout_prob", "attention_probs_dropout_prob"))
+    return _build(ViTForImageClassification, config, seed)
+
+
+TINY_MODELS = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama, "t5": tiny_t5, "vit": tiny_vit}
+
+
+def find_hf_model(model: nn.Module) -> nn.Module:
+    """The first (outermost) submodule that carries a Hugging Face config — the model itself, or the
+    base model inside a wrapper such as an adapter container."""
+    from transformers import PreTrainedConfig
+
+    for module in model.modules():
+        if isinstance(getattr(module, "config", None), PreTrainedConfig):
+            return module
+    raise TypeError(f"{type(model).__name__} contains no Hugging Face model (no module with a .config)")
+
+
+def tiny_batch(model: nn.Module, batch_size: int = 4, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A valid input dict, labels included, for the kind of model given (or wrapped).
+
+    Text batches pad the last row's final quarter (attention_mask 0, LM labels -100) so padding code
+    paths run too. Seq2seq labels are ``seq_len // 2`` tokens long.
+    """
+    hf = find_hf_model(model)
+    config, kind = hf.config, type(hf).__name__
+    g = torch.Generator().manual_seed(seed)
+
+    if kind.endswith("ForImageClassification"):
+        size, channels = config.image_size, config.num_channels
+        return {"pixel_values": torch.randn(batch_size, channels, size, size, generator=g),
+                "labels": torch.randint(0, config.num_labels, (batch_size,), generator=g)}
+
+    # Ids start above the few special ids (pad 0, bos/eos 1-2, ...) so no token is accidentally padding.
+    input_ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, seq_len - max(1, seq_len // 4):] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, config.pad_token_id or 0)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    if kind.endswith("ForSequenceClassification"):
+        batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+    elif kind.endswith("ForCausalLM") or kind.endswith("LMHeadModel"):
+        batch["labels"] = input_ids.masked_fill(attention_mask == 0, -100)
+    elif getattr(config, "is_encoder_decoder", False):
+        batch["labels"] = torch.randint(5, config.vocab_size, (batch_size, max(1, seq_len // 2)), generator=g)
+    else:
+        raise TypeError(f"tiny_batch does not know how to build labels for {kind}")
+    return batch
+
+
+def tiny_tokenizer():
+    """A character-level, lower-casing BERT-style tokenizer (54 ids, all < ``VOCAB_SIZE``), built in memory.
+
+    ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, ``[SEP]`` = 3 (also EOS), ``[MASK]`` = 4; pairs get
+    ``token_type_ids``. Good enough to run real text through the tiny models without any files.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 \n.,;:!?'\"-()")
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", eos_token="[SEP]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )

@@ -1,0 +1,65 @@
+"""``evaluate``: score a model on held-out data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .batching import batch_indices, iter_batches, to_device, unpack
+from .metrics import accuracy, macro_f1, perplexity
+
+TASKS = ("classification", "causal_lm", "seq2seq")
+
+
+def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size: int = 32,
+             collate_fn=None) -> dict[str, float]:
+    """Metrics of ``model`` on ``data``, in eval mode and without gradients (the mode is restored).
+
+    ``data`` is a map-style Dataset (batched here in order, with ``collate_fn`` or its ``collate``
+    method) or any iterable of ready batches, e.g. a DataLoader. Every batch must carry ``labels``.
+
+    Classification: ``loss``, ``accuracy``, ``macro_f1``. Language modelling (``causal_lm``,
+    ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if isinstance(data, Dataset):
+        dataset, collate = unpack(data, collate_fn)
+        batches = iter_batches(dataset, batch_indices(range(len(dataset)), batch_size), collate)
+    else:
+        batches = data
+    device = next(model.parameters()).device
+
+    was_training = model.training
+    model.eval()
+    loss_sum, weight, predictions, labels = 0.0, 0, [], []
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                batch = to_device(batch, device)
+                if "labels" not in batch:
+                    raise ValueError(f"evaluation batches need 'labels'; got keys {sorted(batch)}")
+                out = model(**batch)
+                n = _loss_weight(batch["labels"], task)
+                loss_sum += out.loss.item() * n  # HF losses are means: weight them back to sums
+                weight += n
+                if task == "classification":
+                    predictions += out.logits.argmax(-1).tolist()
+                    labels += batch["labels"].tolist()
+    finally:
+        model.train(was_training)
+
+    mean_loss = loss_sum / weight if weight else float("nan")
+    if task == "classification":
+        return {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
+    return {"loss": mean_loss, "perplexity": perplexity(mean_loss), "tokens": weight}
+
+
+def _loss_weight(labels: torch.Tensor, task: str) -> int:
+    """How many terms the model's mean loss averaged over."""
+    if task == "classification":
+        return labels.shape[0]
+    if task == "causal_lm":
+        return int((labels[:, 1:] != -100).sum())  # the model predicts token t+1 from tokens <= t
+    return int((labels != -100).sum())
