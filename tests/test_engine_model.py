@@ -240,3 +240,23 @@ def test_summary_lists_adapters_and_compresses_the_tree():
     text = am.summary(print_it=False)
     assert "lora" in text and "bert.encoder.layer.{0..1}.attention.self.{query,value}" in text
     assert f"{am.num_parameters('default', include_head=False):,}" in text
+
+
+def test_full_fine_tuning_beside_a_wrapped_adapter_saves_and_loads(tmp_path):
+    """Wrapping a module after full FT selected it renames its weight (x.base_layer.weight): still found."""
+    am = petkit.adapt(tiny_bert(), petkit.FullConfig())
+    am.add(petkit.LoraConfig(targets=["query"]), name="l")
+    with torch.no_grad():
+        am.base.bert.encoder.layer[0].attention.self.query.weight.add_(0.5)
+    _noisy(am, "l")
+    am.set_active(["default", "l"])
+    batch = tiny_batch(am.base)
+    expected = _logits(am, batch)
+    assert len(am.adapter_parameters("default")) == sum(1 for _ in tiny_bert().parameters())
+    am.save(tmp_path)
+    torch.testing.assert_close(_logits(petkit.load(tiny_bert(), tmp_path), batch), expected)
+
+
+def test_alpha_must_be_finite():
+    with pytest.raises(petkit.ConfigError, match="alpha"):
+        petkit.LoraConfig(alpha=float("inf"))

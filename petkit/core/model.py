@@ -94,8 +94,8 @@ class AdaptedModel(nn.Module):
             modules = [""]
         else:
             modules = resolve_targets(self.base, targets, config.exclude)
-        params = [n for n, _ in self.base.named_parameters()
-                  if any(m == "" or n.startswith(m + ".") for m in modules)]
+        params = [n.replace(".base_layer.", ".") for n, _ in self.base.named_parameters() if ".deltas." not in n]
+        params = [n for n in params if any(m == "" or n.startswith(m + ".") for m in modules)]
         self._selected[name] = params
         self.state.merged.append(name)  # its change lives in the base weights from the start
 
@@ -166,7 +166,8 @@ class AdaptedModel(nn.Module):
         return name in self._selected
 
     def selected_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        params = dict(self.base.named_parameters())
+        """A selection adapter's base parameters, by their names in the unwrapped model."""
+        params = {n.replace(".base_layer.", "."): p for n, p in self.base.named_parameters() if ".deltas." not in n}
         return {n: params[n] for n in self._selected.get(name, [])}
 
     def adapter_parameters(self, name: str, include_head: bool = True) -> dict[str, torch.Tensor]:
@@ -310,7 +311,7 @@ class AdaptedModel(nn.Module):
         """Mixed-adapter batch: sample i runs with adapter_names[i] (None = the base alone)."""
         names = list(adapter_names)
         self._check_names({n for n in names if n is not None})
-        if [n for n in self.state.merged]:
+        if self.state.merged:
             raise StateError("mixed-adapter batches need unmerged adapters; unmerge() first")
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, n in enumerate(names):

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petkit.core.errors import AdapterFileError, ConfigError
+from petkit.core.errors import AdapterFileError, BaseModelMismatch, ConfigError
 from petkit.core.model import AdaptedModel
 from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_tensors, write_files
-from petkit.core.targeting import Conv1D
+from petkit.core.targeting import HEAD_NAMES, Conv1D, task_head_names
 from petkit.methods.head import HeadDelta
 from petkit.methods.ia3 import IA3Config, IA3Delta
-from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig, LoraDelta
+from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
 
 PREFIX = "base_model.model."
 EXPORTABLE = ("lora", "dora", "ia3")
@@ -47,12 +47,12 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
             raise ConfigError(f"format='peft' holds {', '.join(EXPORTABLE)} adapters; {n!r} is {method}: save it with format='petkit'")
     files = {}
     for n in names:
-        sub = folder if n == "default" else folder / n
+        sub = "" if n == "default" else f"{n}/"
         config, tensors = _export_one(am, n)
         meta = {"format": "pt", "petkit_base": json.dumps(am.base_fingerprint)}
-        files[sub] = {WEIGHTS_NAME: (tensors, meta), CONFIG_NAME: config}
-    for sub, content in files.items():
-        write_files(sub, content)
+        files[sub + WEIGHTS_NAME] = (tensors, meta)
+        files[sub + CONFIG_NAME] = config
+    write_files(folder, files)  # all adapters or none: a failed save leaves the old folder as it was
 
 
 def _export_one(am: AdaptedModel, name: str):
@@ -87,7 +87,10 @@ def _export_one(am: AdaptedModel, name: str):
             tensors[f"{key}.lora_magnitude_vector"] = delta.magnitude.detach()
         ranks[path] = r
         alphas[path] = scale * (math.sqrt(r) if cfg.rslora else r)
-    common = {"peft_type": "IA3" if isinstance(cfg, IA3Config) else "LORA", "task_type": _task_type(am.base),
+    # PEFT's classification task types always restore the task head (modules_to_save), so an adapter
+    # without a trained head must not claim one, or PEFT fails looking for its weights.
+    task_type = _task_type(am.base) if heads or not task_head_names(am.base) else None
+    common = {"peft_type": "IA3" if isinstance(cfg, IA3Config) else "LORA", "task_type": task_type,
               "target_modules": targets, "modules_to_save": heads or None, "base_model_name_or_path": None,
               "inference_mode": True, "fan_in_fan_out": fan_in_fan_out, "revision": None}
     if isinstance(cfg, IA3Config):
@@ -96,101 +99,206 @@ def _export_one(am: AdaptedModel, name: str):
     a0 = max(set(alphas.values()), key=list(alphas.values()).count) if alphas else cfg.alpha
     config = {**common, "r": r0, "lora_alpha": a0, "lora_dropout": cfg.dropout, "use_rslora": cfg.rslora,
               "use_dora": isinstance(cfg, DoraConfig), "init_lora_weights": True, "bias": "none",
-              "rank_pattern": {_exact(p): v for p, v in ranks.items() if v != r0},
-              "alpha_pattern": {_exact(p): v for p, v in alphas.items() if v != a0}}
+              "rank_pattern": {_anchored(p): v for p, v in ranks.items() if v != r0},
+              "alpha_pattern": {_anchored(p): v for p, v in alphas.items() if v != a0}}
     return config, tensors
 
 
-def _exact(path: str) -> str:
+def _anchored(path: str) -> str:
     # PEFT matches pattern keys with re.match(rf"(.*\.)?({key})$", name): an anchored full path.
     return "^" + re.escape(path)
 
 
 # -- import ----------------------------------------------------------------------------------------
 
-_UNSUPPORTED = {  # PEFT LoRA options petkit cannot reproduce, with the value that means "off"
-    "lora_bias": False, "layers_to_transform": None, "layer_replication": None, "target_parameters": None,
-    "use_qalora": False, "alora_invocation_tokens": None, "trainable_token_indices": None, "use_bdlora": None,
+_UNSUPPORTED = {  # PEFT options that change what the adapter computes, with the value that means "off"
+    "bias": "none", "lora_bias": False, "layers_to_transform": None, "layer_replication": None,
+    "target_parameters": None, "use_qalora": False, "alora_invocation_tokens": None,
+    "trainable_token_indices": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
+    "monteclora_config": None, "velora_config": None,
 }
+# Inits that leave the base weights alone. PEFT rewrites the base for the others, so such a file only
+# fits that rewritten base; "pissa" is deterministic and petkit redoes it (as PEFT does on loading).
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+_LEAVES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l")
 
 
 def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bool) -> None:
-    from petkit.core.files import check_base, copy_into
+    from petkit.core.files import check_base, check_tensors, copy_tensors
 
+    file = folder / WEIGHTS_NAME
     peft_type = config.get("peft_type")
     if peft_type not in ("LORA", "IA3"):
-        raise AdapterFileError(f"PEFT adapters of type {peft_type!r} are not supported yet; petkit reads LORA (incl. DoRA) and IA3")
+        raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; petkit reads LORA (incl. DoRA) and IA3")
     for key, off in _UNSUPPORTED.items():
         if config.get(key, off) not in (off, [], {}, False, None):
-            raise AdapterFileError(f"this PEFT adapter uses {key}={config[key]!r}, which petkit does not support")
-    tensors, metadata = read_tensors(folder / WEIGHTS_NAME)
+            raise AdapterFileError(f"this PEFT adapter uses {key}={_short(config[key])}, which petkit does not support")
+    init = config.get("init_lora_weights", True) if peft_type == "LORA" else True
+    if init not in _PLAIN_INITS + ("pissa",):
+        raise AdapterFileError(f"this PEFT adapter was initialised with init_lora_weights={_short(init)}, which rewrites the "
+                               "base weights; save it in PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
+    tensors, metadata = read_tensors(file)
+    fingerprint = None
     if "petkit_base" in metadata:
         try:
-            saved = json.loads(metadata["petkit_base"])
+            fingerprint = json.loads(metadata["petkit_base"])
         except (ValueError, RecursionError):
-            raise AdapterFileError(f"{folder / WEIGHTS_NAME}: the petkit_base metadata is corrupt") from None
-        check_base(am, saved, force, folder)
-    module_tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"{folder / WEIGHTS_NAME}: key {key!r} does not start with {PREFIX!r}")
-        path, _, leaf = _split_key(key[len(PREFIX):])
-        module_tensors.setdefault(path, {})[leaf] = value
-    heads = [h for h in (config.get("modules_to_save") or []) if isinstance(h, str)]
-    head_paths = [p for p in module_tensors if p.split(".")[-1] in heads or p in heads]
-    targets = [p for p in module_tensors if p not in head_paths]
-    if not targets:
-        raise AdapterFileError(f"{folder / WEIGHTS_NAME} holds no adapter tensors")
-    cfg = _petkit_config(config, peft_type, targets, bool(head_paths), folder)
-    am.add(cfg, name, init=False)
+            raise AdapterFileError(f"{file}: the petkit_base metadata is corrupt") from None
+    adapter, heads, base_copies = _sort_tensors(tensors, _names(config.get("modules_to_save")), file)
+    if not adapter:
+        raise AdapterFileError(f"{file} holds no adapter tensors")
+    _check_heads(am, heads, _names(config.get("modules_to_save")), file)
+    cfg = _petkit_config(config, peft_type, adapter, bool(heads), folder)
+    am.add(cfg, name, init=init == "pissa")  # PiSSA: recompute the initial factors from the base
     expected, saved = {}, {}
     for path, layer, delta in am.layers(name):
-        mine = delta.state_dict(keep_vars=True)
-        theirs = module_tensors.get(path, {})
-        for k, v in _to_petkit(delta, theirs).items():
+        for k, v in _to_petkit(delta, heads.get(path, {}) if isinstance(delta, HeadDelta) else adapter.get(path, {})).items():
             saved[f"{path}.{k}"] = v
-        for k, v in mine.items():
-            expected[f"{path}.{k}"] = v
-    copy_into(expected, saved, str(folder))
+        for k, v in delta.state_dict(keep_vars=True).items():
+            if k not in ("A0", "B0"):  # PiSSA's initial factors are recomputed, not stored
+                expected[f"{path}.{k}"] = v
+    check_tensors(expected, saved, str(folder))
+    check_base(am, fingerprint, force, folder)
+    _check_base_copies(am, base_copies, force, file)
+    copy_tensors(expected, saved)
 
 
-def _split_key(key: str) -> tuple[str, str, str]:
-    for leaf in ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
-                 "ia3_l", "weight", "bias"):
-        if key.endswith("." + leaf):
-            return key[: -len(leaf) - 1], ".", leaf
-    raise AdapterFileError(f"unrecognised PEFT tensor name {key!r}")
+def _short(value) -> str:
+    text = repr(value)  # values from a file: keep garbage from flooding a message
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _pattern(key: str) -> str:
-    return rf"re:(.*\.)?({key})"
+def _names(value) -> list[str]:
+    """A PEFT module-name list (a string or a list of strings; anything else holds no names)."""
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def _petkit_config(config: dict, peft_type: str, targets: list[str], head: bool, folder: Path):
+def _sort_tensors(tensors: dict, head_names: list[str], file: Path):
+    """Split PEFT keys into {module: {leaf: tensor}} for adapter tensors and heads, and base-weight copies."""
+    adapter: dict[str, dict] = {}
+    heads: dict[str, dict] = {}
+    base_copies: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFileError(f"{file}: key {_short(key)} does not start with {PREFIX!r}")
+        rest = key[len(PREFIX):]
+        leaf = next((l for l in _LEAVES if rest.endswith("." + l)), None)
+        head = _head_of(rest, head_names)
+        if leaf:
+            adapter.setdefault(rest[: -len(leaf) - 1], {})[leaf] = value
+        elif head:
+            heads.setdefault(head, {})[rest[len(head) + 1:]] = value
+        else:  # PEFT saves base embedding layers when asked to (e.g. after resizing the vocabulary)
+            base_copies[rest] = value
+    return adapter, heads, base_copies
+
+
+def _head_of(key: str, names: list[str]) -> str | None:
+    """The module in modules_to_save that holds `key` (PEFT matches names as dotted suffixes)."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        if any(prefix == n or prefix.endswith("." + n) for n in names):
+            return prefix
+    return None
+
+
+def _check_heads(am: AdaptedModel, heads: dict, names: list[str], file: Path) -> None:
+    task_heads = task_head_names(am.base)
+    for h in heads:
+        if h not in task_heads:
+            raise AdapterFileError(f"{file} saves module {h!r} (modules_to_save), but petkit restores only task heads "
+                                   f"named {', '.join(HEAD_NAMES)}")
+    for h in task_heads:
+        if h not in heads and any(h == n or h.endswith("." + n) for n in names):
+            raise AdapterFileError(f"{file} lists the task head {h!r} in modules_to_save but holds no weights for it")
+
+
+def _check_base_copies(am: AdaptedModel, copies: dict, force: bool, file: Path) -> None:
+    """Base weights saved in the file must be this model's own: petkit never replaces base weights."""
+    params = {n.replace(".base_layer.", "."): p for n, p in am.base.named_parameters() if ".deltas." not in n}
+    for key, value in copies.items():
+        p = params.get(key.replace(".base_layer.", "."))
+        if p is None:
+            raise AdapterFileError(f"{file}: tensor {_short(key)} is neither an adapter tensor nor a weight of this model")
+        if tuple(value.shape) != tuple(p.shape):
+            raise AdapterFileError(f"{file}: shape mismatch for {key!r}: file has {tuple(value.shape)}, model has "
+                                   f"{tuple(p.shape)} (was the vocabulary resized?)")
+        same = torch.allclose(value.float(), p.detach().float(), rtol=1e-3, atol=1e-5)
+        if not same and not force:
+            raise BaseModelMismatch(f"{file} holds its own {key!r} that differs from this model's (a resized or trained "
+                                    "embedding?), and petkit never replaces base weights; pass force=True to ignore it")
+
+
+def _peft_pattern(patterns: dict, path: str, default, file: Path):
+    """PEFT's rank/alpha pattern lookup: the first key k with re.match(rf"(.*\\.)?({k})$", path)."""
+    for key, value in patterns.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", path):
+                return value
+        except re.error:
+            raise AdapterFileError(f"{file.parent / CONFIG_NAME}: pattern {_short(key)} is not a valid regex") from None
+    return default
+
+
+def _literal(path: str) -> str:
+    return "re:" + re.escape(path)  # a petkit target matching exactly this module path
+
+
+def _petkit_config(config: dict, peft_type: str, adapter: dict, head: bool, folder: Path):
+    file = folder / CONFIG_NAME
+    targets = list(adapter)
     try:
         if peft_type == "IA3":
-            ff = config.get("feedforward_modules") or []
-            # PEFT: a string is a regex (full match), a list holds names matched as dotted suffixes, like ours
-            ff = ["re:" + ff] if isinstance(ff, str) else ff
-            return IA3Config(targets=targets, feedforward=ff, train_head=head)
-        cls = DoraConfig if config.get("use_dora") else LoraConfig
-        ranks = config.get("rank_pattern") or {}
-        alphas = config.get("alpha_pattern") or {}
+            ff = config.get("feedforward_modules")
+            if isinstance(ff, str):  # PEFT: a string is a regex (full match), a list holds plain suffixes
+                is_ff = lambda p: re.fullmatch(ff, p) is not None  # noqa: E731
+            else:
+                is_ff = lambda p: any(p.endswith(k) for k in _names(ff))  # noqa: E731
+            try:
+                feedforward = [_literal(p) for p in targets if is_ff(p)]
+            except re.error:
+                raise AdapterFileError(f"{file}: feedforward_modules {_short(ff)} is not a valid regex") from None
+            return IA3Config(targets=[_literal(p) for p in targets], feedforward=feedforward, train_head=head)
+        ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
         if not isinstance(ranks, dict) or not isinstance(alphas, dict):
             raise ConfigError("rank_pattern and alpha_pattern must be JSON objects")
-        return cls(targets=targets, r=config.get("r", 8), alpha=config.get("lora_alpha", 8),
-                   dropout=config.get("lora_dropout", 0.0) or 0.0, rslora=bool(config.get("use_rslora", False)),
-                   rank_pattern={_pattern(k): v for k, v in ranks.items()},
-                   alpha_pattern={_pattern(k): v for k, v in alphas.items()}, train_head=head)
+        r0, a0 = config.get("r", 8), config.get("lora_alpha", 8)
+        rank_pattern, alpha_pattern = {}, {}
+        for path, theirs in adapter.items():
+            r = _peft_pattern(ranks, path, r0, folder)
+            alpha = _peft_pattern(alphas, path, a0, folder)
+            # The rank in the tensors must be the config's: checked before anything of that size is allocated.
+            dims = {t.shape[0] for k, t in theirs.items() if k in ("lora_A.weight", "lora_embedding_A") and t.ndim}
+            dims |= {t.shape[1] for k, t in theirs.items() if k in ("lora_B.weight", "lora_embedding_B") and t.ndim > 1}
+            if not dims:
+                raise AdapterFileError(f"{folder / WEIGHTS_NAME}: {path!r} has no lora_A/lora_B tensors")
+            if not (isinstance(r, int) and dims == {r}):
+                raise AdapterFileError(f"{folder / WEIGHTS_NAME}: the tensors of {path!r} have rank "
+                                       f"{', '.join(map(str, sorted(dims)))}, the config says r={_short(r)}")
+            if r != r0:
+                rank_pattern[_literal(path)] = r
+            if alpha != a0:
+                alpha_pattern[_literal(path)] = alpha
+        cls = DoraConfig if config.get("use_dora") else LoraConfig
+        return cls(targets=[_literal(p) for p in targets], r=r0, alpha=a0, dropout=config.get("lora_dropout", 0.0) or 0.0,
+                   rslora=bool(config.get("use_rslora", False)), init="pissa" if config.get("init_lora_weights") == "pissa" else "kaiming",
+                   rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, train_head=head)
     except ConfigError as exc:
-        raise AdapterFileError(f"{folder / CONFIG_NAME}: {exc}") from None
+        raise AdapterFileError(f"{file}: {exc}") from None
 
 
 def _to_petkit(delta, theirs: dict) -> dict[str, torch.Tensor]:
     if isinstance(delta, HeadDelta):
         return {f"module.{k}": v for k, v in theirs.items()}
     if isinstance(delta, IA3Delta):
-        return {"scale": theirs["ia3_l"].reshape(-1)} if "ia3_l" in theirs else {}
+        if "ia3_l" not in theirs:
+            return {}
+        l, n = theirs["ia3_l"], delta.scale.numel()
+        # PEFT stores (1, in) for feed-forward layers and (out, 1) otherwise; the wrong one is a mismatch
+        return {"scale": l.reshape(-1) if tuple(l.shape) == ((1, n) if delta.feedforward else (n, 1)) else l}
     out = {}
     for src, dst in (("lora_A.weight", "A"), ("lora_B.weight", "B"), ("lora_embedding_A", "A"),
                      ("lora_embedding_B", "B"), ("lora_magnitude_vector", "magnitude")):

@@ -44,12 +44,12 @@ class LoraConfig(AdapterConfig):
 
     def validate(self):
         check(is_pos_int(self.r), f"r must be a positive int, got {self.r!r}")
-        check(is_number(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}")
+        check(is_number(self.alpha) and 0 < self.alpha < math.inf, f"alpha must be a positive number, got {self.alpha!r}")
         check(is_number(self.dropout) and 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
         check(isinstance(self.rslora, bool), f"rslora must be true or false, got {self.rslora!r}")
         check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name, table, ok in (("rank_pattern", self.rank_pattern, is_pos_int),
-                                ("alpha_pattern", self.alpha_pattern, lambda v: is_number(v) and v > 0)):
+                                ("alpha_pattern", self.alpha_pattern, lambda v: is_number(v) and 0 < v < math.inf)):
             check(isinstance(table, dict), f"{name} must map target patterns to values, got {type(table).__name__}")
             for key, value in table.items():
                 check(isinstance(key, str) and ok(value), f"{name}[{key!r}] must be a positive number, got {value!r}")
@@ -194,7 +194,10 @@ class DoraDelta(LoraDelta):
 
     def __init__(self, base, r, scale, dropout, init):
         super().__init__(base, r, scale, dropout, init)
-        self.magnitude = nn.Parameter(self._column_norm(base).detach().clone())
+        if init is None:  # loading: the saved magnitude overwrites it, so skip the norm computation
+            self.magnitude = nn.Parameter(torch.empty(in_out_features(base)[1]))
+        else:
+            self.magnitude = nn.Parameter(self._column_norm(base).detach().clone())
 
     def _merged_weight(self, base):
         return torch.addmm(weight_oi(base), self.B, self.A, alpha=self.scale)
@@ -232,7 +235,7 @@ class DoraDelta(LoraDelta):
 
 def build_dora(base, config: DoraConfig, path: str, model, init: bool = True) -> DoraDelta:
     r, scale = config.rank_and_scale(path, model)
-    return DoraDelta(base, r, scale, config.dropout, config.init if init else "kaiming")
+    return DoraDelta(base, r, scale, config.dropout, config.init if init else None)
 
 
 register(Method(
