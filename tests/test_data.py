@@ -19,10 +19,11 @@ from petkit.data import (
     lm_blocks,
     load_dataset,
     load_file,
+    locate,
+    named,
     permutation,
     stratified_split,
 )
-from petkit.data import locate, named
 from petkit.testing import tiny_tokenizer
 
 SHARED_DATASETS = ["sst2", "trec", "rte", "ag_news", "sms_spam", "tiny_shakespeare"]

@@ -20,7 +20,12 @@ import torch  # noqa: E402
 
 peft = pytest.importorskip("peft")
 from transformers import (  # noqa: E402
-    BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 import petkit  # noqa: E402
@@ -32,13 +37,6 @@ ATOL = 1e-5
 IDS = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: intra-op threads only spin against each other on a shared CPU (7x slower here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- tiny models ---------------------------------------------------------------------------------

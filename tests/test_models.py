@@ -9,9 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from petkit.models import ModelNotFound, load_model, load_tokenizer, resolve
-from petkit.models import aliases, gguf_cache
-from petkit.testing import TINY_MODELS, VOCAB_SIZE, tiny_batch, tiny_bert, tiny_tokenizer
+from petkit.models import (
+    ModelNotFound,
+    aliases,
+    gguf_cache,
+    load_model,
+    load_tokenizer,
+    resolve,
+)
+from petkit.testing import (
+    TINY_MODELS,
+    VOCAB_SIZE,
+    tiny_batch,
+    tiny_bert,
+    tiny_tokenizer,
+)
 
 EXPECTED_CLASS = {
     "bert": "BertForSequenceClassification",
@@ -22,13 +34,6 @@ EXPECTED_CLASS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls are slower with 2 threads on a busy 2-core box (thread hand-off dominates).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------- tiny models

@@ -35,15 +35,6 @@ from petkit.train import (
 from petkit.train import checkpoint as checkpoint_module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls are slower with 2 threads on a busy 2-core box (thread hand-off dominates).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Crash(Exception):
     pass
 

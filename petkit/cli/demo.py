@@ -27,7 +27,7 @@ def _predictions(model, dataset, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def run_demo(epochs: int = 2, max_train: int | None = None, output: str = "runs/demo") -> int:
+def run_demo(epochs: int = 1, max_train: int | None = None, output: str = "runs/demo") -> int:
     spec = RunSpec(
         model="minilm", data="bbc", max_length=128, max_train=max_train, output=output, save_format="peft",
         method={"name": "lora", "r": 8, "alpha": 16, "targets": ["query", "value"]},

@@ -13,7 +13,6 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the CLI reports what matters itself
 
 from petkit.cli import commands  # noqa: E402
 
@@ -68,15 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.methods)
 
     p = sub.add_parser("demo", help="LoRA on MiniLM over BBC News: accuracy before/after, file size, reload check")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-train", type=int)
     p.add_argument("--output", default="runs/demo")
     p.set_defaults(func=commands.demo)
     return parser
 
 
+def _quiet_transformers() -> None:
+    """The CLI reports what matters itself; transformers' load reports and bars are noise here."""
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_transformers()
     try:
         return args.func(args) or 0
     except commands.USER_ERRORS as exc:

@@ -54,24 +54,20 @@ class IA3Delta(Delta):
         return y * self.scale
 
     @torch.no_grad()
-    def merge(self, base):
-        W = weight_oi(base)
+    def _rescale(self, base, op) -> None:
+        """Apply op (in-place mul or div) by l to W's columns (input scaling) or rows and bias (output)."""
         if self.feedforward:
-            W.mul_(self.scale[None, :])
-        else:
-            W.mul_(self.scale[:, None])
-            if base.bias is not None:
-                base.bias.mul_(self.scale)
+            op(weight_oi(base), self.scale[None, :])
+            return
+        op(weight_oi(base), self.scale[:, None])
+        if base.bias is not None:
+            op(base.bias, self.scale)
 
-    @torch.no_grad()
+    def merge(self, base):
+        self._rescale(base, torch.Tensor.mul_)
+
     def unmerge(self, base):
-        W = weight_oi(base)
-        if self.feedforward:
-            W.div_(self.scale[None, :])
-        else:
-            W.div_(self.scale[:, None])
-            if base.bias is not None:
-                base.bias.div_(self.scale)
+        self._rescale(base, torch.Tensor.div_)
 
     def delta_weight(self, base):
         W = weight_oi(base)
