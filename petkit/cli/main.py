@@ -1,4 +1,4 @@
-"""`petkit`: train, eval, inspect, merge-unload, methods, demo.
+"""`petkit`: train, eval, inspect, merge-unload, methods, demo, bench.
 
 Errors in the user's input print as one line (`error: ...`) with exit code 2, never a traceback.
 """
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import commands  # noqa: E402
+from petkit.cli import bench, commands  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int)
     p.add_argument("--output", default="runs/demo")
     p.set_defaults(func=commands.demo)
+
+    p = sub.add_parser("bench", help="methods x tasks x seeds: leaderboard, plots, optional side by side with PEFT")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
     return parser
 
 

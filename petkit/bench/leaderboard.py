@@ -1,0 +1,107 @@
+"""The leaderboard's numbers: one row per method, ordered by a rank aggregation over the tasks.
+
+Accuracy per task is the mean (± sample standard deviation) of the test accuracy over seeds at the
+learning rate chosen on dev. Efficiency columns are medians over seeds, then over tasks. Ratios are
+against baselines measured in the same bench: training memory and step time against full
+fine-tuning on the same task (when `full` is in the grid), inference against the frozen base model
+timed in the same process and rounds as the adapted one (see measure.py).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from petkit.bench.config import BenchConfig
+from petkit.bench.summary import Cell, cells
+
+
+@dataclass
+class Board:
+    rows: list[dict]                 # ordered best first by `ordered_by`
+    tasks: list[str]
+    ordered_by: str                  # "borda" | "kemeny" | "mean"
+    statement: str                   # one line: which aggregation ordered it, and how
+    rankings: dict = field(default_factory=dict)  # rule -> petkit.analysis Ranking.as_dict()
+    peft: list[dict] = field(default_factory=list)  # petkit / PEFT ratios per (method, task)
+
+
+def build(config: BenchConfig, records: list[dict]) -> Board:
+    table = cells(records, config)
+    tasks = list(config.tasks)
+    rows = [_row(config, m, table) for m in config.methods if any(("petkit", m, t) in table for t in tasks)]
+    board = Board(rows, tasks, config.order_by, "no finished runs yet")
+    if rows:
+        _rank(board, config.order_by)
+    board.peft = [_peft_row(table[("petkit", m, t)], table[("peft", m, t)])
+                  for m in config.methods for t in tasks if ("peft", m, t) in table and ("petkit", m, t) in table]
+    return board
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan  # in-process memory can read 0: no ratio then
+
+
+def _median(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def _row(config: BenchConfig, method: str, table: dict) -> dict:
+    mine = {t: table[("petkit", method, t)] for t in config.tasks if ("petkit", method, t) in table}
+    full = {t: table[("petkit", "full", t)] for t in config.tasks if ("petkit", "full", t) in table}
+
+    def vs_full(*path):
+        return _median(_div(c.median(*path), full[t].median(*path)) for t, c in mine.items() if t in full)
+
+    params = _median(c.median("trainable_params") for c in mine.values())
+    return {
+        "method": method, "family": config.family(method),
+        "tasks": {t: {"acc_mean": c.acc_mean, "acc_std": c.acc_std, "seeds": len(c.runs), "lr": c.lr,
+                      "params": c.median("trainable_params")} for t, c in mine.items()},
+        "mean_acc": statistics.fmean(c.acc_mean for c in mine.values()),
+        "params": params, "params_pct": 100 * _div(params, _median(c.median("base_params") for c in mine.values())),
+        "adapter_bytes": _median(c.median("adapter_bytes") for c in mine.values()),
+        "train_mb": _median(c.median("train_mb") for c in mine.values()),
+        "peak_rss_mb": _median(c.median("peak_rss_mb") for c in mine.values()),
+        "train_mb_vs_full": vs_full("train_mb"),
+        "step_ms": 1000 * _median(c.median("step_s") for c in mine.values()),
+        "step_vs_full": vs_full("step_s"),
+        "unmerged_vs_base": _median(c.median("inference", "unmerged_ratio") for c in mine.values()),
+        "merged_vs_base": _median(c.median("inference", "merged_ratio") for c in mine.values()),
+    }
+
+
+def _rank(board: Board, order_by: str) -> None:
+    """Mean, Borda and Kemeny over the tasks (criteria = test accuracy per task, higher is better)."""
+    from petkit.analysis.ranking import ScoreTable, compare
+
+    methods = [r["method"] for r in board.rows]
+    # a task where every run failed has no scores, so no say
+    tasks = [t for t in board.tasks if any(t in r["tasks"] for r in board.rows)]
+    scores = [[r["tasks"][t]["acc_mean"] if t in r["tasks"] else math.nan for t in tasks] for r in board.rows]
+    comparison = compare(ScoreTable(methods, tasks, scores, higher_is_better=True))
+    board.rankings = {r.rule: r.as_dict() for r in comparison.rankings}
+    chosen = getattr(comparison, order_by)
+    board.statement = chosen.statement
+    for rule in ("borda", "kemeny"):
+        ranking = getattr(comparison, rule)
+        for row in board.rows:
+            row[f"{rule}_position"] = ranking.position(row["method"]) + 1 if row["method"] in ranking.systems else None
+            row[f"{rule}_score"] = dict(zip(ranking.systems, ranking.scores)).get(row["method"])
+    board.rows.sort(key=lambda row: chosen.position(row["method"]) if row["method"] in chosen.systems else len(methods))
+
+
+def _peft_row(ours: Cell, theirs: Cell) -> dict:
+    """petkit / PEFT for one method and task (below 1: petkit is smaller or faster).
+
+    Inference compares each library's ratio to the frozen base timed beside it, so the drift between
+    the two processes cancels; step time and memory are plain ratios of the two runs' medians."""
+    def ratio(*path):
+        return _div(ours.median(*path), theirs.median(*path))
+
+    return {"method": ours.method, "task": ours.task, "lr": ours.lr, "seeds": min(len(ours.runs), len(theirs.runs)),
+            "petkit_acc": ours.acc_mean, "peft_acc": theirs.acc_mean, "acc": _div(ours.acc_mean, theirs.acc_mean),
+            "step": ratio("step_s"), "train_mb": ratio("train_mb"), "adapter_bytes": ratio("adapter_bytes"),
+            "unmerged": ratio("inference", "unmerged_ratio"), "merged": ratio("inference", "merged_ratio")}

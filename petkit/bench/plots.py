@@ -1,0 +1,95 @@
+"""The leaderboard's PNG plots (matplotlib, Agg backend: no display needed).
+
+- accuracy_vs_params.png: test accuracy (mean ± std over seeds) against trainable parameters, log-x,
+  one panel per task, one colour per method family;
+- memory_time.png: training memory and step time per method (bars; the dashed line is full FT);
+- heatmap.png: mean test accuracy, methods × tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from petkit.bench.leaderboard import Board
+from petkit.bench.summary import task_name
+
+
+def write_plots(out: Path, board: Board) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({r["family"] for r in board.rows})
+    colour = {f: plt.get_cmap("tab10")(k % 10) for k, f in enumerate(families)}
+    paths = [_accuracy_vs_params(plt, out, board, colour), _memory_time(plt, out, board, colour),
+             _heatmap(plt, out, board)]
+    plt.close("all")
+    return paths
+
+
+def _accuracy_vs_params(plt, out: Path, board: Board, colour: dict) -> Path:
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, len(board.tasks), figsize=(max(7.0, 4.5 * len(board.tasks)), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], board.tasks):
+        for r in board.rows:
+            cell = r["tasks"].get(task)
+            if cell is None or not cell["params"]:
+                continue
+            ax.errorbar(cell["params"], 100 * cell["acc_mean"], yerr=100 * cell["acc_std"], fmt="o",
+                        color=colour[r["family"]], capsize=3)
+            ax.annotate(r["method"], (cell["params"], 100 * cell["acc_mean"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
+        ax.set_title(task_name(task))
+        ax.set_xlabel("trainable parameters")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=f) for f, c in colour.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
+    return _save(fig, out / "accuracy_vs_params.png")
+
+
+def _memory_time(plt, out: Path, board: Board, colour: dict) -> Path:
+    methods = [r["method"] for r in board.rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(methods) + 4), 4))
+    for ax, key, label in ((axes[0], "train_mb", "training memory (MB added by training)"),
+                           (axes[1], "step_ms", "train step time (ms, median)")):
+        values = [0 if _nan(r[key]) else r[key] for r in board.rows]
+        ax.bar(methods, values, color=[colour[r["family"]] for r in board.rows])
+        full = next((r[key] for r in board.rows if r["method"] == "full"), None)
+        if full is not None and not _nan(full):
+            ax.axhline(full, linestyle="--", color="grey", linewidth=1)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return _save(fig, out / "memory_time.png")
+
+
+def _heatmap(plt, out: Path, board: Board) -> Path:
+    grid = [[100 * r["tasks"][t]["acc_mean"] if t in r["tasks"] else math.nan for t in board.tasks] for r in board.rows]
+    fig, ax = plt.subplots(figsize=(1.4 * len(board.tasks) + 3, 0.45 * len(board.rows) + 1.5))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    middle = sum(image.get_clim()) / 2
+    ax.set_xticks(range(len(board.tasks)), [task_name(t) for t in board.tasks])
+    ax.set_yticks(range(len(board.rows)), [r["method"] for r in board.rows])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not _nan(value):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                        color="black" if value > middle else "white")  # readable on light and dark cells
+    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    fig.tight_layout()
+    return _save(fig, out / "heatmap.png")
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,208 @@
+"""`leaderboard.md` (+ `leaderboard.json` and the PNG plots) from results.jsonl. Never typed by hand:
+`petkit bench --report-only` rewrites them from the results file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from petkit.bench.config import WARMUP_STEPS, BenchConfig
+from petkit.bench.leaderboard import Board, build
+from petkit.bench.results import key_of
+from petkit.bench.summary import task_name
+
+PLOTS = {"accuracy_vs_params.png": "test accuracy against trainable parameters",
+         "memory_time.png": "training memory and step time",
+         "heatmap.png": "test accuracy per method and task"}
+
+
+def write_report(out: Path, config: BenchConfig, records: list[dict]) -> Board:
+    board = build(config, records)
+    if board.rows:
+        from petkit.bench.plots import write_plots
+        write_plots(out, board)
+    (out / "leaderboard.md").write_text(render(board, config, records), encoding="utf-8")
+    (out / "leaderboard.json").write_text(json.dumps(dataclasses.asdict(board), indent=1) + "\n", encoding="utf-8")
+    return board
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _acc(mean, std=None) -> str:
+    if _missing(mean):
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _x(ratio) -> str:
+    return "–" if _missing(ratio) else f"{ratio:.2f}×"
+
+
+def _count(n) -> str:
+    if _missing(n):
+        return "–"
+    for size, unit in ((1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _bytes(n) -> str:
+    if _missing(n):
+        return "–"
+    for size, unit in ((2**20, "MiB"), (2**10, "KiB")):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pct(x) -> str:
+    return "–" if _missing(x) else f"{x:.3g}%"
+
+
+def _num(x, digits: int = 0) -> str:
+    return "–" if _missing(x) else f"{x:.{digits}f}"
+
+
+# -- the document ----------------------------------------------------------------------------------
+
+def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
+    names = [task_name(t) for t in board.tasks]
+    lines = [f"# petkit bench: {Path(config.model).name if os.sep in config.model else config.model}", "",
+             f"{len(board.rows)} methods × {len(board.tasks)} tasks ({', '.join(names)}) × {config.seeds} seeds; "
+             f"{config.steps} steps of {config.batch_size} examples at ≤ {config.max_length} tokens; "
+             f"≤ {config.max_train or 'all'} train and ≤ {config.max_eval or 'all'} dev / test examples per task.",
+             "Accuracy: test accuracy (%), mean ± standard deviation over seeds, at the learning rate chosen "
+             "on dev.", ""]
+    if not board.rows:
+        return "\n".join(lines + ["No finished runs yet.", ""] + _failures(records))
+    lines += [f"**{board.statement}**", ""]
+    lines += _main_table(board, names)
+    lines += ["", "Ranks: Borda points (systems beaten, summed over tasks) and the Kemeny consensus position, "
+              "beside the plain mean; all three come from `petkit.analysis.ranking`. Memory and step time "
+              "are medians over seeds and tasks; \"× full\" divides by full fine-tuning on the same task; "
+              "inference \"× base\" divides by the frozen model timed alongside (see Protocol).", ""]
+    lines += [f"![{what}]({file})" for file, what in PLOTS.items()] + [""]
+    lines += _lr_table(board, names)
+    if board.peft:
+        lines += _peft_table(board)
+    lines += _protocol(config, records) + _failures(records)
+    return "\n".join(lines) + "\n"
+
+
+def _main_table(board: Board, names: list[str]) -> list[str]:
+    head = (["#", "method", "family"] + names + ["mean", "Borda", "Kemeny", "trainable params", "% of base",
+            "adapter size", "train memory MB", "× full", "step ms", "× full", "inference unmerged × base",
+            "merged × base"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, r in enumerate(board.rows, start=1):
+        accs = [_acc(r["tasks"][t]["acc_mean"], r["tasks"][t]["acc_std"]) if t in r["tasks"] else "–"
+                for t in board.tasks]
+        cells = ([str(k), f"`{r['method']}`", r["family"]] + accs +
+                 [_acc(r["mean_acc"]), _num(r.get("borda_score"), 1), _num(r.get("kemeny_position")),
+                  _count(r["params"]), _pct(r["params_pct"]), _bytes(r["adapter_bytes"]), _num(r["train_mb"]),
+                  _x(r["train_mb_vs_full"]), _num(r["step_ms"]), _x(r["step_vs_full"]),
+                  _x(r["unmerged_vs_base"]), _x(r["merged_vs_base"])])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _lr_table(board: Board, names: list[str]) -> list[str]:
+    lines = ["## Learning rates chosen on dev (seed 0)", "", "| method | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for r in board.rows:
+        lines.append(f"| `{r['method']}` | " + " | ".join(f"{r['tasks'][t]['lr']:g}" if t in r["tasks"] else "–"
+                                                         for t in board.tasks) + " |")
+    return lines + [""]
+
+
+def _peft_table(board: Board) -> list[str]:
+    lines = ["## Side by side with Hugging Face PEFT", "",
+             "Same adapter config (targets resolved to the same modules, r, alpha, dropout, task head as "
+             "`modules_to_save`), same initial weights, data, seeds, learning rate, optimiser, schedule and "
+             "trainer (petkit's); only the adapter library differs. Ratios are petkit / PEFT: below 1 means "
+             "petkit is smaller or faster.", "",
+             "| method | task | seeds | petkit acc | PEFT acc | acc ratio | step time | train memory | adapter size "
+             "| inference unmerged | inference merged |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in board.peft:
+        lines.append(f"| `{p['method']}` | {task_name(p['task'])} | {p['seeds']} | {_acc(p['petkit_acc'])} | "
+                     f"{_acc(p['peft_acc'])} | {_x(p['acc'])} | {_x(p['step'])} | {_x(p['train_mb'])} | "
+                     f"{_x(p['adapter_bytes'])} | {_x(p['unmerged'])} | {_x(p['merged'])} |")
+    worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×" for p in board.peft
+             for key, what in (("step", "step time"), ("train_mb", "memory"), ("adapter_bytes", "size"),
+                               ("unmerged", "unmerged inference"), ("merged", "merged inference"))
+             if not _missing(p[key]) and p[key] > 1.05]
+    lines += ["", f"Where petkit is slower or larger than PEFT (ratio > 1.05): {'; '.join(worse) or 'nowhere'}.", ""]
+    return lines
+
+
+def _protocol(config: BenchConfig, records: list[dict]) -> list[str]:
+    ok = [r for r in records if r.get("status") == "ok"]
+    loads = [x for r in ok for x in r.get("load_avg", [])]
+    threads = sorted({r["threads"] for r in ok if "threads" in r})
+    memory = sorted({r["memory_method"] for r in ok if "memory_method" in r})
+    return ["## Protocol", "",
+            "- **Learning rate**: seed 0 trains at every rate of the method's grid (`petkit/bench/defaults.py`); "
+            "the best dev accuracy wins (ties: lower dev loss, then the smaller rate) and seeds 1..n-1 train at "
+            "that rate only. Test accuracy is never used to choose.",
+            f"- **Training**: petkit's trainer, AdamW, {config.steps} steps, batch {config.batch_size}, linear "
+            f"warm-up {config.warmup:g} then {config.schedule} decay, gradient clipping at 1.0; the task head is "
+            "trained with every method.",
+            "- **Trainable parameters**: parameters with requires_grad during training (adapter + head). "
+            "**Adapter size**: the saved `adapter_model.safetensors`.",
+            "- **Training memory**: the peak resident set during training minus the resident set just before "
+            "it (imports, data, the model with its adapter and one forward pass done, so lazily loaded weights "
+            "are resident), i.e. what training adds: optimizer state, gradients, activations; "
+            "each run in a fresh process so no earlier run's freed memory hides growth (torch keeps no peak "
+            f"counter for CPU memory, hence RSS). These runs: {'; '.join(memory) or 'n/a'}"
+            + (" (in-process numbers can read low)." if any("in-process" in m for m in memory) else "."),
+            f"- **Step time**: median wall time of the optimizer steps after the first {WARMUP_STEPS} "
+            "(data collation included, evaluation excluded).",
+            f"- **Inference**: no-grad forwards over {config.infer_batch} test examples; {config.infer_reps} rounds "
+            "after a warm-up, each timing the frozen base model (a fresh copy without wrappers) and the adapted "
+            "model in alternating order; the ratio is the median over rounds of adapted / base within a round. "
+            "Merged: the same after merging the adapter into the weights.",
+            f"- **Machine**: {_cpu()}, torch threads {', '.join(map(str, threads)) or 'n/a'}; 1-minute load "
+            f"average during runs {min(loads, default=math.nan):.1f}–{max(loads, default=math.nan):.1f} "
+            "(timings are noisier when it exceeds the thread count).",
+            f"- **Versions**: {_versions()}.", ""]
+
+
+def _failures(records: list[dict]) -> list[str]:
+    done = {key_of(r) for r in records if r.get("status") == "ok"}
+    failed = {key_of(r): r for r in records if r.get("status") == "failed" and key_of(r) not in done}
+    if not failed:
+        return []
+    lines = ["## Failed runs (tried again on the next run of the same command)", ""]
+    for r in failed.values():
+        lines.append(f"- {r['library']} `{r['method']}` on {task_name(r['task'])}, seed {r['seed']}, "
+                     f"lr {r['lr']:g}: {r['error']}")
+    return lines + [""]
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    parts = [f"python {platform.python_version()}"]
+    for package in ("petkit", "torch", "transformers", "peft"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(parts)

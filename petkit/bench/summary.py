@@ -1,0 +1,80 @@
+"""From run records to one `Cell` per (library, method, task): the runs at the chosen learning rate.
+
+Learning-rate protocol: seed 0 runs every rate of the method's grid; the rate with the best dev
+accuracy (ties: lower dev loss, then the smaller rate) is chosen, and seeds 1..n-1 run at that rate
+only. Seed 0's run at the chosen rate is one of the n. PEFT twins run at petkit's chosen rate.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from petkit.bench.config import BenchConfig
+
+
+def task_name(task: str) -> str:
+    """How a task is shown: a data file by its stem (`data/toy.csv` -> `toy`), a named dataset as is."""
+    return Path(task).stem if Path(task).suffix else task
+
+
+def ok_runs(records: list[dict], **match) -> list[dict]:
+    return [r for r in records if r.get("status") == "ok" and all(r[k] == v for k, v in match.items())]
+
+
+def choose_lr(records: list[dict], method: str, task: str, grid) -> float | None:
+    runs = [r for r in ok_runs(records, library="petkit", method=method, task=task, seed=0) if r["lr"] in grid]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: (r["dev"]["accuracy"], -r["dev"]["loss"], -r["lr"]))["lr"]
+
+
+@dataclass
+class Cell:
+    library: str
+    method: str
+    task: str
+    lr: float
+    runs: list[dict]
+
+    def median(self, *path: str) -> float:
+        """Median over seeds of a (nested) field; NaN when no run has it (e.g. merged time of an unmergeable method)."""
+        values = []
+        for r in self.runs:
+            v = r
+            for k in path:
+                v = v.get(k) if isinstance(v, dict) else None
+            if v is not None:
+                values.append(v)
+        return statistics.median(values) if values else math.nan
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [r["test"]["accuracy"] for r in self.runs]
+
+    @property
+    def acc_mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def acc_std(self) -> float:
+        return statistics.stdev(self.accuracies) if len(self.runs) > 1 else 0.0
+
+
+def cells(records: list[dict], config: BenchConfig) -> dict[tuple[str, str, str], Cell]:
+    """Every (library, method, task) of config with at least one finished run at the chosen rate."""
+    out = {}
+    for task in config.tasks:
+        for method in config.methods:
+            lr = choose_lr(records, method, task, config.lr_grid(method))
+            if lr is None:
+                continue
+            for library in ("petkit", "peft"):
+                runs = [r for r in ok_runs(records, library=library, method=method, task=task, lr=lr)
+                        if r["seed"] < config.seeds]
+                if runs:
+                    runs.sort(key=lambda r: r["seed"])
+                    out[(library, method, task)] = Cell(library, method, task, lr, runs)
+    return out

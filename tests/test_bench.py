@@ -1,0 +1,231 @@
+"""`petkit bench` end to end on a tiny model folder and two tiny CSV tasks (seconds, no real weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+
+import petkit
+from petkit.bench import MIN_STEPS, RESULTS_NAME, BenchConfig, Results, run_bench
+from petkit.bench.results import key_of
+from petkit.cli.main import main
+from petkit.core.errors import ConfigError
+from petkit.testing import tiny_bert, tiny_tokenizer
+
+# Fields that depend only on the data, seed and learning rate (not on timing or memory).
+DETERMINISTIC = ("status", "dev", "test", "trainable_params", "adapter_bytes")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The bare tiny encoder, so each task gets a classification head of its own size."""
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tiny_bert().bert.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    """Two toy tasks: sentiment words (2 labels) and topic words (3 labels)."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("tasks")
+    paths = []
+    for name, words in (("sentiment", {"pos": "good great fine nice", "neg": "bad awful poor sad"}),
+                        ("topic", {"pets": "cat dog fish", "sky": "sun moon star", "color": "red blue green"})):
+        path = folder / f"{name}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for _ in range(100):
+                label = rng.choice(sorted(words))
+                w.writerow([" ".join(rng.choices(words[label].split(), k=4)), label])
+        paths.append(str(path))
+    return tuple(paths)
+
+
+def bench_config(tiny_folder, tasks, output, **changes) -> BenchConfig:
+    settings = dict(model=tiny_folder, tasks=tasks, methods=("lora", "bitfit"), seeds=2, steps=MIN_STEPS,
+                    batch_size=8, max_length=24, max_train=None, max_eval=None, isolate=False, output=str(output))
+    return BenchConfig(**{**settings, **changes})
+
+
+def read_records(output) -> list[dict]:
+    lines = (output / RESULTS_NAME).read_text().splitlines()
+    assert json.loads(lines[0])["kind"] == "header"
+    return [json.loads(line) for line in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_folder, tasks, tmp_path_factory):
+    """An uninterrupted 2-method x 2-task x 2-seed grid (each method's grid has 2 learning rates)."""
+    output = tmp_path_factory.mktemp("reference")
+    board = run_bench(bench_config(tiny_folder, tasks, output), progress=False)
+    return output, board
+
+
+def test_grid_writes_results_leaderboard_and_plots(reference, tasks):
+    output, board = reference
+    records = read_records(output)
+    # per (method, task): 2 learning rates on seed 0, then seed 1 at the chosen rate
+    assert len(records) == 2 * 2 * 3 and all(r["status"] == "ok" for r in records)
+    assert {(r["method"], r["task"]) for r in records} == {(m, t) for m in ("lora", "bitfit") for t in tasks}
+    assert len({key_of(r) for r in records}) == len(records)
+    for r in records:
+        assert r["trainable_params"] > 0 and r["adapter_bytes"] > 0 and r["step_s"] > 0
+        assert r["inference"]["unmerged_ratio"] > 0 and r["inference"]["merge_max_abs_diff"] < 1e-4
+
+    markdown = (output / "leaderboard.md").read_text()
+    assert "sentiment" in markdown and "topic" in markdown and "`lora`" in markdown and "`bitfit`" in markdown
+    assert "Ordered by Borda count" in markdown and "| Borda | Kemeny |" in markdown and "## Protocol" in markdown
+    for png in ("accuracy_vs_params.png", "memory_time.png", "heatmap.png"):
+        assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((output / "leaderboard.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == [r["method"] for r in board.rows]
+    assert set(saved["rankings"]) == {"mean", "borda", "kemeny"}
+
+
+def test_rerun_skips_everything_done(reference, tiny_folder, tasks):
+    output, _ = reference
+    before = (output / RESULTS_NAME).read_text()
+
+    def no_new_runs(record):
+        raise AssertionError(f"re-ran {key_of(record)}")
+
+    run_bench(bench_config(tiny_folder, tasks, output), progress=False, on_record=no_new_runs)
+    assert (output / RESULTS_NAME).read_text() == before
+
+
+def test_interrupted_bench_resumes_to_the_same_records(reference, tiny_folder, tasks, tmp_path):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_five(record):
+        seen.append(record)
+        if len(seen) == 5:
+            raise Stop
+
+    config = bench_config(tiny_folder, tasks, tmp_path)
+    with pytest.raises(Stop):
+        run_bench(config, progress=False, on_record=stop_after_five)
+    assert len(read_records(tmp_path)) == 5
+    run_bench(config, progress=False)
+
+    def deterministic(records):
+        return {key_of(r): {k: r[k] for k in DETERMINISTIC} for r in records}
+
+    assert deterministic(read_records(tmp_path)) == deterministic(read_records(reference[0]))
+
+
+def test_results_of_another_configuration_are_refused(reference, tiny_folder, tasks):
+    output, _ = reference
+    with pytest.raises(ConfigError, match=r"another configuration \(max_length 24 -> 32\).*--fresh.*--output"):
+        run_bench(bench_config(tiny_folder, tasks, output, max_length=32), progress=False)
+    with pytest.raises(ConfigError, match=r"holds lora runs with settings .*'r': 8.*uses .*'r': 4.*--fresh"):
+        run_bench(bench_config(tiny_folder, tasks, output, settings={"lora": {"r": 4}}), progress=False)
+
+
+def test_a_second_bench_on_the_same_output_is_refused(reference, tiny_folder, tasks):
+    output, _ = reference
+    config = bench_config(tiny_folder, tasks, output)
+    with Results(output / RESULTS_NAME, config), pytest.raises(ConfigError, match="another bench is writing"):
+        run_bench(config, progress=False)
+
+
+def test_fresh_starts_over(reference, tiny_folder, tasks, tmp_path):
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("probe",), seeds=1, lrs={"probe": [1e-2]})
+    run_bench(config, progress=False)
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_bench(config.replace(steps=MIN_STEPS + 1), progress=False)
+    run_bench(config.replace(steps=MIN_STEPS + 1), fresh=True, progress=False)
+    assert len(read_records(tmp_path)) == 1
+
+
+def test_more_seeds_and_methods_extend_the_same_results(reference, tiny_folder, tasks, tmp_path):
+    """Tasks, methods and seeds are not part of the setup: a later bench adds to the same file."""
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("probe",), seeds=1, lrs={"probe": [1e-2]})
+    run_bench(config, progress=False)
+    run_bench(config.replace(seeds=2, methods=("probe", "layernorm"), lrs={"probe": [1e-2], "layernorm": [1e-2]}),
+              progress=False)
+    assert sorted((r["method"], r["seed"]) for r in read_records(tmp_path)) == [
+        ("layernorm", 0), ("layernorm", 1), ("probe", 0), ("probe", 1)]
+
+
+def test_every_registered_method_is_benchable_by_name(tiny_folder, tasks, tmp_path):
+    names = [m.name for m in petkit.all_methods()]
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=names, seeds=1, lrs={m: [1e-3] for m in names})
+    board = run_bench(config, progress=False)
+    assert all(r["status"] == "ok" for r in read_records(tmp_path))
+    assert sorted(r["method"] for r in board.rows) == sorted(names)
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tiny_folder, tasks, tmp_path):
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("lora", "probe"), seeds=1,
+                          settings={"lora": {"targets": ["no_such_module"]}}, lrs={"lora": [1e-3], "probe": [1e-2]})
+    run_bench(config, progress=False)
+    status = {r["method"]: r["status"] for r in read_records(tmp_path)}
+    assert status == {"lora": "failed", "probe": "ok"}
+    assert "no_such_module" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_against_peft_reports_ratios(tiny_folder, tasks, tmp_path):
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("lora", "dora", "ia3", "probe"), seeds=1,
+                          against="peft", lrs={m: [5e-3] for m in ("lora", "dora", "ia3", "probe")})
+    board = run_bench(config, progress=False)
+    records = read_records(tmp_path)
+    assert {r["method"] for r in records if r["library"] == "peft"} == {"lora", "dora", "ia3"}  # no PEFT probe
+    assert [p["method"] for p in board.peft] == ["lora", "dora", "ia3"]
+    for p in board.peft:
+        # same config, initial weights, data and trainer: only the adapter library differs
+        assert p["acc"] == pytest.approx(1.0) and p["step"] > 0 and p["unmerged"] > 0 and p["merged"] > 0
+    by_key = {(r["library"], r["method"]): r for r in records}
+    for method in ("lora", "dora", "ia3"):
+        ours, theirs = by_key[("petkit", method)], by_key[("peft", method)]
+        assert ours["trainable_params"] == theirs["trainable_params"]
+        assert ours["dev"]["loss"] == pytest.approx(theirs["dev"]["loss"], abs=1e-4)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "## Side by side with Hugging Face PEFT" in markdown and "| `ia3` | sentiment | 1 |" in markdown
+
+
+def test_isolated_run_measures_memory_in_a_fresh_process(tiny_folder, tasks, tmp_path):
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("probe",), seeds=1, lrs={"probe": [1e-2]},
+                          isolate=True)
+    run_bench(config, progress=False)
+    (record,) = read_records(tmp_path)
+    assert record["status"] == "ok", record.get("error")
+    assert "fresh process" in record["memory_method"] and record["peak_rss_mb"] > record["train_mb"] >= 0
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"methods": ("lora", "lorax")}, r"unknown method lorax; known methods: bitfit, dora, .*lora"),
+    ({"tasks": ("nope",)}, r"unknown task nope; known tasks: ag_news, bbc, .*or a path"),
+    ({"steps": MIN_STEPS - 1}, rf"too small to evaluate.*at least {MIN_STEPS} steps"),
+    ({"lrs": {"lora": []}}, r"learning-rate grid of lora must be a non-empty list"),
+    ({"against": "peft", "methods": ("bitfit",)}, r"compares the methods both libraries have"),
+])
+def test_bad_input_is_one_clear_error(tiny_folder, tasks, tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        bench_config(tiny_folder, changes.pop("tasks", tasks), tmp_path, **changes)
+
+
+def test_cli_yaml_form_and_errors(reference, tiny_folder, tasks, capsys, tmp_path):
+    output, _ = reference
+    yaml_file = tmp_path / "bench.yaml"
+    yaml_file.write_text(f"model: {tiny_folder}\ntasks: [{', '.join(tasks)}]\nmethods: lora,bitfit\nseeds: 2\n"
+                         f"budget: steps={MIN_STEPS}\nbatch_size: 8\nmax_length: 24\nmax_train: null\n"
+                         f"max_eval: null\nisolate: false\noutput: {output}\n")
+    assert main(["bench", "--config", str(yaml_file), "--no-progress"]) == 0  # everything done: report only
+    assert "leaderboard:" in capsys.readouterr().out
+
+    for argv, message in ((["--methods", "lorax"], "unknown method lorax"),
+                          (["--budget", "steps=2"], "too small to evaluate"),
+                          (["--budget", "epochs=2"], "budget is steps=N"),
+                          (["--max-length", "32"], "another configuration")):
+        assert main(["bench", "--config", str(yaml_file), "--no-progress", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
