@@ -71,10 +71,17 @@ class AdaptedLayer(nn.Module):
         return y
 
     def _forward_routed(self, x, args, kwargs):
-        y = self.base_layer(x, *args, **kwargs)
         groups = [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]
         if not groups:
-            return y
+            return self.base_layer(x, *args, **kwargs)
+        if not args and not kwargs:
+            # A delta type may handle all of its groups in one batched computation (LoRA does).
+            batched = getattr(self.deltas[groups[0][0]], "routed_batch", None)
+            if batched is not None:
+                y = batched(self.base_layer, x, [(self.deltas[n], rows) for n, rows in groups])
+                if y is not None:
+                    return y
+        y = self.base_layer(x, *args, **kwargs)
         y = y.clone() if y.requires_grad else y  # in-place writes must not clobber a saved tensor
         for name, rows in groups:
             self.deltas[name].routed(self.base_layer, x, y, rows)

@@ -23,7 +23,7 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.registry import Method, register
 from petkit.core.targeting import LINEAR_TYPES, matches_any
-from petkit.methods.lora_kernel import lora_linear
+from petkit.methods.lora_kernel import lora_linear, lora_linear_routed
 
 INITS = ("kaiming", "gaussian", "pissa")
 
@@ -146,6 +146,34 @@ class LoraDelta(Delta):
             y[rows] += self._low_rank(base, x[rows])
         else:
             y.index_add_(0, rows, self._low_rank(base, x.index_select(0, rows)).to(y.dtype))
+
+    @staticmethod
+    def routed_batch(base, x, groups):
+        """Every LoRA group of a mixed batch on this layer in one batched computation
+        (`lora_linear_routed`): one bmm for all samples' x A_i^T instead of a gather, two GEMMs and a
+        scatter per adapter. `groups` is [(delta, rows)]; returns the layer output, or None when the
+        batched form does not apply (non-linear layer, PiSSA, dropout while training, unequal ranks
+        or dtypes, another delta type) and the caller falls back to `routed` per group."""
+        first = groups[0][0]
+        if not first.is_linear or x.dim() < 2:
+            return None
+        W = weight_oi(base)
+        for d, _ in groups:
+            if (not isinstance(d, LoraDelta) or type(d).routed is not LoraDelta.routed or d.pissa
+                    or (d.p and d.training) or d.A.shape != first.A.shape or d.B.shape != first.B.shape
+                    or d.A.dtype != x.dtype or d.B.dtype != x.dtype or W.dtype != x.dtype):
+                return None
+        n = x.shape[0]
+        As, Bs, scales = [None] * n, [None] * n, [0.0] * n
+        for d, rows in groups:
+            for i in (range(n)[rows] if isinstance(rows, slice) else rows.tolist()):
+                As[i], Bs[i], scales[i] = d.A, d.B, d.scale
+        if any(a is None for a in As):  # samples without an adapter on this layer: a zero delta
+            zA, zB = torch.zeros_like(first.A), torch.zeros_like(first.B)
+            As = [zA if a is None else a for a in As]
+            Bs = [zB if b is None else b for b in Bs]
+        return lora_linear_routed(x, W, base.bias, torch.stack(As), torch.stack(Bs),
+                                  torch.tensor(scales, dtype=x.dtype, device=x.device))
 
     # -- merging ------------------------------------------------------------------------------
     def delta_weight(self, base):

@@ -1,13 +1,20 @@
 """The one LoRA hot path for linear layers: y = x W^T + b + s · drop(x) A^T B^T.
 
 A custom autograd function instead of composing nn ops, because on CPU the cost of LoRA is not
-its FLOPs but the skinny GEMMs and copies around them (see shared/notes/performance-lora-cpu.md):
+its FLOPs but the skinny GEMMs and copies around them (see shared/notes/performance-lora-cpu.md
+and benchmarks/README.md for the measurements behind each choice):
 
 * with dropout off, the weight is merged on the fly (W' = W + s·B·A, out·in·r FLOPs, small next to
   the N·in·out GEMM) so the forward is one GEMM plus `u = x A^T`, and the input gradient is one GEMM
   `g W'` instead of `g W + (g B) A`;
 * only x and the (N, r) tensor u are saved; W' is rebuilt in backward rather than kept alive;
-* gradients nobody asked for (the input of the first layer, a frozen bias) are not computed.
+* every skinny GEMM is written in the orientation MKL runs fastest on CPU: u = x A^T, gB = g B,
+  dA = (gB)^T x and dB = (u^T g)^T — the last one streams g about twice as fast as g^T u — and
+  placed to read its activation while it is warm: u before the big forward GEMM, gB and dB before
+  the big input-gradient GEMM;
+* gradients nobody asked for (the input of the first layer, a frozen bias) are not computed;
+* with no autograd graph to build (inference, or everything frozen) there is no u and nothing is
+  saved: the forward is the merged GEMM alone.
 
 W may be a transposed view (GPT-2 Conv1D); matmul takes it without a copy.
 """
@@ -17,24 +24,34 @@ from __future__ import annotations
 import torch
 
 
+def _merged(weight, A, B, scale):
+    # clone + in-place addmm_ is ~2x faster than the out-of-place addmm (which copies W twice).
+    return weight.clone().addmm_(B, A, alpha=scale)
+
+
+def _dropout_mask(x2, p):
+    return torch.empty_like(x2).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
 class LoraLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, scale: float, p: float):
         in_f = weight.shape[1]
         shape = x.shape
         x2 = x.reshape(-1, in_f)
-        mask = None
+        need_B = ctx.needs_input_grad[4]
+        mask = u = None
         if p > 0.0:
             # Dropout only on the adapter branch, so the base GEMM cannot absorb the low-rank term.
-            mask = torch.empty_like(x2).bernoulli_(1.0 - p).div_(1.0 - p)
-            xd = x2 * mask
-            u = xd @ A.t()
+            mask = _dropout_mask(x2, p)
+            u = (x2 * mask) @ A.t()
             y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
             y.addmm_(u, B.t(), alpha=scale)
         else:
-            merged = torch.addmm(weight, B, A, alpha=scale)
+            if need_B:
+                u = x2 @ A.t()  # before the big GEMM, while x is still warm from whatever produced it
+            merged = _merged(weight, A, B, scale)
             y = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
-            u = x2 @ A.t()
         ctx.scale, ctx.p = scale, p
         ctx.save_for_backward(x, weight, A, B, u, mask)
         ctx.has_bias = bias is not None
@@ -48,10 +65,13 @@ class LoraLinearFn(torch.autograd.Function):
         g2 = g.reshape(-1, g.shape[-1])
         x2 = x.reshape(-1, weight.shape[1])
         dx = dw = db = dA = dB = None
+        # The two skinny products that read g run first, while g is warm from the op that produced it.
         gB = g2 @ B if (need_A or (need_x and mask is not None)) else None  # (N, r)
+        if need_B:
+            dB = (u.t() @ g2).mul_(s).t()  # (r, out) product, handed back as an (out, r) view
         if need_x:
             if mask is None:
-                dx = g2 @ torch.addmm(weight, B, A, alpha=s)
+                dx = g2 @ _merged(weight, A, B, s)
             else:
                 dx = g2 @ weight
                 dx.add_((gB @ A).mul_(mask), alpha=s)
@@ -59,8 +79,6 @@ class LoraLinearFn(torch.autograd.Function):
         if need_A:
             xd = x2 if mask is None else x2 * mask
             dA = (gB.t() @ xd).mul_(s)
-        if need_B:
-            dB = (g2.t() @ u).mul_(s)
         if need_w:  # only when a user unfroze the base weight on purpose
             dw = g2.t() @ x2
         if need_b and ctx.has_bias:
@@ -68,5 +86,44 @@ class LoraLinearFn(torch.autograd.Function):
         return dx, dw, db, dA, dB, None, None
 
 
+def _needs_graph(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def lora_linear(x, weight, bias, A, B, scale: float, p: float = 0.0) -> torch.Tensor:
-    return LoraLinearFn.apply(x, weight, bias, A, B, scale, p)
+    if _needs_graph(x, weight, bias, A, B):
+        return LoraLinearFn.apply(x, weight, bias, A, B, scale, p)
+    # No graph: the same arithmetic as LoraLinearFn.forward, minus what only backward needs.
+    in_f = weight.shape[1]
+    x2 = x.reshape(-1, in_f)
+    if p > 0.0:
+        u = (x2 * _dropout_mask(x2, p)) @ A.t()
+        y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+        y.addmm_(u, B.t(), alpha=scale)
+    else:
+        merged = _merged(weight, A, B, scale)
+        y = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def lora_linear_routed(x, weight, bias, As, Bs, scales) -> torch.Tensor:
+    """Mixed-adapter batch on one linear layer, in one batched computation instead of a loop.
+
+    x: (S, ..., in) with S samples; As: (S, r, in), Bs: (S, out, r), scales: (S,) — sample i's own
+    adapter factors (zeros for a sample without an adapter here). Returns
+    y_i = x_i W^T + b + scales_i · x_i A_i^T B_i^T.
+
+    The output buffer is written once by the low-rank product, with the bias folded in as an extra
+    rank-1 term ([s·u, 1] @ [B, b]^T), and the base GEMM then accumulates into it in place. So the
+    adapters cost one skinny bmm over x and nothing over the (N, out) output: the base layer would
+    write the broadcast bias into its output buffer anyway.
+    """
+    S, out_f, in_f = x.shape[0], weight.shape[0], weight.shape[1]
+    x3 = x.reshape(S, -1, in_f)
+    u = torch.bmm(x3, As.transpose(1, 2)) * scales.view(S, 1, 1).to(x.dtype)  # (S, T, r)
+    if bias is not None:
+        u = torch.cat([u, u.new_ones(S, u.shape[1], 1)], 2)
+        Bs = torch.cat([Bs, bias.view(1, out_f, 1).expand(S, out_f, 1)], 2)
+    y3 = torch.bmm(u, Bs.transpose(1, 2))
+    y3.view(-1, out_f).addmm_(x3.reshape(-1, in_f), weight.t())
+    return y3.view(*x.shape[:-1], out_f)
