@@ -1,6 +1,4 @@
-#!/usr/bin/env python
-"""Numerical checks behind the LoRA fast paths measured in lora_overhead.py (run before trusting a
-kernel change; ~20 s on 2 cores, no downloads):
+"""Numerical checks behind the LoRA fast paths measured in benchmarks/lora_overhead.py:
 
 1. gradcheck of LoraLinearFn in float64 on the dropout-free path, for 3-D and 2-D inputs, with and
    without bias, a normal or transposed (GPT-2 Conv1D-style) weight, and several requires_grad sets;
@@ -10,26 +8,18 @@ kernel change; ~20 s on 2 cores, no downloads):
 4. lora_linear_routed against a per-sample loop (float64) plus its gradcheck;
 5. a tiny BERT with three adapters (different scales and targets): mixed-adapter batches through the
    batched route vs the per-group fallback vs each sample run alone, outputs and adapter gradients.
-
-    .venv/bin/python benchmarks/check_lora_kernel.py
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import petkit  # noqa: E402
-from petkit.methods.lora import LoraDelta  # noqa: E402
-from petkit.methods.lora_kernel import LoraLinearFn, lora_linear, lora_linear_routed  # noqa: E402
+import petkit
+from petkit.methods.lora import LoraDelta
+from petkit.methods.lora_kernel import LoraLinearFn, lora_linear, lora_linear_routed
 
 
 def ref(x, W, b, A, B, s, mask=None):
@@ -41,7 +31,7 @@ def rel(a, c):
     return ((a - c).abs().max() / c.abs().max().clamp_min(1e-30)).item()
 
 
-def check_gradcheck():
+def test_gradcheck():
     n = 0
     for shape, bias, transposed, req in itertools.product(
             [(3, 5, 7), (6, 7)], [True, False], [False, True],
@@ -59,7 +49,7 @@ def check_gradcheck():
     print(f"1. gradcheck (float64, no dropout): {n} configurations ok")
 
 
-def check_dropout():
+def test_dropout():
     d = torch.float64
     for transposed in (False, True):
         x = torch.randn(4, 5, 7, dtype=d, requires_grad=True)
@@ -83,7 +73,7 @@ def check_dropout():
     print("2. dropout path = plain autograd with the same mask; no-graph path gives the identical output")
 
 
-def check_fp32():
+def test_fp32_against_the_plain_formula():
     for in_f, out_f in [(384, 384), (384, 1536), (1536, 384)]:
         x = torch.randn(8, 64, in_f, requires_grad=True)
         W, b = torch.randn(out_f, in_f) * 0.05, torch.randn(out_f) * 0.1
@@ -102,7 +92,7 @@ def check_fp32():
               + ", ".join(f"{e:.1e}" for e in errs))
 
 
-def check_routed_kernel():
+def test_routed_kernel():
     d = torch.float64
     for bias in (True, False):
         S, T, in_f, out_f, r = 5, 3, 7, 6, 2
@@ -119,7 +109,7 @@ def check_routed_kernel():
     print("4. lora_linear_routed = per-sample formula (float64); gradcheck ok")
 
 
-def check_routed_model():
+def test_routed_model():
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -168,13 +158,3 @@ def check_routed_model():
         assert max(e_old, e_ref) < 1e-5 and e_grad < 1e-5, (e_old, e_ref, e_grad)
         print(f"5. mixed batch {names}: |batched - fallback| {e_old:.1e}, |batched - each sample alone| {e_ref:.1e}, "
               f"adapter grads rel. err {e_grad:.1e}")
-
-
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    check_gradcheck()
-    check_dropout()
-    check_fp32()
-    check_routed_kernel()
-    check_routed_model()
-    print("all checks passed")
