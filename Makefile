@@ -34,8 +34,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "slow or not slow" --run-slow tests
 
+# The LoRA overhead benchmark, then the README table regenerated from its results.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lora_overhead.py
+	$(BIN)/python benchmarks/render_readme.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
