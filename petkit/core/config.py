@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from petkit.core.errors import ConfigError
-
-Targets = "str | list[str] | tuple[str, ...]"
 
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:
@@ -99,4 +97,4 @@ def is_pos_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-__all__ = ["AdapterConfig", "check", "is_number", "is_pos_int", "field"]
+__all__ = ["AdapterConfig", "check", "is_number", "is_pos_int"]
