@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from petkit.cli.commands import read_settings
 from petkit.core.errors import ConfigError
 
 console = Console()
@@ -61,14 +61,7 @@ def add_arguments(p) -> None:
 
 def config_from_args(args):
     from petkit.bench import BenchConfig
-    data: dict = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"bench config {path} not found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of bench settings")
+    data = read_settings(args.config, "bench") if args.config else {}
     if args.full:
         data["preset"] = "full"
     for key in FLAGS:

@@ -46,16 +46,20 @@ def parse_pairs(pairs: list[str], what: str) -> dict:
     return out
 
 
+def read_settings(file: str, what: str) -> dict:
+    """A YAML file of settings (a mapping), with one clear error when it is missing or malformed."""
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"{what} config {path} not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of {what} settings")
+    return data
+
+
 def _spec_from_args(args):
     from petkit.pipeline import RunSpec
-    data: dict = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"run config {path} not found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of run settings")
+    data = read_settings(args.config, "run") if args.config else {}
     for key in ("model", "data", "max_length", "max_train", "max_eval", "seed", "output"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
