@@ -60,9 +60,9 @@ class AdaptedModel(nn.Module):
             elif method.kind == "selection":
                 self._select(name, config)
             heads = self._heads_for(config, method)
+            paths += heads  # before attaching, so a failure below is rolled back too
             for p in heads:
                 self._attach(p, name, HeadDelta(self._wrap(p).base_layer))
-            paths += heads
         except Exception:
             self._remove_deltas(name, paths)
             raise
