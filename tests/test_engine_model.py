@@ -260,3 +260,10 @@ def test_full_fine_tuning_beside_a_wrapped_adapter_saves_and_loads(tmp_path):
 def test_alpha_must_be_finite():
     with pytest.raises(petkit.ConfigError, match="alpha"):
         petkit.LoraConfig(alpha=float("inf"))
+
+
+def test_fingerprint_samples_stay_in_bounds_for_large_tensors():
+    # float32 linspace(0, n - 1) rounds n - 1 up to n for n > 2**24 (SmolLM2's embedding has 28,311,552)
+    big = torch.nn.Embedding(28_311_552 // 64, 64)
+    fp = petkit.core.fingerprint.fingerprint(big)
+    assert fp["num_parameters"] == 28_311_552 and len(fp["sample"]) == 4

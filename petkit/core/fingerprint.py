@@ -37,7 +37,9 @@ def fingerprint(model: nn.Module) -> dict:
         count += flat.numel()
         if flat.numel() == 0:
             continue  # nothing to sample (and linspace would index out of range)
-        idx = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR).long()
+        # Integer positions: float32 linspace rounds past the end for tensors of > 2**24 elements.
+        last = flat.numel() - 1
+        idx = torch.tensor([i * last // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
         sample.extend(round(float(v), 6) for v in flat[idx].float())
     return {"arch": arch.hexdigest()[:16], "num_parameters": count, "sample": sample}
 
