@@ -1,9 +1,10 @@
-"""Write the README's performance table from the committed benchmark results (never by hand).
+"""Write the README's performance tables from the committed benchmark results (never by hand).
 
     .venv/bin/python benchmarks/render_readme.py          # rewrite the block in README.md
     .venv/bin/python benchmarks/render_readme.py --check  # exit 1 if README.md is out of date
 
-The block sits between `<!-- perf:start -->` and `<!-- perf:end -->`.
+Blocks: `<!-- perf:start -->` … `<!-- perf:end -->` (LoRA overhead) and `<!-- leaderboard:start -->` …
+`<!-- leaderboard:end -->` (the MiniLM `petkit bench` leaderboard, or how far its run has got).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "lora_overhead.json"
+LEADERBOARD = ROOT / "benchmarks" / "results" / "minilm"
 README = ROOT / "README.md"
-START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
 def _target(t) -> tuple[str, float] | None:
@@ -53,12 +54,39 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def render_leaderboard(folder: Path) -> str:
+    board = folder / "leaderboard.json"
+    if not board.is_file():
+        runs = folder / "results.jsonl"
+        done = sum(1 for line in runs.read_text(encoding="utf-8").splitlines()[1:] if line.strip()) if runs.is_file() else 0
+        return (f"The leaderboard run has not finished yet ({done} runs recorded in "
+                f"`{runs.relative_to(ROOT)}`); re-running its command resumes it.")
+    data = json.loads(board.read_text(encoding="utf-8"))
+    tasks = data["tasks"]
+    lines = [f"**{data['statement']}** Test accuracy (%), mean ± std over seeds; full table, protocol and plots in "
+             f"`{(folder / 'leaderboard.md').relative_to(ROOT)}`.", "",
+             "| # | method | " + " | ".join(tasks) + " | trainable params | train memory × full | step × full |",
+             "|---|---|" + "---|" * len(tasks) + "---|---|---|"]
+    for i, row in enumerate(data["rows"], 1):
+        cells = [f"{100 * row['tasks'][t]['acc_mean']:.1f} ± {100 * row['tasks'][t]['acc_std']:.1f}"
+                 if t in row["tasks"] else "–" for t in tasks]
+        lines.append(f"| {i} | `{row['method']}` | " + " | ".join(cells) +
+                     f" | {row['params']:,.0f} | {row.get('train_mb_vs_full') or float('nan'):.2f} "
+                     f"| {row.get('step_vs_full') or float('nan'):.2f} |")
+    return "\n".join(lines)
+
+
+def _replace_block(text: str, name: str, content: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
 def updated_readme() -> str:
     text = README.read_text(encoding="utf-8")
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    table = render(json.loads(RESULTS.read_text(encoding="utf-8")))
-    return f"{head}{START}\n{table}\n{END}{tail}"
+    text = _replace_block(text, "perf", render(json.loads(RESULTS.read_text(encoding="utf-8"))))
+    return _replace_block(text, "leaderboard", render_leaderboard(LEADERBOARD))
 
 
 if __name__ == "__main__":
