@@ -54,6 +54,13 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(task: dict) -> str:
+    """Accuracy (%) for classification tasks, perplexity for language-modelling ones."""
+    if "ppl_mean" in task:
+        return f"ppl {task['ppl_mean']:.2f} ± {task['ppl_std']:.2f}"
+    return f"{100 * task['acc_mean']:.1f} ± {100 * task['acc_std']:.1f}"
+
+
 def render_leaderboard(folder: Path) -> str:
     board = folder / "leaderboard.json"
     if not board.is_file():
@@ -63,13 +70,12 @@ def render_leaderboard(folder: Path) -> str:
                 f"`{runs.relative_to(ROOT)}`); re-running its command resumes it.")
     data = json.loads(board.read_text(encoding="utf-8"))
     tasks = data["tasks"]
-    lines = [f"**{data['statement']}** Test accuracy (%), mean ± std over seeds; full table, protocol and plots in "
+    lines = [f"**{data['statement']}** Test accuracy (%) or perplexity, mean ± std over seeds; full table, protocol and plots in "
              f"`{(folder / 'leaderboard.md').relative_to(ROOT)}`.", "",
              "| # | method | " + " | ".join(tasks) + " | trainable params | train memory × full | step × full |",
              "|---|---|" + "---|" * len(tasks) + "---|---|---|"]
     for i, row in enumerate(data["rows"], 1):
-        cells = [f"{100 * row['tasks'][t]['acc_mean']:.1f} ± {100 * row['tasks'][t]['acc_std']:.1f}"
-                 if t in row["tasks"] else "–" for t in tasks]
+        cells = [_cell(row["tasks"][t]) if t in row["tasks"] else "–" for t in tasks]
         lines.append(f"| {i} | `{row['method']}` | " + " | ".join(cells) +
                      f" | {row['params']:,.0f} | {row.get('train_mb_vs_full') or float('nan'):.2f} "
                      f"| {row.get('step_vs_full') or float('nan'):.2f} |")

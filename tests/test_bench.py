@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 
 import pytest
@@ -13,7 +14,7 @@ from petkit.bench import MIN_STEPS, RESULTS_NAME, BenchConfig, Results, run_benc
 from petkit.bench.results import key_of
 from petkit.cli.main import main
 from petkit.core.errors import ConfigError
-from petkit.testing import tiny_bert, tiny_tokenizer
+from petkit.testing import tiny_bert, tiny_llama, tiny_tokenizer
 
 # Fields that depend only on the data, seed and learning rate (not on timing or memory).
 DETERMINISTIC = ("status", "dev", "test", "trainable_params", "adapter_bytes")
@@ -229,3 +230,127 @@ def test_cli_yaml_form_and_errors(reference, tiny_folder, tasks, capsys, tmp_pat
         assert main(["bench", "--config", str(yaml_file), "--no-progress", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+# -- language modelling: scored by test perplexity (lower is better) --------------------------------
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def lm_text(tmp_path_factory):
+    """A running text of short paragraphs (a .txt task is split into train/dev/test at blank lines)."""
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "sun"]
+    path = tmp_path_factory.mktemp("lm") / "toy_lm.txt"
+    path.write_text("\n\n".join(" ".join(rng.choices(words, k=10)) for _ in range(120)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm_bench(lm_folder, lm_text, tmp_path_factory):
+    """lora and ia3 (2 learning rates each, seed 0) on the text, each with its PEFT twin."""
+    output = tmp_path_factory.mktemp("lm-bench")
+    config = BenchConfig(model=lm_folder, tasks=(lm_text,), methods=("lora", "ia3"), seeds=1, steps=MIN_STEPS,
+                         batch_size=4, max_length=32, max_train=None, max_eval=None, isolate=False,
+                         against="peft", output=str(output))
+    return output, config, run_bench(config, progress=False)
+
+
+def test_lm_grid_is_scored_by_perplexity(lm_bench, lm_text):
+    output, _, board = lm_bench
+    records = read_records(output)
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    for r in records:
+        assert set(r["test"]) == {"loss", "perplexity"} and r["test"]["perplexity"] > 1
+        assert r["inference"]["unmerged_ratio"] > 0
+    for method in ("lora", "ia3"):  # the learning rate with the lowest dev loss is chosen
+        search = [r for r in records if r["library"] == "petkit" and r["method"] == method]
+        assert len(search) == 2
+        best = min(search, key=lambda r: r["dev"]["loss"])["lr"]
+        row = next(row for row in board.rows if row["method"] == method)
+        cell = row["tasks"][lm_text]
+        assert cell["lr"] == best and cell["ppl_mean"] == best_ppl(search, best) and "acc_mean" not in cell
+        assert row["mean_ppl"] == cell["ppl_mean"] and math.isnan(row["mean_acc"])
+
+    markdown = (output / "leaderboard.md").read_text()
+    assert "\nPerplexity (lower is better) on the language-modelling task toy_lm: test perplexity" in markdown
+    assert "| mean ppl | Borda |" in markdown and "| mean |" not in markdown
+    assert "lowest dev loss" in markdown and "Plots: toy_lm is a language-modelling task" in markdown
+    for png in ("accuracy_vs_params.png", "memory_time.png", "heatmap.png"):
+        assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.loads((output / "leaderboard.json").read_text())  # NaN-free enough to read back
+
+
+def best_ppl(runs, lr):
+    return next(r["test"]["perplexity"] for r in runs if r["lr"] == lr)
+
+
+def test_lm_ranking_puts_the_lowest_perplexity_first(lm_bench):
+    _, _, board = lm_bench
+    by_ppl = sorted(board.rows, key=lambda r: r["mean_ppl"])
+    if by_ppl[0]["mean_ppl"] != by_ppl[1]["mean_ppl"]:
+        assert [r["method"] for r in board.rows] == [r["method"] for r in by_ppl]
+        assert board.rows[0]["borda_position"] == 1
+
+
+def test_lm_ranking_direction_on_made_up_records(lm_folder, lm_text, tmp_path):
+    """Lower perplexity ranks higher; a classification task in the same board still ranks by accuracy."""
+    from petkit.bench.leaderboard import build
+
+    config = BenchConfig(model=lm_folder, tasks=(lm_text, "bbc"), methods=("lora", "ia3", "bitfit"), seeds=1,
+                         lrs={m: [1e-3] for m in ("lora", "ia3", "bitfit")}, output=str(tmp_path))
+
+    def record(method, task, test):
+        dev = {"loss": 1.0, **({"accuracy": 0.5} if "accuracy" in test else {"perplexity": 2.7})}
+        return {"status": "ok", "library": "petkit", "method": method, "task": task, "seed": 0, "lr": 1e-3,
+                "dev": dev, "test": test, "trainable_params": 10, "base_params": 100}
+
+    ppl = {"lora": 5.0, "ia3": 9.0, "bitfit": 20.0}
+    records = [record(m, lm_text, {"loss": math.log(p), "perplexity": p}) for m, p in ppl.items()]
+    board = build(config, records)
+    assert [r["method"] for r in board.rows] == ["lora", "ia3", "bitfit"]
+    assert board.rankings["mean"]["order"][0] == board.rankings["kemeny"]["order"][0] == "lora"
+
+    # accuracy on bbc reversed against the perplexity order: each method wins one task, lora only on ppl
+    acc = {"lora": 0.2, "ia3": 0.9, "bitfit": 0.8}
+    records += [record(m, "bbc", {"loss": 1.0, "accuracy": a}) for m, a in acc.items()]
+    board = build(config, records)
+    assert board.rows[0]["method"] == "ia3"  # 2nd and 1st beats 1st and 3rd, 3rd and 2nd
+    from petkit.bench.report import render
+    markdown = render(board, config, records)
+    assert "| mean acc | mean ppl | Borda |" in markdown and "5.00 ± 0.00" in markdown and "90.0 ± 0.0" in markdown
+
+
+def test_against_peft_on_a_language_model(lm_bench):
+    output, _, board = lm_bench
+    records = read_records(output)
+    assert {r["method"] for r in records if r["library"] == "peft"} == {"lora", "ia3"}
+    assert [p["method"] for p in board.peft] == ["lora", "ia3"]
+    for p in board.peft:
+        assert "acc" not in p and p["ppl"] == pytest.approx(1.0, abs=1e-3) and p["petkit_ppl"] > 1
+        assert p["step"] > 0 and p["unmerged"] > 0 and p["merged"] > 0
+    by_key = {(r["library"], r["method"]): r for r in records if r["library"] == "peft" or
+              r["lr"] == next(p["lr"] for p in board.peft if p["method"] == r["method"])}
+    for method in ("lora", "ia3"):
+        ours, theirs = by_key[("petkit", method)], by_key[("peft", method)]
+        assert ours["trainable_params"] == theirs["trainable_params"]
+        assert ours["dev"]["loss"] == pytest.approx(theirs["dev"]["loss"], abs=1e-4)
+    markdown = (output / "leaderboard.md").read_text()
+    assert "| petkit ppl | PEFT ppl | ppl ratio |" in markdown and "| `ia3` | toy_lm | 1 |" in markdown
+
+
+def test_cli_prints_perplexity_for_lm(lm_bench, capsys, tmp_path):
+    output, config, _ = lm_bench
+    yaml_file = tmp_path / "lm.yaml"
+    yaml_file.write_text(f"model: {config.model}\ntasks: [{config.tasks[0]}]\nmethods: lora,ia3\nseeds: 1\n"
+                         f"budget: steps={MIN_STEPS}\nbatch_size: 4\nmax_length: 32\nmax_train: null\n"
+                         f"max_eval: null\nisolate: false\nagainst: peft\noutput: {output}\n")
+    assert main(["bench", "--config", str(yaml_file), "--no-progress", "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "mean test ppl" in out and "mean test acc" not in out

@@ -160,7 +160,7 @@ def _validate(cfg: BenchConfig) -> None:
     unknown = [t for t in cfg.tasks if t not in known_datasets() and not Path(t).is_file()]
     if unknown:
         raise ConfigError(f"unknown task{'s' * (len(unknown) > 1)} {', '.join(unknown)}; known tasks: "
-                          f"{', '.join(known_datasets())}, or a path to a .csv/.tsv/.jsonl file")
+                          f"{', '.join(known_datasets())}, or a path to a .csv/.tsv/.jsonl file (.txt: language modelling)")
     for name, table in (("settings", cfg.settings), ("lrs", cfg.lrs)):
         if not isinstance(table, dict):
             raise ConfigError(f"{name} must map method names to values, got {type(table).__name__}")

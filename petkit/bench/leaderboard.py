@@ -1,7 +1,8 @@
 """The leaderboard's numbers: one row per method, ordered by a rank aggregation over the tasks.
 
 Accuracy per task is the mean (± sample standard deviation) of the test accuracy over seeds at the
-learning rate chosen on dev. Efficiency columns are medians over seeds, then over tasks. Ratios are
+learning rate chosen on dev; a language-modelling task is scored the same way by test perplexity
+(`ppl_mean`/`ppl_std` in its cells instead of `acc_mean`/`acc_std`; lower is better, also in the ranking). Efficiency columns are medians over seeds, then over tasks. Ratios are
 against baselines measured in the same bench: training memory and step time against full
 fine-tuning on the same task (when `full` is in the grid), inference against the frozen base model
 timed in the same process and rounds as the adapted one (see measure.py).
@@ -14,7 +15,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from petkit.bench.config import BenchConfig
-from petkit.bench.summary import Cell, cells
+from petkit.bench.summary import Cell, cells, higher_is_better
+
+KEYS = {"accuracy": "acc", "perplexity": "ppl"}  # how a metric is abbreviated in the board's keys
 
 
 @dataclass
@@ -39,6 +42,18 @@ def build(config: BenchConfig, records: list[dict]) -> Board:
     return board
 
 
+def task_score(cell: dict) -> tuple[str, float, float]:
+    """(metric, mean, std) of one row's cell for a task (the cell is `row["tasks"][task]`)."""
+    if "ppl_mean" in cell:
+        return "perplexity", cell["ppl_mean"], cell["ppl_std"]
+    return "accuracy", cell["acc_mean"], cell["acc_std"]
+
+
+def task_metric(board: Board, task: str) -> str | None:
+    """What `task` is scored by on this board (None when no method finished it)."""
+    return next((task_score(r["tasks"][task])[0] for r in board.rows if task in r["tasks"]), None)
+
+
 def _div(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan  # in-process memory can read 0: no ratio then
 
@@ -56,11 +71,15 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
         return _median(_div(c.median(*path), full[t].median(*path)) for t, c in mine.items() if t in full)
 
     params = _median(c.median("trainable_params") for c in mine.values())
+    accs = [c.score_mean for c in mine.values() if c.metric == "accuracy"]
+    ppls = [c.score_mean for c in mine.values() if c.metric == "perplexity"]
     return {
         "method": method, "family": config.family(method),
-        "tasks": {t: {"acc_mean": c.acc_mean, "acc_std": c.acc_std, "seeds": len(c.runs), "lr": c.lr,
-                      "params": c.median("trainable_params")} for t, c in mine.items()},
-        "mean_acc": statistics.fmean(c.acc_mean for c in mine.values()),
+        "tasks": {t: {f"{KEYS[c.metric]}_mean": c.score_mean, f"{KEYS[c.metric]}_std": c.score_std,
+                      "seeds": len(c.runs), "lr": c.lr, "params": c.median("trainable_params")}
+                  for t, c in mine.items()},
+        "mean_acc": statistics.fmean(accs) if accs else math.nan,  # over the classification tasks
+        **({"mean_ppl": statistics.fmean(ppls)} if ppls else {}),   # over the language-modelling tasks
         "params": params, "params_pct": 100 * _div(params, _median(c.median("base_params") for c in mine.values())),
         "adapter_bytes": _median(c.median("adapter_bytes") for c in mine.values()),
         "train_mb": _median(c.median("train_mb") for c in mine.values()),
@@ -74,14 +93,16 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
 
 
 def _rank(board: Board, order_by: str) -> None:
-    """Mean, Borda and Kemeny over the tasks (criteria = test accuracy per task, higher is better)."""
+    """Mean, Borda and Kemeny over the tasks (criteria = test accuracy per task, higher is better; test
+    perplexity for a language-modelling task, lower is better)."""
     from petkit.analysis.ranking import ScoreTable, compare
 
     methods = [r["method"] for r in board.rows]
     # a task where every run failed has no scores, so no say
     tasks = [t for t in board.tasks if any(t in r["tasks"] for r in board.rows)]
-    scores = [[r["tasks"][t]["acc_mean"] if t in r["tasks"] else math.nan for t in tasks] for r in board.rows]
-    comparison = compare(ScoreTable(methods, tasks, scores, higher_is_better=True))
+    scores = [[task_score(r["tasks"][t])[1] if t in r["tasks"] else math.nan for t in tasks] for r in board.rows]
+    directions = [higher_is_better(task_metric(board, t)) for t in tasks]
+    comparison = compare(ScoreTable(methods, tasks, scores, higher_is_better=directions))
     board.rankings = {r.rule: r.as_dict() for r in comparison.rankings}
     chosen = getattr(comparison, order_by)
     board.statement = chosen.statement
@@ -101,7 +122,9 @@ def _peft_row(ours: Cell, theirs: Cell) -> dict:
     def ratio(*path):
         return _div(ours.median(*path), theirs.median(*path))
 
+    key = KEYS[ours.metric]  # petkit_acc, peft_acc, acc; or petkit_ppl, peft_ppl, ppl for language modelling
     return {"method": ours.method, "task": ours.task, "lr": ours.lr, "seeds": min(len(ours.runs), len(theirs.runs)),
-            "petkit_acc": ours.acc_mean, "peft_acc": theirs.acc_mean, "acc": _div(ours.acc_mean, theirs.acc_mean),
+            f"petkit_{key}": ours.score_mean, f"peft_{key}": theirs.score_mean,
+            key: _div(ours.score_mean, theirs.score_mean),
             "step": ratio("step_s"), "train_mb": ratio("train_mb"), "adapter_bytes": ratio("adapter_bytes"),
             "unmerged": ratio("inference", "unmerged_ratio"), "merged": ratio("inference", "merged_ratio")}

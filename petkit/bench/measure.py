@@ -4,7 +4,8 @@ A job is plain JSON (so it can be sent to a fresh process, see child.py):
 {"library": "petkit"|"peft", "method", "task", "seed", "lr", "settings": {...}, "setup": {...}}.
 
 What is measured, and how:
-- dev and test metrics: `petkit.train.evaluate` after training (dev picks the learning rate).
+- dev and test metrics: `petkit.train.evaluate` after training (dev picks the learning rate):
+  loss, accuracy and macro-F1 on a classification task; loss and perplexity on a causal-LM one.
 - trainable parameters: those with requires_grad while training (adapter + task head).
 - adapter bytes: the saved `adapter_model.safetensors` (petkit format; PEFT's own for PEFT runs).
 - training memory: peak resident set (VmHWM) during training, reset just before it starts, minus
@@ -60,8 +61,8 @@ def measure_run(job: dict) -> dict:
     load_before = os.getloadavg()[0]
     spec = run_spec(job)
     prep = prepare(spec)
-    if prep.task != "classification":
-        raise petkit.ConfigError(f"the bench scores classification tasks; {job['task']} is {prep.task}")
+    if prep.task not in ("classification", "causal_lm"):
+        raise petkit.ConfigError(f"the bench scores classification and causal-LM tasks; {job['task']} is {prep.task}")
     base_params = sum(p.numel() for p in prep.model.parameters())
 
     # --- training, with its memory and step times
@@ -106,7 +107,7 @@ def _attach(library: str, model, spec: RunSpec):
 
 
 def _scores(metrics: dict) -> dict:
-    return {k: round(float(metrics[k]), 6) for k in ("accuracy", "macro_f1", "loss") if k in metrics}
+    return {k: round(float(metrics[k]), 6) for k in ("accuracy", "macro_f1", "loss", "perplexity") if k in metrics}
 
 
 def _saved_bytes(model, library: str) -> int:
@@ -123,7 +124,10 @@ def _saved_bytes(model, library: str) -> int:
 def _time_inference(model, library: str, prep, setup: dict) -> dict:
     from petkit.models import load_model
 
-    base = load_model(setup["model"], task="classification", num_labels=len(prep.labels))
+    if prep.task == "classification":
+        base = load_model(setup["model"], task="classification", num_labels=len(prep.labels))
+    else:
+        base = load_model(setup["model"], task=prep.task)
     examples = [prep.test[i] for i in range(min(setup["infer_batch"], len(prep.test)))]
     batch = {k: v for k, v in prep.test.collate(examples).items() if k != "labels"}
     model.eval()

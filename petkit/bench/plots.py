@@ -4,6 +4,10 @@
   one panel per task, one colour per method family;
 - memory_time.png: training memory and step time per method (bars; the dashed line is full FT);
 - heatmap.png: mean test accuracy, methods × tasks.
+
+A language-modelling task is plotted by test perplexity instead (its own y axis in
+accuracy_vs_params.png; in heatmap.png only when no task is a classification one, since one colour
+scale cannot hold both): `plot_note` says so under the plots in leaderboard.md.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from petkit.bench.leaderboard import Board
+from petkit.bench.leaderboard import Board, task_metric, task_score
 from petkit.bench.summary import task_name
 
 
@@ -28,25 +32,44 @@ def write_plots(out: Path, board: Board) -> list[Path]:
     return paths
 
 
+def plot_note(board: Board) -> str:
+    """One line for leaderboard.md on how the plots show language-modelling tasks."""
+    lm = [task_name(t) for t in board.tasks if task_metric(board, t) == "perplexity"]
+    classification = [t for t in board.tasks if task_metric(board, t) == "accuracy"]
+    heatmap = ("the heatmap shows the classification tasks only" if classification else
+               "the heatmap shows test perplexity (lower is better)")
+    return (f"Plots: {', '.join(lm)} {'is a language-modelling task' if len(lm) == 1 else 'are language-modelling tasks'}"
+            f", plotted by test perplexity (lower is better) against trainable parameters; {heatmap}.")
+
+
+def _scale(metric: str | None) -> tuple[float, str]:
+    """Plot units of a metric: accuracy in %, perplexity as is."""
+    return (1.0, "test perplexity (lower is better)") if metric == "perplexity" else (100.0, "test accuracy (%)")
+
+
 def _accuracy_vs_params(plt, out: Path, board: Board, colour: dict) -> Path:
     from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, len(board.tasks), figsize=(max(7.0, 4.5 * len(board.tasks)), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], board.tasks):
+    metrics = [task_metric(board, t) for t in board.tasks]
+    for k, (ax, task) in enumerate(zip(axes[0], board.tasks)):
+        scale, label = _scale(metrics[k])
         for r in board.rows:
             cell = r["tasks"].get(task)
             if cell is None or not cell["params"]:
                 continue
-            ax.errorbar(cell["params"], 100 * cell["acc_mean"], yerr=100 * cell["acc_std"], fmt="o",
-                        color=colour[r["family"]], capsize=3)
-            ax.annotate(r["method"], (cell["params"], 100 * cell["acc_mean"]), textcoords="offset points",
+            _, mean, std = task_score(cell)
+            ax.errorbar(cell["params"], scale * mean, yerr=scale * std, fmt="o", color=colour[r["family"]], capsize=3)
+            ax.annotate(r["method"], (cell["params"], scale * mean), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
+        if k and metrics[k] != metrics[0]:  # the first panel's label is set below; others only when different
+            ax.set_ylabel(label)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
         ax.set_title(task_name(task))
         ax.set_xlabel("trainable parameters")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel(_scale(metrics[0])[1])
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=f) for f, c in colour.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
@@ -70,18 +93,25 @@ def _memory_time(plt, out: Path, board: Board, colour: dict) -> Path:
 
 
 def _heatmap(plt, out: Path, board: Board) -> Path:
-    grid = [[100 * r["tasks"][t]["acc_mean"] if t in r["tasks"] else math.nan for t in board.tasks] for r in board.rows]
-    fig, ax = plt.subplots(figsize=(1.4 * len(board.tasks) + 3, 0.45 * len(board.rows) + 1.5))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    # one colour scale: the classification tasks (accuracy), or, when there are none, perplexity
+    metrics = {t: task_metric(board, t) for t in board.tasks}
+    metric = "perplexity" if "accuracy" not in metrics.values() and "perplexity" in metrics.values() else "accuracy"
+    tasks = [t for t in board.tasks if metrics[t] in (metric, None)]
+    scale, label = _scale(metric)
+    grid = [[scale * task_score(r["tasks"][t])[1] if t in r["tasks"] else math.nan for t in tasks] for r in board.rows]
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 3, 0.45 * len(board.rows) + 1.5))
+    # reversed colours for perplexity, so the better cells are the bright ones either way
+    image = ax.imshow(grid, cmap="viridis" if metric == "accuracy" else "viridis_r", aspect="auto")
     middle = sum(image.get_clim()) / 2
-    ax.set_xticks(range(len(board.tasks)), [task_name(t) for t in board.tasks])
+    ax.set_xticks(range(len(tasks)), [task_name(t) for t in tasks])
     ax.set_yticks(range(len(board.rows)), [r["method"] for r in board.rows])
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             if not _nan(value):
-                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
-                        color="black" if value > middle else "white")  # readable on light and dark cells
-    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+                bright = value > middle if metric == "accuracy" else value < middle
+                ax.text(j, i, f"{value:.1f}" if metric == "accuracy" else f"{value:.2f}", ha="center", va="center",
+                        fontsize=8, color="black" if bright else "white")  # readable on light and dark cells
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     return _save(fig, out / "heatmap.png")
 

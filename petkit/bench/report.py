@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 
 from petkit.bench.config import WARMUP_STEPS, BenchConfig
-from petkit.bench.leaderboard import Board, build
+from petkit.bench.leaderboard import Board, build, task_metric, task_score
 from petkit.bench.results import key_of
 from petkit.bench.summary import task_name
 
@@ -40,6 +40,16 @@ def _acc(mean, std=None) -> str:
     if _missing(mean):
         return "–"
     return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _ppl(mean, std=None) -> str:
+    if _missing(mean):
+        return "–"
+    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def _score(metric: str, mean, std=None) -> str:
+    return _ppl(mean, std) if metric == "perplexity" else _acc(mean, std)
 
 
 def _x(ratio) -> str:
@@ -76,38 +86,56 @@ def _num(x, digits: int = 0) -> str:
 
 def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
     names = [task_name(t) for t in board.tasks]
+    metrics = {task_metric(board, t) for t in board.tasks}
+    lm = _lm_tasks(board, config)
     lines = [f"# petkit bench: {Path(config.model).name if os.sep in config.model else config.model}", "",
              f"{len(board.rows)} methods × {len(board.tasks)} tasks ({', '.join(names)}) × {config.seeds} seeds; "
              f"{config.steps} steps of {config.batch_size} examples at ≤ {config.max_length} tokens; "
              f"≤ {config.max_train or 'all'} train and ≤ {config.max_eval or 'all'} dev / test examples per task.",
              "Accuracy: test accuracy (%), mean ± standard deviation over seeds, at the learning rate chosen "
              "on dev.", ""]
+    if lm:
+        lines[-2:-1] = [("Accuracy: test accuracy (%) on classification tasks; p" if len(lm) < len(board.tasks) else "P")
+                        + f"erplexity (lower is better) on the language-modelling task{'s' * (len(lm) > 1)} "
+                        f"{', '.join(task_name(t) for t in lm)}: test perplexity, mean ± standard deviation over "
+                        "seeds, at the learning rate chosen on dev loss."]
     if not board.rows:
         return "\n".join(lines + ["No finished runs yet.", ""] + _failures(records))
     lines += [f"**{board.statement}**", ""]
-    lines += _main_table(board, names)
+    lines += _main_table(board, names, metrics)
     lines += ["", "Ranks: Borda points (systems beaten, summed over tasks) and the Kemeny consensus position, "
               "beside the plain mean; all three come from `petkit.analysis.ranking`. Memory and step time "
               "are medians over seeds and tasks; \"× full\" divides by full fine-tuning on the same task; "
               "inference \"× base\" divides by the frozen model timed alongside (see Protocol).", ""]
     lines += [f"![{what}]({file})" for file, what in PLOTS.items()] + [""]
+    if lm:
+        from petkit.bench.plots import plot_note
+        lines += [plot_note(board), ""]
     lines += _lr_table(board, names)
     if board.peft:
         lines += _peft_table(board)
-    lines += _protocol(config, records) + _failures(records)
+    lines += _protocol(config, records, bool(lm)) + _failures(records)
     return "\n".join(lines) + "\n"
 
 
-def _main_table(board: Board, names: list[str]) -> list[str]:
-    head = (["#", "method", "family"] + names + ["mean", "Borda", "Kemeny", "trainable params", "% of base",
+def _lm_tasks(board: Board, config: BenchConfig) -> list[str]:
+    return [t for t in board.tasks if task_metric(board, t) == "perplexity"]
+
+
+def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
+    # classification only: one "mean" (accuracy) column, as always; with language-modelling tasks the
+    # accuracy and perplexity means are separate columns (a mean across the two means nothing)
+    means = ["mean"] if "perplexity" not in metrics else (["mean acc"] if "accuracy" in metrics else []) + ["mean ppl"]
+    head = (["#", "method", "family"] + names + means + ["Borda", "Kemeny", "trainable params", "% of base",
             "adapter size", "train memory MB", "× full", "step ms", "× full", "inference unmerged × base",
             "merged × base"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, r in enumerate(board.rows, start=1):
-        accs = [_acc(r["tasks"][t]["acc_mean"], r["tasks"][t]["acc_std"]) if t in r["tasks"] else "–"
-                for t in board.tasks]
-        cells = ([str(k), f"`{r['method']}`", r["family"]] + accs +
-                 [_acc(r["mean_acc"]), _num(r.get("borda_score"), 1), _num(r.get("kemeny_position")),
+        accs = [_score(*task_score(r["tasks"][t])) if t in r["tasks"] else "–" for t in board.tasks]
+        mean = ([_acc(r["mean_acc"])] if means[0] in ("mean", "mean acc") else []) + \
+               ([_ppl(r.get("mean_ppl"))] if "mean ppl" in means else [])
+        cells = ([str(k), f"`{r['method']}`", r["family"]] + accs + mean +
+                 [_num(r.get("borda_score"), 1), _num(r.get("kemeny_position")),
                   _count(r["params"]), _pct(r["params_pct"]), _bytes(r["adapter_bytes"]), _num(r["train_mb"]),
                   _x(r["train_mb_vs_full"]), _num(r["step_ms"]), _x(r["step_vs_full"]),
                   _x(r["unmerged_vs_base"]), _x(r["merged_vs_base"])])
@@ -125,16 +153,25 @@ def _lr_table(board: Board, names: list[str]) -> list[str]:
 
 
 def _peft_table(board: Board) -> list[str]:
+    # classification rows: accuracy (%); language-modelling rows: test perplexity ("ppl" columns)
+    kinds = {"ppl" if "ppl" in p else "acc" for p in board.peft}
+    what = "acc" if kinds == {"acc"} else "ppl" if kinds == {"ppl"} else "score"
     lines = ["## Side by side with Hugging Face PEFT", "",
              "Same adapter config (targets resolved to the same modules, r, alpha, dropout, task head as "
              "`modules_to_save`), same initial weights, data, seeds, learning rate, optimiser, schedule and "
              "trainer (petkit's); only the adapter library differs. Ratios are petkit / PEFT: below 1 means "
              "petkit is smaller or faster.", "",
-             "| method | task | seeds | petkit acc | PEFT acc | acc ratio | step time | train memory | adapter size "
-             "| inference unmerged | inference merged |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| method | task | seeds | petkit {what} | PEFT {what} | {what} ratio | step time | train memory "
+             "| adapter size | inference unmerged | inference merged |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if what != "acc":
+        lines[-2:-2] = ["Perplexity (ppl) is test perplexity on a language-modelling task: lower is better, so a ppl "
+                        "ratio below 1 means petkit's adapter scored better.", ""]
     for p in board.peft:
-        lines.append(f"| `{p['method']}` | {task_name(p['task'])} | {p['seeds']} | {_acc(p['petkit_acc'])} | "
-                     f"{_acc(p['peft_acc'])} | {_x(p['acc'])} | {_x(p['step'])} | {_x(p['train_mb'])} | "
+        key = "ppl" if "ppl" in p else "acc"
+        score = _ppl if key == "ppl" else _acc
+        unit = " ppl" if what == "score" and key == "ppl" else ""
+        lines.append(f"| `{p['method']}` | {task_name(p['task'])} | {p['seeds']} | {score(p[f'petkit_{key}'])}{unit} | "
+                     f"{score(p[f'peft_{key}'])}{unit} | {_x(p[key])} | {_x(p['step'])} | {_x(p['train_mb'])} | "
                      f"{_x(p['adapter_bytes'])} | {_x(p['unmerged'])} | {_x(p['merged'])} |")
     worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×" for p in board.peft
              for key, what in (("step", "step time"), ("train_mb", "memory"), ("adapter_bytes", "size"),
@@ -144,7 +181,7 @@ def _peft_table(board: Board) -> list[str]:
     return lines
 
 
-def _protocol(config: BenchConfig, records: list[dict]) -> list[str]:
+def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> list[str]:
     ok = [r for r in records if r.get("status") == "ok"]
     loads = [x for r in ok for x in r.get("load_avg", [])]
     threads = sorted({r["threads"] for r in ok if "threads" in r})
@@ -152,7 +189,10 @@ def _protocol(config: BenchConfig, records: list[dict]) -> list[str]:
     return ["## Protocol", "",
             "- **Learning rate**: seed 0 trains at every rate of the method's grid (`petkit/bench/defaults.py`); "
             "the best dev accuracy wins (ties: lower dev loss, then the smaller rate) and seeds 1..n-1 train at "
-            "that rate only. Test accuracy is never used to choose.",
+            "that rate only. Test accuracy is never used to choose."
+            + (" On a language-modelling task the lowest dev loss (so dev perplexity) wins (ties: the smaller "
+               "rate), and the score is test perplexity, lower is better (the ranking takes its direction "
+               "into account)." if lm else ""),
             f"- **Training**: petkit's trainer, AdamW, {config.steps} steps, batch {config.batch_size}, linear "
             f"warm-up {config.warmup:g} then {config.schedule} decay, gradient clipping at 1.0; the task head is "
             "trained with every method.",

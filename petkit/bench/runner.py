@@ -97,12 +97,13 @@ def _in_process(job: dict) -> dict:
 
 
 def _check_tasks(config: BenchConfig) -> None:
-    """Load each task once up front: a missing dataset or a language-modelling one fails now, not per run."""
+    """Load each task once up front: a missing dataset or one the bench cannot score fails now, not per run."""
     from petkit.data import load_dataset
     for task in config.tasks:
         data = load_dataset(task)
-        if data.task != "classification":
-            raise ConfigError(f"the bench scores classification tasks by accuracy; {task} is a {data.task} dataset")
+        if data.task not in ("classification", "causal_lm"):
+            raise ConfigError(f"the bench scores classification tasks by accuracy and causal-LM tasks by "
+                              f"perplexity; {task} is a {data.task} dataset")
 
 
 def _count(config: BenchConfig, twins: set) -> int:
@@ -116,5 +117,7 @@ def _describe(r: dict) -> str:
     if r["status"] != "ok":
         return f"{what}: FAILED {r['error']}"
     memory = f", +{r['train_mb']:.0f} MB" if r.get("train_mb") is not None else ""
-    return (f"{what}: dev {r['dev']['accuracy']:.3f}, test {r['test']['accuracy']:.3f}, "
-            f"{1000 * r['step_s']:.0f} ms/step{memory}")
+    metric = "accuracy" if "accuracy" in r["test"] else "perplexity"
+    scores = (f"dev {r['dev']['accuracy']:.3f}, test {r['test']['accuracy']:.3f}" if metric == "accuracy" else
+              f"dev loss {r['dev']['loss']:.3f}, test perplexity {r['test']['perplexity']:.2f}")
+    return f"{what}: {scores}, {1000 * r['step_s']:.0f} ms/step{memory}"

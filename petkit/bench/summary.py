@@ -2,7 +2,9 @@
 
 Learning-rate protocol: seed 0 runs every rate of the method's grid; the rate with the best dev
 accuracy (ties: lower dev loss, then the smaller rate) is chosen, and seeds 1..n-1 run at that rate
-only. Seed 0's run at the chosen rate is one of the n. PEFT twins run at petkit's chosen rate.
+only; on a language-modelling task (scored by test perplexity, lower is better) the lowest dev loss
+wins (ties: the smaller rate). Seed 0's run at the chosen rate is one of the n. PEFT twins run at
+petkit's chosen rate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ def task_name(task: str) -> str:
     return Path(task).stem if Path(task).suffix else task
 
 
+def metric_of(run: dict) -> str:
+    """What a finished run is scored by: "accuracy" (classification) or "perplexity" (language modelling)."""
+    return "accuracy" if "accuracy" in run["test"] else "perplexity"
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric == "accuracy"
+
+
 def ok_runs(records: list[dict], **match) -> list[dict]:
     return [r for r in records if r.get("status") == "ok" and all(r[k] == v for k, v in match.items())]
 
@@ -28,6 +39,8 @@ def choose_lr(records: list[dict], method: str, task: str, grid) -> float | None
     runs = [r for r in ok_runs(records, library="petkit", method=method, task=task, seed=0) if r["lr"] in grid]
     if not runs:
         return None
+    if metric_of(runs[0]) == "perplexity":  # dev perplexity is exp(dev loss): the same order
+        return min(runs, key=lambda r: (r["dev"]["loss"], r["lr"]))["lr"]
     return max(runs, key=lambda r: (r["dev"]["accuracy"], -r["dev"]["loss"], -r["lr"]))["lr"]
 
 
@@ -51,16 +64,26 @@ class Cell:
         return statistics.median(values) if values else math.nan
 
     @property
-    def accuracies(self) -> list[float]:
-        return [r["test"]["accuracy"] for r in self.runs]
+    def metric(self) -> str:
+        """"accuracy" (higher is better) or "perplexity" (language modelling, lower is better)."""
+        return metric_of(self.runs[0])
 
     @property
-    def acc_mean(self) -> float:
-        return statistics.fmean(self.accuracies)
+    def scores(self) -> list[float]:
+        return [r["test"][self.metric] for r in self.runs]
 
     @property
-    def acc_std(self) -> float:
-        return statistics.stdev(self.accuracies) if len(self.runs) > 1 else 0.0
+    def score_mean(self) -> float:
+        return statistics.fmean(self.scores)
+
+    @property
+    def score_std(self) -> float:
+        return statistics.stdev(self.scores) if len(self.runs) > 1 else 0.0
+
+    # the classification names (a classification cell's score is its test accuracy)
+    accuracies = scores
+    acc_mean = score_mean
+    acc_std = score_std
 
 
 def cells(records: list[dict], config: BenchConfig) -> dict[tuple[str, str, str], Cell]:

@@ -99,11 +99,22 @@ def _print_board(board) -> None:
     if not board.rows:
         console.print("no finished runs")
         return
+    import math
+
     table = Table(title=board.statement, title_justify="left")
-    for col in ("#", "method", "mean test acc", "trainable params", "step ms", "unmerged × base"):
+    # classification tasks: mean test accuracy; language-modelling tasks: mean test perplexity (lower is better)
+    scores = [(key, head) for key, head in (("mean_acc", "mean test acc"), ("mean_ppl", "mean test ppl"))
+              if any(key in r and not math.isnan(r[key]) for r in board.rows)]
+    for col in ("#", "method", *(head for _, head in scores), "trainable params", "step ms", "unmerged × base"):
         table.add_column(col, justify="right" if col != "method" else "left")
+
+    def score(key, value):
+        if value is None or math.isnan(value):
+            return "–"
+        return f"{100 * value:.1f}" if key == "mean_acc" else f"{value:.2f}"
+
     for k, r in enumerate(board.rows, start=1):
-        table.add_row(str(k), r["method"], f"{100 * r['mean_acc']:.1f}", f"{r['params']:,.0f}",
+        table.add_row(str(k), r["method"], *(score(key, r.get(key)) for key, _ in scores), f"{r['params']:,.0f}",
                       f"{r['step_ms']:.0f}", f"{r['unmerged_vs_base']:.2f}")
     console.print(table)
 
