@@ -9,49 +9,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 import petkit
-from petkit.core.targeting import Conv1D, is_norm
+from method_cases import EXTRA_CASES, EXTRA_FORMULAS, INIT_CHECKS, TRAIN_LRS
+from method_cases._shapes import io_features, method_layers, out_features, lora_count
 from petkit.testing import TINY_MODELS, tiny_batch
-
-
-def _io(m: nn.Module) -> tuple[int, int]:
-    if isinstance(m, nn.Linear):
-        return m.in_features, m.out_features
-    if isinstance(m, Conv1D):
-        return m.weight.shape
-    if isinstance(m, nn.Embedding):
-        return m.num_embeddings, m.embedding_dim
-    if isinstance(m, nn.Conv2d):
-        return m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels
-    raise TypeError(type(m))
-
-
-def _out(m: nn.Module) -> int:
-    if is_norm(m):
-        return m.weight.numel()
-    return _io(m)[1]
-
-
-def _method_layers(am, name):
-    """(path, base layer, delta) of the method itself, without the task head it may train."""
-    return [(p, layer.base_layer, d) for p, layer, d in am.layers(name) if type(d).__name__ != "HeadDelta"]
-
-
-def lora_count(am, name):
-    cfg = am.config(name)
-    return sum(cfg.rank_and_scale(p, am.base)[0] * sum(_io(b)) for p, b, _ in _method_layers(am, name))
 
 
 FORMULAS = {  # trainable parameters of each method, from the layer shapes alone
     "lora": lora_count,
-    "dora": lambda am, n: lora_count(am, n) + sum(_io(b)[1] for _, b, _ in _method_layers(am, n)),
-    "ia3": lambda am, n: sum(_io(b)[0 if d.feedforward else 1] for _, b, d in _method_layers(am, n)),
-    "bitfit": lambda am, n: sum(_out(b) for _, b, _ in _method_layers(am, n)),
-    "layernorm": lambda am, n: sum(p.numel() for _, b, _ in _method_layers(am, n) for p in b.parameters(recurse=False)),
+    "dora": lambda am, n: lora_count(am, n) + sum(io_features(b)[1] for _, b, _ in method_layers(am, n)),
+    "ia3": lambda am, n: sum(io_features(b)[0 if d.feedforward else 1] for _, b, d in method_layers(am, n)),
+    "bitfit": lambda am, n: sum(out_features(b) for _, b, _ in method_layers(am, n)),
+    "layernorm": lambda am, n: sum(p.numel() for _, b, _ in method_layers(am, n) for p in b.parameters(recurse=False)),
     "probe": lambda am, n: 0,
     "full": lambda am, n: sum(p.numel() for p in am.base.parameters()),
+    **EXTRA_FORMULAS,
 }
 
 EMBEDDING = {"bert": "word_embeddings", "gpt2": "wte", "llama": "embed_tokens", "t5": "embed_tokens", "vit": None}
@@ -70,6 +42,7 @@ CASES = {
     "layernorm": lambda fam: petkit.LayerNormConfig(),
     "probe": lambda fam: fam in ("bert", "vit") and petkit.ProbeConfig(),
     "full": lambda fam: petkit.FullConfig(),
+    **EXTRA_CASES,
 }
 
 GRID = [(case, fam) for case in CASES for fam in TINY_MODELS]
@@ -82,6 +55,10 @@ def _loss(model, batch):
 def _outputs(model, batch):
     with torch.no_grad():  # labels stay in: T5 builds its decoder inputs from them
         return model(**batch).logits
+
+
+def identity_at_init(y_adapted, y_base):
+    torch.testing.assert_close(y_adapted, y_base, atol=1e-5, rtol=1e-5)
 
 
 def test_every_registered_method_is_in_the_matrix():
@@ -103,8 +80,8 @@ def test_method_matrix(case, family, tmp_path):
 
     am = petkit.adapt(base, config)
     method = am.method_of("default")
-    # init condition: these methods all start exactly at the base model
-    torch.testing.assert_close(_outputs(am, batch), y_base, atol=1e-5, rtol=1e-5)
+    # init condition: the method's own (most methods start exactly at the base model)
+    INIT_CHECKS.get(case, identity_at_init)(_outputs(am, batch), y_base)
 
     # trainable count == formula (+ the task head when it is trained)
     trainable = sum(p.numel() for p in am.trainable_parameters())
@@ -114,7 +91,7 @@ def test_method_matrix(case, family, tmp_path):
 
     # train: loss falls, only the adapter's parameters move
     am.train()
-    opt = torch.optim.AdamW(am.trainable_parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(am.trainable_parameters(), lr=TRAIN_LRS.get(case, 1e-2))
     losses = []
     torch.manual_seed(0)
     for _ in range(12):
@@ -145,6 +122,11 @@ def test_method_matrix(case, family, tmp_path):
     if tied:  # the embedding is tied to the LM head: merging would change both, so it must refuse
         with pytest.raises(petkit.StateError, match="tied"):
             am.merge()
+    elif not method.mergeable and not am.is_selection("default"):
+        with pytest.raises(petkit.StateError, match="cannot be merged"):
+            am.merge()
+        assert am.state.merged == []
+        torch.testing.assert_close(_outputs(am, batch), y_trained, atol=1e-6, rtol=1e-6)
     elif not am.is_selection("default"):
         am.merge()
         torch.testing.assert_close(_outputs(am, batch), y_trained, atol=1e-5, rtol=1e-4)

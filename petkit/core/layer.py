@@ -21,6 +21,9 @@ class Delta(nn.Module):
     fused_forward(base, x)         optional: base + delta in one pass (used when it is the only live delta).
     merge(base) / unmerge(base)    fold into / out of the base weights in place (weight deltas).
     delta_weight(base)             ΔW in (out, in) layout, for merging tools; None if not a weight delta.
+    saved_tensors() / loaded()     what the adapter file holds (default: the state dict), and the hook run
+                                   after a load copied into those tensors (e.g. unpack low-bit codes).
+    release()                      undo side effects of building (e.g. hooks on other modules) when removed.
     """
 
     mergeable = True
@@ -44,6 +47,15 @@ class Delta(nn.Module):
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor | None:
         return None
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return self.state_dict(keep_vars=True)
+
+    def loaded(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
 
 
 class AdaptedLayer(nn.Module):

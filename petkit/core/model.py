@@ -127,6 +127,7 @@ class AdaptedModel(nn.Module):
         for p in paths:
             layer = self.layer(p)
             if layer is not None and name in layer.deltas:
+                layer.deltas[name].release()
                 del layer.deltas[name]
                 self._unwrap_if_empty(p)
         self._selected.pop(name, None)
@@ -178,7 +179,7 @@ class AdaptedModel(nn.Module):
         for p, _, delta in self.layers(name):
             if not include_head and isinstance(delta, HeadDelta):
                 continue
-            for k, v in delta.state_dict(keep_vars=True).items():
+            for k, v in delta.saved_tensors().items():
                 out[f"{p}.{k}"] = v
         return out
 
@@ -277,6 +278,7 @@ class AdaptedModel(nn.Module):
             for p in paths:
                 layer = self.layer(p)
                 if layer is not None:
+                    layer.deltas[name].release()
                     del layer.deltas[name]
                     self._unwrap_if_empty(p)
         self.state.configs.clear()

@@ -1,3 +1,8 @@
-"""Built-in methods. Importing this package registers each of them."""
+"""Built-in methods: every module in this package registers its method(s) when imported, and importing
+the package imports them all (a new method is one new file here, nothing else to edit)."""
 
-from petkit.methods import bitfit, full, head, ia3, layernorm, lora  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
