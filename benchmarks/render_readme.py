@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/render_readme.py          # rewrite the block in README.md
     .venv/bin/python benchmarks/render_readme.py --check  # exit 1 if README.md is out of date
 
-Blocks: `<!-- perf:start -->` … `<!-- perf:end -->` (LoRA overhead) and `<!-- leaderboard:start -->` …
-`<!-- leaderboard:end -->` (the MiniLM `petkit bench` leaderboard, or how far its run has got).
+Blocks: `<!-- perf:start -->` … `<!-- perf:end -->` (LoRA overhead), `<!-- leaderboard:start -->` …
+`<!-- leaderboard:end -->` (the MiniLM `petkit bench` leaderboard, or how far its run has got) and
+`<!-- peft:start -->` … `<!-- peft:end -->` (petkit / PEFT ratios from the `--against peft` benches).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "lora_overhead.json"
 LEADERBOARD = ROOT / "benchmarks" / "results" / "minilm"
+AGAINST_PEFT = {"MiniLM": LEADERBOARD, "SmolLM2-135M": ROOT / "benchmarks" / "results" / "smollm2"}
 README = ROOT / "README.md"
 
 
@@ -82,6 +84,32 @@ def render_leaderboard(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _ratio(x) -> str:
+    return "–" if x is None or x != x else f"{x:.2f}"
+
+
+def render_peft(folders: dict[str, Path]) -> str:
+    """One row per (model, method, task) from each bench's leaderboard.json; ratios are petkit / PEFT."""
+    lines = ["| model | method | task | seeds | petkit | PEFT | step time | train memory | adapter size "
+             "| inference unmerged | inference merged |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    pending = []
+    for model, folder in folders.items():
+        board = folder / "leaderboard.json"
+        if not board.is_file():
+            pending.append(f"{model} (`{folder.relative_to(ROOT)}`)")
+            continue
+        for p in json.loads(board.read_text(encoding="utf-8"))["peft"]:
+            ppl = "ppl" in p
+            score = (lambda v: f"ppl {v:.2f}") if ppl else (lambda v: f"{100 * v:.1f}%")
+            key = "ppl" if ppl else "acc"
+            lines.append(f"| {model} | `{p['method']}` | {p['task']} | {p['seeds']} | {score(p[f'petkit_{key}'])} "
+                         f"| {score(p[f'peft_{key}'])} | {_ratio(p['step'])} | {_ratio(p['train_mb'])} "
+                         f"| {_ratio(p['adapter_bytes'])} | {_ratio(p['unmerged'])} | {_ratio(p['merged'])} |")
+    if pending:
+        lines += ["", f"Not finished yet: {', '.join(pending)}; re-running its bench command resumes it."]
+    return "\n".join(lines)
+
+
 def _replace_block(text: str, name: str, content: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     head, _, rest = text.partition(start)
@@ -92,7 +120,8 @@ def _replace_block(text: str, name: str, content: str) -> str:
 def updated_readme() -> str:
     text = README.read_text(encoding="utf-8")
     text = _replace_block(text, "perf", render(json.loads(RESULTS.read_text(encoding="utf-8"))))
-    return _replace_block(text, "leaderboard", render_leaderboard(LEADERBOARD))
+    text = _replace_block(text, "leaderboard", render_leaderboard(LEADERBOARD))
+    return _replace_block(text, "peft", render_peft(AGAINST_PEFT))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,20 @@ METHODS: dict[str, MethodDefaults] = {
     "layernorm": MethodDefaults({}, (1e-3, 5e-3), "selective"),
     "probe": MethodDefaults({}, (1e-2, 3e-2), "baseline"),
     "full": MethodDefaults({}, (3e-5, 1e-4), "baseline"),
+    # issue 4 (seed methods I); MiniLM is 384 wide with 6 layers
+    "bottleneck": MethodDefaults({"variant": "houlsby", "bottleneck": 32}, (1e-3, 5e-3), "adapter"),
+    "vlpet": MethodDefaults({"granularity": "large", "bottleneck": 48, "heads": 4, "gate_bottleneck": 48},
+                            (1e-3, 5e-3), "adapter"),
+    "svfit": MethodDefaults({"targets": ["attn.q", "attn.v"]}, (5e-3, 2e-2), "rescaling"),  # r by 99% energy
+    "miss": MethodDefaults({"r": 8, "targets": ["attn.q", "attn.v"]}, (5e-4, 2e-3), "low-rank"),
+    "telly": MethodDefaults({}, (3e-5, 1e-4), "selective"),  # fraction 0.5: MiniLM freezes embeddings + 3 of 6 layers
+    "dsee": MethodDefaults({"r": 8, "alpha": 16, "nnz": 16, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "sparse"),
+    "sara": MethodDefaults({}, (5e-4, 2e-3), "sparse"),  # |w| < 2e-3: 3.4% of MiniLM's linear weights
+    "apet": MethodDefaults({}, (1e-3, 5e-3), "sparse"),  # LoRA r=8 on q, v's budget at random elements
+    "lowbit-lora": MethodDefaults({"bits": 1, "r": 8, "scale": 1.0, "targets": ["attn.q", "attn.v"]},
+                                  (1e-3, 5e-3), "low-bit"),
+    "lowbit-adapter": MethodDefaults({"bits": 1, "r": 8, "scale": 0.1}, (3e-3, 1e-2), "low-bit"),
+    "mora": MethodDefaults({"r": 8, "top_k": 2, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
 }
 GENERIC_LRS = (1e-4, 1e-3, 1e-2)  # a decade apart: for methods without a row, where we know nothing
 

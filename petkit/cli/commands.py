@@ -154,7 +154,7 @@ def methods(args) -> int:
     from petkit.core.registry import all_methods
     table = Table(title="registered methods")
     for col in ("name", "kind", "mergeable", "PEFT format", "what", "spec"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")  # names are what users type: never split them
     for m in all_methods():
         table.add_row(m.name, m.kind, "yes" if m.mergeable else "no", m.peft_type or "", m.summary, m.spec)
     console.print(table)

@@ -75,7 +75,7 @@ class AdaptedLayer(nn.Module):
         live = state.live(self.deltas)
         if not live:
             return self.base_layer(x, *args, **kwargs)
-        if len(live) == 1 and self.deltas[live[0]].fused and not args and not kwargs:
+        if len(live) == 1 and self.deltas[live[0]].fused and not args and not kwargs and not self._hooked():
             return self.deltas[live[0]].fused_forward(self.base_layer, x)
         y = self.base_layer(x, *args, **kwargs)
         for name in live:
@@ -86,7 +86,7 @@ class AdaptedLayer(nn.Module):
         groups = [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]
         if not groups:
             return self.base_layer(x, *args, **kwargs)
-        if not args and not kwargs:
+        if not args and not kwargs and not self._hooked():
             # A delta type may handle all of its groups in one batched computation (LoRA does).
             batched = getattr(self.deltas[groups[0][0]], "routed_batch", None)
             if batched is not None:
@@ -98,6 +98,12 @@ class AdaptedLayer(nn.Module):
         for name, rows in groups:
             self.deltas[name].routed(self.base_layer, x, y, rows)
         return y
+
+    def _hooked(self) -> bool:
+        """Whether another method hooks base_layer (e.g. a parallel adapter reading its input): the fused
+        and batched paths never call base_layer, so they must not run then."""
+        base = self.base_layer
+        return bool(base._forward_pre_hooks or base._forward_hooks)
 
     # Model code sometimes reads a layer's weight directly (T5 checks `self.wo.weight.dtype`); expose
     # the base layer's tensors explicitly rather than forwarding every attribute.

@@ -54,7 +54,14 @@ class AdaptedModel(nn.Module):
                 targets = config.targets or method.default_targets
                 paths = resolve_targets(self.base, targets, config.exclude, method.layer_types)
                 modules = dict(named_base_modules(self.base))
-                built = {p: self._build(method, config, p, modules[p], init) for p in paths}
+                built = {}
+                try:
+                    for p in paths:
+                        built[p] = self._build(method, config, p, modules[p], init)
+                except Exception:
+                    for delta in built.values():  # none attached yet: undo what building did (hooks)
+                        delta.release()
+                    raise
                 for p, delta in built.items():
                     self._attach(p, name, delta)
             elif method.kind == "selection":
@@ -89,13 +96,16 @@ class AdaptedModel(nn.Module):
     def _select(self, name, config):
         if self._selected:
             raise ConfigError("only one full fine-tuning (selection) adapter can be attached at a time")
+        method = method_for(config)
         targets = config.targets or ("all",)
-        if targets == ("all",):
+        if method.select is not None:  # the method picks its own modules (e.g. Telly: all but the bottom layers)
+            modules = method.select(self.base, config)
+        elif targets == ("all",):
             modules = [""]
         else:
             modules = resolve_targets(self.base, targets, config.exclude)
         params = [n.replace(".base_layer.", ".") for n, _ in self.base.named_parameters() if ".deltas." not in n]
-        params = [n for n in params if any(m == "" or n.startswith(m + ".") for m in modules)]
+        params = [n for n in params if any(m in ("", n) or n.startswith(m + ".") for m in modules)]
         self._selected[name] = params
         self.state.merged.append(name)  # its change lives in the base weights from the start
 

@@ -17,6 +17,8 @@ class Method:
 
     build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
     default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning)
+    select(model, config) -> paths   (selection kind, optional) the module or parameter paths to train,
+                                     chosen by the method instead of from the config's targets
     """
 
     name: str
@@ -29,6 +31,7 @@ class Method:
     summary: str
     default_targets: tuple[str, ...] = ()
     peft_type: str | None = None
+    select: Callable | None = None
 
 
 _METHODS: dict[str, Method] = {}

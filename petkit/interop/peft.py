@@ -1,9 +1,10 @@
-"""Hugging Face PEFT's on-disk format for LoRA, DoRA and IA³ adapters.
+"""Hugging Face PEFT's on-disk format for LoRA, DoRA, IA³ and MiSS adapters.
 
 Layout: `adapter_config.json` + `adapter_model.safetensors` per adapter (non-default adapters in a
-subfolder named after them), keys `base_model.model.<module path>.lora_A.weight` etc. The trained
-task head goes in as `base_model.model.<head>.weight` (PEFT's `modules_to_save`). petkit adds its
-base-model fingerprint to the safetensors metadata, which PEFT ignores.
+subfolder named after them), keys `base_model.model.<module path>.lora_A.weight` (`.ia3_l`,
+`.miss_block`) etc. The trained task head goes in as `base_model.model.<head>.weight` (PEFT's
+`modules_to_save`). petkit adds its base-model fingerprint to the safetensors metadata, which PEFT
+ignores.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from petkit.core.targeting import HEAD_NAMES, Conv1D, task_head_names
 from petkit.methods.head import HeadDelta
 from petkit.methods.ia3 import IA3Config, IA3Delta
 from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
+from petkit.methods.miss import MissConfig, MissDelta
 
 PREFIX = "base_model.model."
-EXPORTABLE = ("lora", "dora", "ia3")
+EXPORTABLE = ("lora", "dora", "ia3", "miss")
+MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
 def _task_type(model: nn.Module) -> str | None:
@@ -69,6 +72,12 @@ def _export_one(am: AdaptedModel, name: str):
             continue
         targets.append(path)
         fan_in_fan_out |= bool(Conv1D) and isinstance(layer.base_layer, Conv1D)
+        if isinstance(delta, MissDelta):
+            if not isinstance(layer.base_layer, nn.Linear):
+                raise ConfigError(f"PEFT's MiSS adapts nn.Linear layers only, and {path!r} is a "
+                                  f"{type(layer.base_layer).__name__}; save this adapter with format='petkit'")
+            tensors[f"{key}.miss_block"] = delta.block.detach()
+            continue
         if isinstance(delta, IA3Delta):
             l = delta.scale.detach()
             tensors[f"{key}.ia3_l"] = l[None, :] if delta.feedforward else l[:, None]
@@ -90,9 +99,12 @@ def _export_one(am: AdaptedModel, name: str):
     # PEFT's classification task types always restore the task head (modules_to_save), so an adapter
     # without a trained head must not claim one, or PEFT fails looking for its weights.
     task_type = _task_type(am.base) if heads or not task_head_names(am.base) else None
-    common = {"peft_type": "IA3" if isinstance(cfg, IA3Config) else "LORA", "task_type": task_type,
-              "target_modules": targets, "modules_to_save": heads or None, "base_model_name_or_path": None,
-              "inference_mode": True, "fan_in_fan_out": fan_in_fan_out, "revision": None}
+    common = {"task_type": task_type, "target_modules": targets, "modules_to_save": heads or None,
+              "base_model_name_or_path": None, "inference_mode": True, "revision": None}
+    if isinstance(cfg, MissConfig):
+        return {**common, "peft_type": "MISS", "r": cfg.r, "miss_dropout": cfg.dropout, "mini_r": cfg.mini_r,
+                "init_weights": MISS_INITS[cfg.variant], "bias": "none"}, tensors
+    common.update(peft_type="IA3" if isinstance(cfg, IA3Config) else "LORA", fan_in_fan_out=fan_in_fan_out)
     if isinstance(cfg, IA3Config):
         return {**common, "feedforward_modules": feedforward, "init_ia3_weights": True}, tensors
     r0 = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else cfg.r
@@ -120,7 +132,8 @@ _UNSUPPORTED = {  # PEFT options that change what the adapter computes, with the
 # Inits that leave the base weights alone. PEFT rewrites the base for the others, so such a file only
 # fits that rewritten base; "pissa" is deterministic and petkit redoes it (as PEFT does on loading).
 _PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
-_LEAVES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l")
+_LEAVES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l",
+           "miss_block")
 
 
 def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bool) -> None:
@@ -128,8 +141,9 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
 
     file = folder / WEIGHTS_NAME
     peft_type = config.get("peft_type")
-    if peft_type not in ("LORA", "IA3"):
-        raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; petkit reads LORA (incl. DoRA) and IA3")
+    if peft_type not in ("LORA", "IA3", "MISS"):
+        raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; "
+                               "petkit reads LORA (incl. DoRA), IA3 and MISS")
     for key, off in _UNSUPPORTED.items():
         if config.get(key, off) not in (off, [], {}, False, None):
             raise AdapterFileError(f"this PEFT adapter uses {key}={_short(config[key])}, which petkit does not support")
@@ -262,6 +276,8 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head: bool, fold
             except re.error:
                 raise AdapterFileError(f"{file}: feedforward_modules {_short(ff)} is not a valid regex") from None
             return IA3Config(targets=[_literal(p) for p in targets], feedforward=feedforward, train_head=head)
+        if peft_type == "MISS":
+            return _miss_config(config, targets, head, file)
         ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
         if not isinstance(ranks, dict) or not isinstance(alphas, dict):
             raise ConfigError("rank_pattern and alpha_pattern must be JSON objects")
@@ -290,9 +306,21 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head: bool, fold
         raise AdapterFileError(f"{file}: {exc}") from None
 
 
+def _miss_config(config: dict, targets: list[str], head: bool, file: Path) -> MissConfig:
+    init = config.get("init_weights", True)
+    if init not in (True, False, "bat", "mini") or not isinstance(init, (bool, str)):
+        raise AdapterFileError(f"{file}: MiSS init_weights={_short(init)} is unknown; petkit reads true, false, 'bat' and 'mini'")
+    variant = init if isinstance(init, str) else "miss"  # False: PEFT's random init for its tests, same forward
+    return MissConfig(targets=[_literal(p) for p in targets], r=config.get("r", 64), variant=variant,
+                      mini_r=config.get("mini_r", 1) if variant == "mini" else 1,
+                      dropout=0.0 if variant == "bat" else config.get("miss_dropout", 0.0) or 0.0, train_head=head)
+
+
 def _to_petkit(delta, theirs: dict) -> dict[str, torch.Tensor]:
     if isinstance(delta, HeadDelta):
         return {f"module.{k}": v for k, v in theirs.items()}
+    if isinstance(delta, MissDelta):
+        return {"block": theirs["miss_block"]} if "miss_block" in theirs else {}
     if isinstance(delta, IA3Delta):
         if "ia3_l" not in theirs:
             return {}
