@@ -123,6 +123,24 @@ def test_interrupted_bench_resumes_to_the_same_records(reference, tiny_folder, t
     assert deterministic(read_records(tmp_path)) == deterministic(read_records(reference[0]))
 
 
+def test_parallel_jobs_give_the_same_records(reference, tiny_folder, tasks, tmp_path):
+    """jobs=2 runs two (task, method) chains at once, each run in its own process: same runs, same numbers."""
+    config = bench_config(tiny_folder, tasks, tmp_path, isolate=True, jobs=2)
+    run_bench(config, progress=False)
+    records = read_records(tmp_path)
+    assert all(r["status"] == "ok" and r["jobs"] == 2 for r in records)
+
+    def deterministic(records):
+        return {key_of(r): {k: r[k] for k in DETERMINISTIC} for r in records}
+
+    assert deterministic(records) == deterministic(read_records(reference[0]))
+
+
+def test_jobs_need_separate_processes(tiny_folder, tasks, tmp_path):
+    with pytest.raises(ConfigError, match="jobs > 1 .*in-process"):
+        bench_config(tiny_folder, tasks, tmp_path, jobs=2)  # the helper runs in-process
+
+
 def test_results_of_another_configuration_are_refused(reference, tiny_folder, tasks):
     output, _ = reference
     with pytest.raises(ConfigError, match=r"another configuration \(max_length 24 -> 32\).*--fresh.*--output"):

@@ -53,6 +53,10 @@ class BenchConfig:
     isolate: bool = True              # each run in a fresh process (honest peak memory); False: in-process
     infer_batch: int = 16             # examples per timed forward pass
     infer_reps: int = 3               # timed rounds of (frozen base, adapted) forwards
+    # jobs: runs at once (each a fresh process). Not part of the setup: accuracy does not depend on it,
+    # but concurrent runs slow each other, so every record notes it and step times of a bench run with
+    # jobs > 1 are comparable only among runs made the same way.
+    jobs: int = 1
 
     def __post_init__(self):
         for name in ("tasks", "methods"):
@@ -177,11 +181,13 @@ def _validate(cfg: BenchConfig) -> None:
                   f": the budget is too small to evaluate. The step time is the median of the steps after the "
                   f"first {WARMUP_STEPS} (warm-up), so a run needs at least {MIN_STEPS} steps; "
                   f"use --budget steps={MIN_STEPS} or more")
-    for name in ("batch_size", "max_length", "eval_batch_size", "infer_batch", "infer_reps"):
+    for name in ("batch_size", "max_length", "eval_batch_size", "infer_batch", "infer_reps", "jobs"):
         _positive_int(name, getattr(cfg, name))
     for name in ("max_train", "max_eval", "threads"):
         if getattr(cfg, name) is not None:
             _positive_int(name, getattr(cfg, name))
+    if cfg.jobs > 1 and not cfg.isolate:
+        raise ConfigError("jobs > 1 runs each run in its own process; it cannot be combined with --in-process")
     if cfg.against not in (None, *AGAINST):
         raise ConfigError(f"against must be one of {', '.join(AGAINST)}, got {cfg.against!r}")
     if cfg.against == "peft":

@@ -114,11 +114,18 @@ def _rank(board: Board, order_by: str) -> None:
     board.rows.sort(key=lambda row: chosen.position(row["method"]) if row["method"] in chosen.systems else len(methods))
 
 
+def _spread(ours: Cell, theirs: Cell, key: str) -> float:
+    spreads = [s for s in (ours.spread(key), theirs.spread(key)) if not math.isnan(s)]
+    return max(spreads, default=math.nan)
+
+
 def _peft_row(ours: Cell, theirs: Cell) -> dict:
     """petkit / PEFT for one method and task (below 1: petkit is smaller or faster).
 
     Inference compares each library's ratio to the frozen base timed beside it, so the drift between
-    the two processes cancels; step time and memory are plain ratios of the two runs' medians."""
+    the two processes cancels; step time and memory are plain ratios of the two runs' medians. Their
+    `*_spread` is the larger of the two libraries' seed spreads (max / min): how far apart runs of the
+    same code land, the scale below which a ratio is not a measured difference."""
     def ratio(*path):
         return _div(ours.median(*path), theirs.median(*path))
 
@@ -126,5 +133,6 @@ def _peft_row(ours: Cell, theirs: Cell) -> dict:
     return {"method": ours.method, "task": ours.task, "lr": ours.lr, "seeds": min(len(ours.runs), len(theirs.runs)),
             f"petkit_{key}": ours.score_mean, f"peft_{key}": theirs.score_mean,
             key: _div(ours.score_mean, theirs.score_mean),
-            "step": ratio("step_s"), "train_mb": ratio("train_mb"), "adapter_bytes": ratio("adapter_bytes"),
+            "step": ratio("step_s"), "train_mb": ratio("train_mb"),
+            "step_spread": _spread(ours, theirs, "step_s"), "train_mb_spread": _spread(ours, theirs, "train_mb"), "adapter_bytes": ratio("adapter_bytes"),
             "unmerged": ratio("inference", "unmerged_ratio"), "merged": ratio("inference", "merged_ratio")}

@@ -173,12 +173,21 @@ def _peft_table(board: Board) -> list[str]:
         lines.append(f"| `{p['method']}` | {task_name(p['task'])} | {p['seeds']} | {score(p[f'petkit_{key}'])}{unit} | "
                      f"{score(p[f'peft_{key}'])}{unit} | {_x(p[key])} | {_x(p['step'])} | {_x(p['train_mb'])} | "
                      f"{_x(p['adapter_bytes'])} | {_x(p['unmerged'])} | {_x(p['merged'])} |")
-    worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×" for p in board.peft
+    worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×{_within(p, key)}" for p in board.peft
              for key, what in (("step", "step time"), ("train_mb", "memory"), ("adapter_bytes", "size"),
                                ("unmerged", "unmerged inference"), ("merged", "merged inference"))
              if not _missing(p[key]) and p[key] > 1.05]
     lines += ["", f"Where petkit is slower or larger than PEFT (ratio > 1.05): {'; '.join(worse) or 'nowhere'}.", ""]
+    if any("seed spread" in w for w in worse):
+        lines += ["Seed spread: the larger of the two libraries' max / min over seeds of that measurement on "
+                  "that method and task, i.e. how far apart runs of the same code land on this machine; a ratio "
+                  "inside it is not a measured difference.", ""]
     return lines
+
+
+def _within(p: dict, key: str) -> str:
+    spread = p.get(f"{key}_spread")
+    return "" if spread is None or _missing(spread) else f" (seed spread {spread:.2f}×)"
 
 
 def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> list[str]:
@@ -210,10 +219,16 @@ def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> lis
             "after a warm-up, each timing the frozen base model (a fresh copy without wrappers) and the adapted "
             "model in alternating order; the ratio is the median over rounds of adapted / base within a round. "
             "Merged: the same after merging the adapter into the weights.",
-            f"- **Machine**: {_cpu()}, torch threads {', '.join(map(str, threads)) or 'n/a'}; 1-minute load "
+            f"- **Machine**: {_cpu()}, torch threads {', '.join(map(str, threads)) or 'n/a'}"
+            f"{_jobs(ok)}; 1-minute load "
             f"average during runs {min(loads, default=math.nan):.1f}–{max(loads, default=math.nan):.1f} "
             "(timings are noisier when it exceeds the thread count).",
             f"- **Versions**: {_versions()}.", ""]
+
+
+def _jobs(ok: list[dict]) -> str:
+    jobs = sorted({r.get("jobs", 1) for r in ok})
+    return "" if jobs in ([], [1]) else f", runs at once (bench --jobs) {', '.join(map(str, jobs))}"
 
 
 def _failures(records: list[dict]) -> list[str]:

@@ -10,13 +10,16 @@ For each task, for each method:
      that same rate.
 Each run is one job (measure.py), in a fresh process unless config.isolate is False, and becomes one
 record appended to results.jsonl the moment it ends; a run that fails is recorded as failed (and
-tried again next time) instead of stopping the grid.
+tried again next time) instead of stopping the grid. With config.jobs > 1, that many (task, method)
+chains run at once, each still in the order above.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from petkit import __version__
@@ -44,43 +47,65 @@ def run_bench(config: BenchConfig, *, fresh: bool = False, progress: bool = True
     twins = set(EXPORTABLE) if config.against == "peft" else set()
 
     with Results(out / RESULTS_NAME, config, fresh=fresh) as results, \
-            GridProgress(_count(config, twins), progress, log) as bar:
+            GridProgress(_count(config, twins), progress, log, jobs=config.jobs) as bar:
+        shared = threading.Lock()  # results file, progress view and on_record are touched by every chain
+        stop = threading.Event()   # set when one chain fails or the bench is interrupted: start no more runs
 
         def run(library: str, method: str, task: str, seed: int, lr: float, phase: str) -> None:
             job = {"library": library, "method": method, "task": task, "seed": seed, "lr": lr,
                    "settings": config.method_settings(method), "setup": config.setup()}
-            if results.done(key_of(job)):
-                bar.skip()
-                return
-            bar.start(f"{library} {method} · {task_name(task)} · seed {seed} · lr {lr:g}")
+            with shared:
+                if stop.is_set():
+                    return
+                if results.done(key_of(job)):
+                    bar.skip()
+                    return
+                handle = bar.start(f"{library} {method} · {task_name(task)} · seed {seed} · lr {lr:g}")
             try:
                 measured = {"status": "ok", **execute(job)}
             except Exception as exc:  # noqa: BLE001 - one broken method must not stop the grid
                 measured = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             record = {k: v for k, v in job.items() if k != "setup"}
-            record.update(phase=phase, **measured, petkit_version=__version__,
+            record.update(phase=phase, **measured, jobs=config.jobs, petkit_version=__version__,
                           finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            results.append(record)
-            bar.finish(_describe(record))
-            if on_record:
-                on_record(record)
+            with shared:
+                results.append(record)
+                bar.finish(handle, _describe(record))
+                if on_record:
+                    on_record(record)
 
-        for task in config.tasks:
-            for method in config.methods:
-                grid = config.lr_grid(method)
-                for lr in grid:
-                    run("petkit", method, task, 0, lr, "search" if len(grid) > 1 else "seed")
+        def chain(task: str, method: str) -> None:
+            grid = config.lr_grid(method)
+            for lr in grid:
+                run("petkit", method, task, 0, lr, "search" if len(grid) > 1 else "seed")
+            with shared:
                 lr = choose_lr(results.records, method, task, grid)
-                if lr is None:
+            if lr is None:
+                with shared:
                     bar.skip(config.seeds - 1 + (config.seeds if method in twins else 0))
                     bar.log(f"{method} on {task_name(task)}: no learning rate of {list(grid)} trained; "
                             "its other seeds are skipped")
-                    continue
-                for seed in range(1, config.seeds):
-                    run("petkit", method, task, seed, lr, "seed")
-                if method in twins:
-                    for seed in range(config.seeds):
-                        run("peft", method, task, seed, lr, "seed")
+                return
+            for seed in range(1, config.seeds):
+                run("petkit", method, task, seed, lr, "seed")
+            if method in twins:
+                for seed in range(config.seeds):
+                    run("peft", method, task, seed, lr, "seed")
+
+        chains = [(task, method) for task in config.tasks for method in config.methods]
+        if config.jobs == 1:
+            for task, method in chains:
+                chain(task, method)
+        else:
+            pool = ThreadPoolExecutor(config.jobs)
+            try:
+                for future in [pool.submit(chain, task, method) for task, method in chains]:
+                    future.result()  # re-raises what stopped a chain (e.g. on_record asking to stop)
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     return write_report(out, config, results.records)
 

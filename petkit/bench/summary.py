@@ -63,6 +63,11 @@ class Cell:
                 values.append(v)
         return statistics.median(values) if values else math.nan
 
+    def spread(self, key: str) -> float:
+        """max / min over seeds of a positive field (1 = every seed measured the same); NaN with < 2 runs."""
+        values = [r[key] for r in self.runs if r.get(key)]
+        return max(values) / min(values) if len(values) > 1 and min(values) > 0 else math.nan
+
     @property
     def metric(self) -> str:
         """"accuracy" (higher is better) or "perplexity" (language modelling, lower is better)."""
