@@ -71,16 +71,16 @@ def render_leaderboard(folder: Path) -> str:
         return (f"The leaderboard run has not finished yet ({done} runs recorded in "
                 f"`{runs.relative_to(ROOT)}`); re-running its command resumes it.")
     data = json.loads(board.read_text(encoding="utf-8"))
-    tasks = data["tasks"]
+    tasks, base = data["tasks"], data.get("baseline", "full")
     lines = [f"**{data['statement']}** Test accuracy (%) or perplexity, mean ± std over seeds; full table, protocol and plots in "
              f"`{(folder / 'leaderboard.md').relative_to(ROOT)}`.", "",
-             "| # | method | " + " | ".join(tasks) + " | trainable params | train memory × full | step × full |",
+             "| # | method | " + " | ".join(tasks) + f" | trainable params | train memory × {base} | step × {base} |",
              "|---|---|" + "---|" * len(tasks) + "---|---|---|"]
     for i, row in enumerate(data["rows"], 1):
         cells = [_cell(row["tasks"][t]) if t in row["tasks"] else "–" for t in tasks]
         lines.append(f"| {i} | `{row['method']}` | " + " | ".join(cells) +
-                     f" | {row['params']:,.0f} | {row.get('train_mb_vs_full') or float('nan'):.2f} "
-                     f"| {row.get('step_vs_full') or float('nan'):.2f} |")
+                     f" | {row['params']:,.0f} | {row.get('train_mb_vs_baseline') or float('nan'):.2f} "
+                     f"| {row.get('step_vs_baseline') or float('nan'):.2f} |")
     return "\n".join(lines)
 
 

@@ -192,18 +192,49 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(tiny_folder, tasks, tmp_
     assert "no_such_module" in (tmp_path / "leaderboard.md").read_text()
 
 
+def test_variants_bench_one_method_twice_and_ratios_follow_the_baseline(tiny_folder, tasks, tmp_path):
+    """A variant is a registered method under another name with other settings; --baseline picks the
+    method that memory and step time are divided by."""
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("lora", "lora-r2"), seeds=1,
+                          variants={"lora-r2": {"method": "lora", "r": 2}}, baseline="lora",
+                          lrs={"lora": [5e-3], "lora-r2": [5e-3]})
+    board = run_bench(config, progress=False)
+    records = {r["method"]: r for r in read_records(tmp_path)}
+    assert records["lora-r2"]["settings"]["r"] == 2 and records["lora"]["settings"]["r"] == 8
+    assert records["lora-r2"]["trainable_params"] < records["lora"]["trainable_params"]
+    rows = {r["method"]: r for r in board.rows}
+    assert rows["lora"]["step_vs_baseline"] == pytest.approx(1.0) and rows["lora"]["train_mb_vs_baseline"] == 1.0
+    assert rows["lora-r2"]["family"] == rows["lora"]["family"] == "low-rank"
+    assert "× lora" in (tmp_path / "leaderboard.md").read_text()
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"variants": {"lora": {"method": "lora"}}}, r"variant 'lora' would hide the registered method"),
+    ({"variants": {"x": {"r": 2}}}, r"variant 'x' must name a registered method as `method`"),
+    ({"variants": {"x": {"method": "lora", "r": "big"}}, "methods": ("x",)}, r"r"),
+    ({"baseline": "full"}, r"baseline 'full' .* is not among the bench methods"),
+])
+def test_bad_variants_and_baselines_are_clear_errors(tiny_folder, tasks, tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        bench_config(tiny_folder, tasks, tmp_path, **changes)
+
+
 def test_against_peft_reports_ratios(tiny_folder, tasks, tmp_path):
-    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=("lora", "dora", "ia3", "probe"), seeds=1,
-                          against="peft", lrs={m: [5e-3] for m in ("lora", "dora", "ia3", "probe")})
+    shared = ("lora", "dora", "ia3", "miss", "prompt")  # every method PEFT has too
+    methods = (*shared, "probe")
+    config = bench_config(tiny_folder, tasks[:1], tmp_path, methods=methods, seeds=1,
+                          against="peft", lrs={m: [5e-3] for m in methods})
     board = run_bench(config, progress=False)
     records = read_records(tmp_path)
-    assert {r["method"] for r in records if r["library"] == "peft"} == {"lora", "dora", "ia3"}  # no PEFT probe
-    assert [p["method"] for p in board.peft] == ["lora", "dora", "ia3"]
+    assert all(r["status"] == "ok" for r in records), [(r["method"], r.get("error")) for r in records if r["status"] != "ok"]
+    assert {r["method"] for r in records if r["library"] == "peft"} == set(shared)  # no PEFT probe
+    assert [p["method"] for p in board.peft] == list(shared)
     for p in board.peft:
         # same config, initial weights, data and trainer: only the adapter library differs
-        assert p["acc"] == pytest.approx(1.0) and p["step"] > 0 and p["unmerged"] > 0 and p["merged"] > 0
+        assert p["acc"] == pytest.approx(1.0) and p["step"] > 0 and p["unmerged"] > 0
+        assert p["merged"] > 0 or p["method"] == "prompt"  # a prompt cannot be merged
     by_key = {(r["library"], r["method"]): r for r in records}
-    for method in ("lora", "dora", "ia3"):
+    for method in shared:
         ours, theirs = by_key[("petkit", method)], by_key[("peft", method)]
         assert ours["trainable_params"] == theirs["trainable_params"]
         assert ours["dev"]["loss"] == pytest.approx(theirs["dev"]["loss"], abs=1e-4)
@@ -283,7 +314,7 @@ def lm_bench(lm_folder, lm_text, tmp_path_factory):
 def test_lm_grid_is_scored_by_perplexity(lm_bench, lm_text):
     output, _, board = lm_bench
     records = read_records(output)
-    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert all(r["status"] == "ok" for r in records), [(r["method"], r.get("error")) for r in records if r["status"] != "ok"]
     for r in records:
         assert set(r["test"]) == {"loss", "perplexity"} and r["test"]["perplexity"] > 1
         assert r["inference"]["unmerged_ratio"] > 0

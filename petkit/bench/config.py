@@ -43,6 +43,13 @@ class BenchConfig:
     eval_batch_size: int = 32
     settings: dict = field(default_factory=dict)  # {method: {field: value}} over the defaults table
     lrs: dict = field(default_factory=dict)       # {method: [lr, ...]} replacing the table's grid
+    # variants: a registered method benched under another name with other settings, so one bench can
+    # hold two configs of a method (e.g. {"lora-r16": {"method": "lora", "r": 16}}); listed in methods
+    # by that name, which settings and lrs may use too
+    variants: dict = field(default_factory=dict)
+    # baseline: memory and step time are also shown as ratios to this method (None: full fine-tuning,
+    # when the bench has it)
+    baseline: str | None = None
     against: str | None = None        # "peft": also run the shared methods through Hugging Face PEFT
     order_by: str = "borda"           # which aggregation orders the leaderboard
     output: str = "runs/bench"
@@ -65,15 +72,26 @@ class BenchConfig:
         _validate(self)
 
     # -- what one run uses ------------------------------------------------------------------------
+    @property
+    def ratio_to(self) -> str:
+        return self.baseline or "full"
+
+    def registered(self, method: str) -> str:
+        """The registered method behind a bench method name (itself, unless it names a variant)."""
+        return self.variants[method]["method"] if method in self.variants else method
+
     def method_settings(self, method: str) -> dict:
-        return _plain({**method_defaults(method).settings, **self.settings.get(method, {})})
+        variant = {k: v for k, v in self.variants.get(method, {}).items() if k != "method"}
+        return _plain({**method_defaults(self.registered(method)).settings, **variant,
+                       **self.settings.get(method, {})})
 
     def lr_grid(self, method: str) -> tuple[float, ...]:
-        return tuple(float(x) for x in self.lrs.get(method, method_defaults(method).lrs))
+        return tuple(float(x) for x in self.lrs.get(method, method_defaults(self.registered(method)).lrs))
 
     def family(self, method: str) -> str:
         from petkit.core.registry import get_method
-        return method_defaults(method).family or f"{get_method(method).kind} delta"
+        base = self.registered(method)
+        return method_defaults(base).family or f"{get_method(base).kind} delta"
 
     def setup(self) -> dict:
         return {k: getattr(self, k) for k in SETUP_FIELDS}
@@ -150,13 +168,27 @@ def _positive_int(name: str, value, minimum: int = 1, hint: str = "") -> None:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}{hint}")
 
 
+def _validate_variants(variants, registered: list[str]) -> None:
+    if not isinstance(variants, dict):
+        raise ConfigError(f"variants must map new method names to {{method: <registered name>, <field>: <value>}}, "
+                          f"got {type(variants).__name__}")
+    for name, spec in variants.items():
+        if name in registered:
+            raise ConfigError(f"variant {name!r} would hide the registered method of that name; choose another name")
+        if not isinstance(spec, dict) or spec.get("method") not in registered:
+            raise ConfigError(f"variant {name!r} must name a registered method as `method` (one of "
+                              f"{', '.join(registered)}), got {spec!r}")
+
+
 def _validate(cfg: BenchConfig) -> None:
     from petkit.core.registry import all_methods, config_from_dict
     from petkit.data import known_datasets
 
     if not cfg.methods or not cfg.tasks:
         raise ConfigError("a bench needs at least one method and one task")
-    known = [m.name for m in all_methods()]
+    registered = [m.name for m in all_methods()]
+    _validate_variants(cfg.variants, registered)
+    known = registered + list(cfg.variants)
     unknown = [m for m in cfg.methods if m not in known]
     if unknown:
         raise ConfigError(f"unknown method{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
@@ -197,8 +229,11 @@ def _validate(cfg: BenchConfig) -> None:
                               f"none of them is in this bench")
     if cfg.order_by not in ORDER_BY:
         raise ConfigError(f"order_by must be one of {', '.join(ORDER_BY)}, got {cfg.order_by!r}")
+    if cfg.baseline is not None and cfg.baseline not in cfg.methods:
+        raise ConfigError(f"baseline {cfg.baseline!r} (the method memory and step time are divided by) is not "
+                          f"among the bench methods {list(cfg.methods)}; add it or choose one of them")
     for method in cfg.methods:  # every method config and grid must be valid before the first run
-        config_from_dict({"method": method, **cfg.method_settings(method)})
+        config_from_dict({"method": cfg.registered(method), **cfg.method_settings(method)})
         try:
             grid = cfg.lr_grid(method)
         except (TypeError, ValueError):

@@ -31,7 +31,8 @@ METHODS: dict[str, MethodDefaults] = {
     "vlpet": MethodDefaults({"granularity": "large", "bottleneck": 48, "heads": 4, "gate_bottleneck": 48},
                             (1e-3, 5e-3), "adapter"),
     "svfit": MethodDefaults({"targets": ["attn.q", "attn.v"]}, (5e-3, 2e-2), "rescaling"),  # r by 99% energy
-    "miss": MethodDefaults({"r": 8, "targets": ["attn.q", "attn.v"]}, (5e-4, 2e-3), "low-rank"),
+    # r=16: r·out per matrix, the same trainable count as LoRA r=8's r·(in + out) on these square weights
+    "miss": MethodDefaults({"r": 16, "targets": ["attn.q", "attn.v"]}, (5e-4, 2e-3), "low-rank"),
     "telly": MethodDefaults({}, (3e-5, 1e-4), "selective"),  # fraction 0.5: MiniLM freezes embeddings + 3 of 6 layers
     "dsee": MethodDefaults({"r": 8, "alpha": 16, "nnz": 16, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "sparse"),
     "sara": MethodDefaults({}, (5e-4, 2e-3), "sparse"),  # |w| < 2e-3: 3.4% of MiniLM's linear weights

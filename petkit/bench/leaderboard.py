@@ -28,13 +28,14 @@ class Board:
     statement: str                   # one line: which aggregation ordered it, and how
     rankings: dict = field(default_factory=dict)  # rule -> petkit.analysis Ranking.as_dict()
     peft: list[dict] = field(default_factory=list)  # petkit / PEFT ratios per (method, task)
+    baseline: str = "full"           # rows' *_vs_baseline divide by this method's runs
 
 
 def build(config: BenchConfig, records: list[dict]) -> Board:
     table = cells(records, config)
     tasks = list(config.tasks)
     rows = [_row(config, m, table) for m in config.methods if any(("petkit", m, t) in table for t in tasks)]
-    board = Board(rows, tasks, config.order_by, "no finished runs yet")
+    board = Board(rows, tasks, config.order_by, "no finished runs yet", baseline=config.ratio_to)
     if rows:
         _rank(board, config.order_by)
     board.peft = [_peft_row(table[("petkit", m, t)], table[("peft", m, t)])
@@ -65,10 +66,11 @@ def _median(values) -> float:
 
 def _row(config: BenchConfig, method: str, table: dict) -> dict:
     mine = {t: table[("petkit", method, t)] for t in config.tasks if ("petkit", method, t) in table}
-    full = {t: table[("petkit", "full", t)] for t in config.tasks if ("petkit", "full", t) in table}
+    base = config.ratio_to
+    ref = {t: table[("petkit", base, t)] for t in config.tasks if ("petkit", base, t) in table}
 
-    def vs_full(*path):
-        return _median(_div(c.median(*path), full[t].median(*path)) for t, c in mine.items() if t in full)
+    def vs_baseline(*path):
+        return _median(_div(c.median(*path), ref[t].median(*path)) for t, c in mine.items() if t in ref)
 
     params = _median(c.median("trainable_params") for c in mine.values())
     accs = [c.score_mean for c in mine.values() if c.metric == "accuracy"]
@@ -84,9 +86,9 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
         "adapter_bytes": _median(c.median("adapter_bytes") for c in mine.values()),
         "train_mb": _median(c.median("train_mb") for c in mine.values()),
         "peak_rss_mb": _median(c.median("peak_rss_mb") for c in mine.values()),
-        "train_mb_vs_full": vs_full("train_mb"),
+        "train_mb_vs_baseline": vs_baseline("train_mb"),
         "step_ms": 1000 * _median(c.median("step_s") for c in mine.values()),
-        "step_vs_full": vs_full("step_s"),
+        "step_vs_baseline": vs_baseline("step_s"),
         "unmerged_vs_base": _median(c.median("inference", "unmerged_ratio") for c in mine.values()),
         "merged_vs_base": _median(c.median("inference", "merged_ratio") for c in mine.values()),
     }

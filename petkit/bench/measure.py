@@ -1,7 +1,8 @@
 """One bench run, measured: train a method on a task at one seed and learning rate, score it, time it.
 
 A job is plain JSON (so it can be sent to a fresh process, see child.py):
-{"library": "petkit"|"peft", "method", "task", "seed", "lr", "settings": {...}, "setup": {...}}.
+{"library": "petkit"|"peft", "method", "task", "seed", "lr", "settings": {...}, "setup": {...}}, plus
+"registered" (the registered method) when "method" names a bench variant.
 
 What is measured, and how:
 - dev and test metrics: `petkit.train.evaluate` after training (dev picks the learning rate):
@@ -47,7 +48,7 @@ def run_spec(job: dict) -> RunSpec:
     train = {"lr": job["lr"], "max_steps": setup["steps"], "batch_size": setup["batch_size"],
              "eval_batch_size": setup["eval_batch_size"], "warmup": setup["warmup"], "schedule": setup["schedule"],
              "eval_every_epoch": False}  # dev is scored once, at the end: no evaluation inside the timed steps
-    return RunSpec(model=setup["model"], data=job["task"], method={"name": job["method"], **job["settings"]},
+    return RunSpec(model=setup["model"], data=job["task"], method={"name": job.get("registered", job["method"]), **job["settings"]},
                    train=train, max_length=setup["max_length"], max_train=setup["max_train"],
                    max_eval=setup["max_eval"], seed=job["seed"])
 
@@ -143,6 +144,8 @@ def _time_inference(model, library: str, prep, setup: dict) -> dict:
 
 def _merge(model, library: str) -> bool:
     if library == "peft":
+        if model.peft_config["default"].is_prompt_learning:  # prompts are not weights: nothing to merge
+            return False
         model.merge_adapter()
         return True
     try:

@@ -13,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -21,6 +22,8 @@ from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME
 from petkit.interop.peft import EXPORTABLE
 
 LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "rank_pattern", "alpha_pattern")
+MISS_FIELDS = ("r", "miss_dropout", "mini_r", "init_weights")
+PROMPT_FIELDS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers")
 
 
 def peft_model(model: nn.Module, config: petkit.AdapterConfig) -> nn.Module:
@@ -39,14 +42,27 @@ def peft_model(model: nn.Module, config: petkit.AdapterConfig) -> nn.Module:
         weights = load_file(str(Path(tmp) / WEIGHTS_NAME))
     mirror.delete("default")
 
-    common = {"target_modules": exported["target_modules"], "modules_to_save": exported["modules_to_save"],
-              "task_type": exported["task_type"], "inference_mode": False}
-    if exported["peft_type"] == "IA3":
-        peft_config = peft.IA3Config(feedforward_modules=exported["feedforward_modules"], **common)
-    else:
-        peft_config = peft.LoraConfig(**{k: exported[k] for k in LORA_FIELDS}, **common)
+    peft_config = _peft_config(peft, exported)
     pm = peft.get_peft_model(model, peft_config)
     result = peft.set_peft_model_state_dict(pm, weights)
+    if "prompt_embeddings" in weights:  # loaded by PEFT apart from the state dict, which lists it as unexpected
+        if not torch.equal(pm.prompt_encoder["default"].embedding.weight.detach(), weights["prompt_embeddings"]):
+            raise RuntimeError("PEFT did not take petkit's initial prompt")
+        result.unexpected_keys.remove("prompt_embeddings")
     if result.unexpected_keys:
         raise RuntimeError(f"PEFT did not take petkit's initial weights {result.unexpected_keys[:3]}")
     return pm
+
+
+def _peft_config(peft, exported: dict):
+    """The PEFT config object for what petkit exported (the same fields, training mode)."""
+    common = {"modules_to_save": exported["modules_to_save"], "task_type": exported["task_type"], "inference_mode": False}
+    kind = exported["peft_type"]
+    if kind == "PROMPT_TUNING":
+        return peft.PromptTuningConfig(**{k: exported[k] for k in PROMPT_FIELDS}, **common)
+    common["target_modules"] = exported["target_modules"]
+    if kind == "IA3":
+        return peft.IA3Config(feedforward_modules=exported["feedforward_modules"], **common)
+    if kind == "MISS":
+        return peft.MissConfig(**{k: exported[k] for k in MISS_FIELDS}, **common)
+    return peft.LoraConfig(**{k: exported[k] for k in LORA_FIELDS}, **common)

@@ -83,9 +83,9 @@ def _memory_time(plt, out: Path, board: Board, colour: dict) -> Path:
                            (axes[1], "step_ms", "train step time (ms, median)")):
         values = [0 if _nan(r[key]) else r[key] for r in board.rows]
         ax.bar(methods, values, color=[colour[r["family"]] for r in board.rows])
-        full = next((r[key] for r in board.rows if r["method"] == "full"), None)
-        if full is not None and not _nan(full):
-            ax.axhline(full, linestyle="--", color="grey", linewidth=1)
+        ref = next((r[key] for r in board.rows if r["method"] == board.baseline), None)
+        if ref is not None and not _nan(ref):  # the dashed line: the baseline the ratios divide by
+            ax.axhline(ref, linestyle="--", color="grey", linewidth=1)
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()

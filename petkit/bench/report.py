@@ -105,7 +105,7 @@ def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
     lines += _main_table(board, names, metrics)
     lines += ["", "Ranks: Borda points (systems beaten, summed over tasks) and the Kemeny consensus position, "
               "beside the plain mean; all three come from `petkit.analysis.ranking`. Memory and step time "
-              "are medians over seeds and tasks; \"× full\" divides by full fine-tuning on the same task; "
+              f"are medians over seeds and tasks; \"× {board.baseline}\" divides by {_baseline_name(board)} on the same task; "
               "inference \"× base\" divides by the frozen model timed alongside (see Protocol).", ""]
     lines += [f"![{what}]({file})" for file, what in PLOTS.items()] + [""]
     if lm:
@@ -118,6 +118,10 @@ def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baseline_name(board: Board) -> str:
+    return "full fine-tuning" if board.baseline == "full" else f"`{board.baseline}`"
+
+
 def _lm_tasks(board: Board, config: BenchConfig) -> list[str]:
     return [t for t in board.tasks if task_metric(board, t) == "perplexity"]
 
@@ -127,7 +131,8 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
     # accuracy and perplexity means are separate columns (a mean across the two means nothing)
     means = ["mean"] if "perplexity" not in metrics else (["mean acc"] if "accuracy" in metrics else []) + ["mean ppl"]
     head = (["#", "method", "family"] + names + means + ["Borda", "Kemeny", "trainable params", "% of base",
-            "adapter size", "train memory MB", "× full", "step ms", "× full", "inference unmerged × base",
+            "adapter size", "train memory MB", f"× {board.baseline}", "step ms", f"× {board.baseline}",
+            "inference unmerged × base",
             "merged × base"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, r in enumerate(board.rows, start=1):
@@ -137,7 +142,7 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
         cells = ([str(k), f"`{r['method']}`", r["family"]] + accs + mean +
                  [_num(r.get("borda_score"), 1), _num(r.get("kemeny_position")),
                   _count(r["params"]), _pct(r["params_pct"]), _bytes(r["adapter_bytes"]), _num(r["train_mb"]),
-                  _x(r["train_mb_vs_full"]), _num(r["step_ms"]), _x(r["step_vs_full"]),
+                  _x(r["train_mb_vs_baseline"]), _num(r["step_ms"]), _x(r["step_vs_baseline"]),
                   _x(r["unmerged_vs_base"]), _x(r["merged_vs_base"])])
         lines.append("| " + " | ".join(cells) + " |")
     return lines

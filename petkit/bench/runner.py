@@ -54,6 +54,8 @@ def run_bench(config: BenchConfig, *, fresh: bool = False, progress: bool = True
         def run(library: str, method: str, task: str, seed: int, lr: float, phase: str) -> None:
             job = {"library": library, "method": method, "task": task, "seed": seed, "lr": lr,
                    "settings": config.method_settings(method), "setup": config.setup()}
+            if method in config.variants:
+                job["registered"] = config.registered(method)
             with shared:
                 if stop.is_set():
                     return

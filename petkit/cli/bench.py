@@ -22,7 +22,7 @@ from petkit.core.errors import ConfigError
 
 console = Console()
 FLAGS = ("model", "tasks", "methods", "seeds", "budget", "batch_size", "max_length", "max_train", "max_eval",
-         "against", "order_by", "output", "threads", "jobs")
+         "against", "order_by", "output", "threads", "jobs", "baseline")
 
 
 DESCRIPTION = (
@@ -54,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="torch threads per run (default 1: steadier timings on shared cores)")
     p.add_argument("--jobs", type=int, help="runs at once, each in its own process (default 1; step times are "
                                             "comparable only among runs made with the same --jobs)")
+    p.add_argument("--baseline", help="method that memory and step time are divided by (default full, when benched)")
     p.add_argument("--in-process", action="store_true", help="run in this process (faster; peak memory less reliable)")
     p.add_argument("--fresh", action="store_true", help="delete the results in --output and start over")
     p.add_argument("--report-only", action="store_true",

@@ -125,7 +125,7 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
     for expected, saved, _ in pairs:
         copy_tensors(expected, saved)
     for n in wanted:
-        for _, _, delta in am.layers(n):
+        for delta in am.deltas(n):
             delta.loaded()
     active = config.get("active")
     active = [n for n in active if isinstance(n, str) and n in am.adapters and n in wanted] if isinstance(active, list) else []

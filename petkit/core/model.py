@@ -18,12 +18,14 @@ from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.fingerprint import fingerprint
 from petkit.core.layer import AdaptedLayer
+from petkit.core.model_delta import ModelDelta, refuse_routing
 from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
 from petkit.core.targeting import named_base_modules, resolve_targets, task_head_names
 from petkit.methods.head import HeadDelta
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+MODEL_KEY = "(model)"  # key prefix of a model-level delta's tensors in adapter_parameters() and files
 
 
 class AdaptedModel(nn.Module):
@@ -37,6 +39,7 @@ class AdaptedModel(nn.Module):
         self.base_fingerprint = fingerprint(base)
         self._modules_of: dict[str, list[str]] = {}  # adapter -> wrapped module paths (method + head)
         self._selected: dict[str, list[str]] = {}    # selection adapters -> base parameter names
+        self.model_deltas = nn.ModuleDict()            # model-level adapters (prompts, side networks) by name
 
     # -- building ---------------------------------------------------------------------------------
     def add(self, config: AdapterConfig, name: str = "default", *, trainable: bool = True, init: bool = True):
@@ -46,11 +49,11 @@ class AdaptedModel(nn.Module):
             raise ConfigError(f"adapter names use letters, digits, '_' and '-', got {name!r}")
         if name in self.state.configs:
             raise ConfigError(f"an adapter named {name!r} already exists; delete it or pick another name")
-        if method.kind == "model":
-            raise ConfigError(f"{method.name} is a model-level method, which this engine version cannot attach yet")
         paths: list[str] = []
         try:
-            if method.kind in ("weight", "output"):
+            if method.kind == "model":
+                self._add_model_delta(method, config, name, init)
+            elif method.kind in ("weight", "output"):
                 targets = config.targets or method.default_targets
                 paths = resolve_targets(self.base, targets, config.exclude, method.layer_types)
                 modules = dict(named_base_modules(self.base))
@@ -79,6 +82,16 @@ class AdaptedModel(nn.Module):
         if not self.state.active:
             self.state.active = (name,)
         return self
+
+    def _add_model_delta(self, method: Method, config, name: str, init: bool) -> None:
+        delta = method.build(self.base, config, init=init)
+        delta.bind(name, lambda: self._model_delta_live(name))
+        self.model_deltas[name] = delta.train(self.base.training)
+        delta.attach(self.base)
+
+    def _model_delta_live(self, name: str) -> bool:
+        state = self.state
+        return not state.disabled and state.routes is None and name in state.active and name not in state.merged
 
     def _build(self, method: Method, config, path, base, init):
         try:
@@ -134,6 +147,9 @@ class AdaptedModel(nn.Module):
             self._replace_everywhere(layer, layer.base_layer)
 
     def _remove_deltas(self, name: str, paths) -> None:
+        if name in self.model_deltas:
+            self.model_deltas[name].release()
+            del self.model_deltas[name]
         for p in paths:
             layer = self.layer(p)
             if layer is not None and name in layer.deltas:
@@ -170,6 +186,12 @@ class AdaptedModel(nn.Module):
             layer = self.layer(p)
             yield p, layer, layer.deltas[name]
 
+    def deltas(self, name: str):
+        """Every delta of one adapter: its layer deltas (task head included), then its model delta if any."""
+        yield from (delta for _, _, delta in self.layers(name))
+        if name in self.model_deltas:
+            yield self.model_deltas[name]
+
     def method_of(self, name: str) -> Method:
         return method_for(self.config(name))
 
@@ -191,16 +213,16 @@ class AdaptedModel(nn.Module):
                 continue
             for k, v in delta.saved_tensors().items():
                 out[f"{p}.{k}"] = v
+        if name in self.model_deltas:  # not a module path: a prefix no module of the base can have
+            for k, v in self.model_deltas[name].saved_tensors().items():
+                out[f"{MODEL_KEY}.{k}"] = v
         return out
 
     def num_parameters(self, name: str, include_head: bool = True) -> int:
         if name in self._selected:
             return sum(p.numel() for p in self.selected_parameters(name).values())
-        seen = 0
-        for p, _, delta in self.layers(name):
-            if include_head or not isinstance(delta, HeadDelta):
-                seen += sum(t.numel() for t in delta.parameters())
-        return seen
+        return sum(t.numel() for delta in self.deltas(name) if include_head or not isinstance(delta, HeadDelta)
+                   for t in delta.parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -215,7 +237,7 @@ class AdaptedModel(nn.Module):
         if name in self._selected:
             for p in self.selected_parameters(name).values():
                 p.requires_grad_(trainable)
-        for _, _, delta in self.layers(name):
+        for delta in self.deltas(name):
             for p in delta.parameters():
                 p.requires_grad_(trainable)
 
@@ -255,6 +277,9 @@ class AdaptedModel(nn.Module):
         for n in names:
             if n in self.state.merged:
                 continue
+            if n in self.model_deltas:
+                raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged: it acts on the whole "
+                                 "model (extra inputs or a side network), not on weights")
             tied = self._tied_weights()
             for p, layer, delta in self.layers(n):
                 if not delta.mergeable:
@@ -284,13 +309,7 @@ class AdaptedModel(nn.Module):
         """Merge the active adapters and return the plain base model (every wrapper removed)."""
         self.merge()
         for name in list(self.state.configs):
-            paths = self._modules_of.get(name, [])
-            for p in paths:
-                layer = self.layer(p)
-                if layer is not None:
-                    layer.deltas[name].release()
-                    del layer.deltas[name]
-                    self._unwrap_if_empty(p)
+            self._remove_deltas(name, self._modules_of.get(name, []))
         self.state.configs.clear()
         self.state.active, self.state.merged = (), []
         self._modules_of.clear()
@@ -323,6 +342,8 @@ class AdaptedModel(nn.Module):
         """Mixed-adapter batch: sample i runs with adapter_names[i] (None = the base alone)."""
         names = list(adapter_names)
         self._check_names({n for n in names if n is not None})
+        for n in sorted({n for n in names if n in self.model_deltas}):
+            raise refuse_routing(self.method_of(n).name, n)
         if self.state.merged:
             raise StateError("mixed-adapter batches need unmerged adapters; unmerge() first")
         groups: dict[str | None, list[int]] = defaultdict(list)

@@ -16,6 +16,7 @@ class Method:
     """What the engine needs to know about a method.
 
     build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
+    build(model, config, init=...) -> ModelDelta       (model kind: see petkit/core/model_delta.py)
     default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning)
     select(model, config) -> paths   (selection kind, optional) the module or parameter paths to train,
                                      chosen by the method instead of from the config's targets

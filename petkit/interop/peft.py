@@ -1,4 +1,4 @@
-"""Hugging Face PEFT's on-disk format for LoRA, DoRA, IA³ and MiSS adapters.
+"""Hugging Face PEFT's on-disk format for LoRA, DoRA, IA³ and MiSS adapters (prompt tuning: peft_prompt.py).
 
 Layout: `adapter_config.json` + `adapter_model.safetensors` per adapter (non-default adapters in a
 subfolder named after them), keys `base_model.model.<module path>.lora_A.weight` (`.ia3_l`,
@@ -27,7 +27,7 @@ from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
 from petkit.methods.miss import MissConfig, MissDelta
 
 PREFIX = "base_model.model."
-EXPORTABLE = ("lora", "dora", "ia3", "miss")
+EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
@@ -51,7 +51,11 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
     files = {}
     for n in names:
         sub = "" if n == "default" else f"{n}/"
-        config, tensors = _export_one(am, n)
+        if am.method_of(n).name == "prompt":
+            from petkit.interop.peft_prompt import export_prompt
+            config, tensors = export_prompt(am, n, _task_type(am.base))
+        else:
+            config, tensors = _export_one(am, n)
         meta = {"format": "pt", "petkit_base": json.dumps(am.base_fingerprint)}
         files[sub + WEIGHTS_NAME] = (tensors, meta)
         files[sub + CONFIG_NAME] = config
@@ -141,9 +145,16 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
 
     file = folder / WEIGHTS_NAME
     peft_type = config.get("peft_type")
+    if peft_type == "PROMPT_TUNING":
+        from petkit.interop.peft_prompt import load_prompt
+        expected, saved, metadata = load_prompt(am, folder, config, name)
+        check_tensors(expected, saved, str(folder))
+        check_base(am, _fingerprint(metadata, file), force, folder)
+        copy_tensors(expected, saved)
+        return
     if peft_type not in ("LORA", "IA3", "MISS"):
         raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; "
-                               "petkit reads LORA (incl. DoRA), IA3 and MISS")
+                               "petkit reads LORA (incl. DoRA), IA3, MISS and PROMPT_TUNING")
     for key, off in _UNSUPPORTED.items():
         if config.get(key, off) not in (off, [], {}, False, None):
             raise AdapterFileError(f"this PEFT adapter uses {key}={_short(config[key])}, which petkit does not support")
@@ -152,12 +163,7 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
         raise AdapterFileError(f"this PEFT adapter was initialised with init_lora_weights={_short(init)}, which rewrites the "
                                "base weights; save it in PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
     tensors, metadata = read_tensors(file)
-    fingerprint = None
-    if "petkit_base" in metadata:
-        try:
-            fingerprint = json.loads(metadata["petkit_base"])
-        except (ValueError, RecursionError):
-            raise AdapterFileError(f"{file}: the petkit_base metadata is corrupt") from None
+    fingerprint = _fingerprint(metadata, file)
     adapter, heads, base_copies = _sort_tensors(tensors, _names(config.get("modules_to_save")), file)
     if not adapter:
         raise AdapterFileError(f"{file} holds no adapter tensors")
@@ -175,6 +181,16 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
     check_base(am, fingerprint, force, folder)
     _check_base_copies(am, base_copies, force, file)
     copy_tensors(expected, saved)
+
+
+def _fingerprint(metadata: dict, file: Path):
+    """The base-model fingerprint petkit wrote into the safetensors metadata (None in PEFT's own files)."""
+    if "petkit_base" not in metadata:
+        return None
+    try:
+        return json.loads(metadata["petkit_base"])
+    except (ValueError, RecursionError):
+        raise AdapterFileError(f"{file}: the petkit_base metadata is corrupt") from None
 
 
 def _short(value) -> str:

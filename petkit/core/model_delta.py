@@ -1,0 +1,62 @@
+"""The contract of model-level methods: deltas that act on the whole model, not on one layer.
+
+Prompt and prefix tuning, dynamic prompts and side networks change what the model reads (extra
+tokens, extra keys and values) or add a network beside it. Such a delta owns its parameters and
+installs hooks on modules of the base model; the engine (AdaptedModel) keeps it in `model_deltas`,
+saves, loads, activates and removes it like any other adapter. Every hook goes through `hook()`, so
+it runs only while its adapter is live (active, not disabled) and is removed by `release()`.
+
+    attach(model)                 install the hooks (called once by the engine, after building)
+    saved_tensors() / loaded()    what the adapter file holds (default: the state dict), and the hook
+                                  run after a load copied into those tensors
+    release()                     remove every hook (the engine calls it on delete/unload/rollback)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from petkit.core.errors import StateError
+
+
+class ModelDelta(nn.Module):
+    mergeable = False
+
+    def __init__(self):
+        super().__init__()
+        self._handles: list = []
+        self._is_live: Callable[[], bool] = lambda: True
+        self._name = "default"
+
+    def bind(self, name: str, is_live: Callable[[], bool]) -> None:
+        """Set by the engine: the adapter's name and whether it takes part in the current forward."""
+        self._name, self._is_live = name, is_live
+
+    def attach(self, model: nn.Module) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def hook(self, module: nn.Module, pre: bool, fn: Callable) -> None:
+        """Register fn as a (pre-)forward hook with kwargs on module, active only while this adapter is live."""
+        def guarded(*args):
+            return fn(*args) if self._is_live() else None
+        register = module.register_forward_pre_hook if pre else module.register_forward_hook
+        self._handles.append(register(guarded, with_kwargs=True))
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return self.state_dict(keep_vars=True)
+
+    def loaded(self) -> None:
+        pass
+
+    def release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def refuse_routing(method: str, name: str) -> StateError:
+    return StateError(f"mixed-adapter batches (adapter_names=...) cannot route the {method} adapter {name!r}: it "
+                      "changes the whole model's input, not one layer; run its samples as a separate batch")
