@@ -203,7 +203,9 @@ def test_variants_bench_one_method_twice_and_ratios_follow_the_baseline(tiny_fol
     assert records["lora-r2"]["settings"]["r"] == 2 and records["lora"]["settings"]["r"] == 8
     assert records["lora-r2"]["trainable_params"] < records["lora"]["trainable_params"]
     rows = {r["method"]: r for r in board.rows}
-    assert rows["lora"]["step_vs_baseline"] == pytest.approx(1.0) and rows["lora"]["train_mb_vs_baseline"] == 1.0
+    assert rows["lora"]["step_vs_baseline"] == pytest.approx(1.0)
+    ratio = rows["lora"]["train_mb_vs_baseline"]  # in-process memory can read 0 MB: then no ratio (NaN)
+    assert ratio == pytest.approx(1.0) or math.isnan(ratio)
     assert rows["lora-r2"]["family"] == rows["lora"]["family"] == "low-rank"
     assert "× lora" in (tmp_path / "leaderboard.md").read_text()
 

@@ -18,7 +18,7 @@ from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.fingerprint import fingerprint
 from petkit.core.layer import AdaptedLayer
-from petkit.core.model_delta import ModelDelta, refuse_routing
+from petkit.core.model_delta import refuse_routing
 from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
 from petkit.core.targeting import named_base_modules, resolve_targets, task_head_names
@@ -342,8 +342,9 @@ class AdaptedModel(nn.Module):
         """Mixed-adapter batch: sample i runs with adapter_names[i] (None = the base alone)."""
         names = list(adapter_names)
         self._check_names({n for n in names if n is not None})
-        for n in sorted({n for n in names if n in self.model_deltas}):
-            raise refuse_routing(self.method_of(n).name, n)
+        whole_model = sorted({n for n in names if n in self.model_deltas})
+        if whole_model:
+            raise refuse_routing(self.method_of(whole_model[0]).name, whole_model[0])
         if self.state.merged:
             raise StateError("mixed-adapter batches need unmerged adapters; unmerge() first")
         groups: dict[str | None, list[int]] = defaultdict(list)
