@@ -95,6 +95,7 @@ def test_vit_prompt_goes_after_cls():
     logits(am, batch)
     handle.remove()
     assert seen[1] == seen[0] + 2
+    assert "the whole model: 2 soft tokens after [CLS]" in am.summary(print_it=False)
 
 
 def test_disable_delete_and_switching_adapters():

@@ -41,6 +41,8 @@ METHODS: dict[str, MethodDefaults] = {
                                   (1e-3, 5e-3), "low-bit"),
     "lowbit-adapter": MethodDefaults({"bits": 1, "r": 8, "scale": 0.1}, (3e-3, 1e-2), "low-bit"),
     "mora": MethodDefaults({"r": 8, "top_k": 2, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
+    # issue 5 (seed methods II); prompt tuning wants large rates (Lester et al. train at 0.3 with Adafactor)
+    "prompt": MethodDefaults({"num_virtual_tokens": 20}, (3e-3, 3e-2), "prompt"),
 }
 GENERIC_LRS = (1e-4, 1e-3, 1e-2)  # a decade apart: for methods without a row, where we know nothing
 

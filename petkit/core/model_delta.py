@@ -10,6 +10,7 @@ it runs only while its adapter is live (active, not disabled) and is removed by 
     saved_tensors() / loaded()    what the adapter file holds (default: the state dict), and the hook
                                   run after a load copied into those tensors
     release()                     remove every hook (the engine calls it on delete/unload/rollback)
+    describe()                    one line for summaries
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class ModelDelta(nn.Module):
             return fn(*args) if self._is_live() else None
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         self._handles.append(register(guarded, with_kwargs=True))
+
+    def describe(self) -> str:
+        """One line for summaries: what this delta does to the model."""
+        return type(self).__name__
 
     def saved_tensors(self) -> dict[str, torch.Tensor]:
         return self.state_dict(keep_vars=True)

@@ -52,6 +52,8 @@ def render_summary(am, print_it: bool = True) -> str:
         table.add_row(name, method.name, method.kind, f"{own:,}", f"{100 * own / max(base_total, 1):.3f}",
                       f"{head:,}", "yes" if name in am.active else "", "yes" if name in am.state.merged else "")
         branch = tree.add(f"{name} ({method.name})")
+        if name in am.model_deltas:
+            branch.add(f"the whole model: {am.model_deltas[name].describe()}")
         paths = am._modules_of.get(name) or [n.rsplit(".", 1)[0] for n in am._selected.get(name, [])]
         for line in compress_paths(list(dict.fromkeys(paths))):
             branch.add(line)

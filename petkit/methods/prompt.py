@@ -101,6 +101,9 @@ class PromptDelta(ModelDelta):
             ids = ids.repeat(-(-self.m // len(ids)))[: self.m]
         self.embedding.copy_(table[ids])
 
+    def describe(self) -> str:
+        return f"{self.m} soft tokens " + ("after [CLS]" if self.vision else "before the input")
+
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         if self.vision:
