@@ -124,7 +124,8 @@ class PromptDelta(ModelDelta):
             raise StateError(f"prompt adapter {self._name!r} cannot read this call's inputs ({exc})") from None
         extra = inputs.pop("kwargs", None)
         inputs.update(extra if isinstance(extra, dict) else {})
-        if _has_cache(inputs.get("past_key_values", inputs.get("cache"))):
+        cache = next((inputs[k] for k in ("past_key_values", "cache") if inputs.get(k) is not None), None)
+        if _has_cache(cache):
             return (), self._continue(inputs)
         ids, embeds = inputs.pop("input_ids", None), inputs.get("inputs_embeds")
         if embeds is None:
