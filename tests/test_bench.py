@@ -405,3 +405,10 @@ def test_cli_prints_perplexity_for_lm(lm_bench, capsys, tmp_path):
     assert main(["bench", "--config", str(yaml_file), "--no-progress", "--report-only"]) == 0
     out = capsys.readouterr().out
     assert "mean test ppl" in out and "mean test acc" not in out
+
+
+def test_seed_spread_is_max_over_min_and_needs_two_runs():
+    from petkit.bench.summary import Cell
+    runs = [{"step_s": 0.2}, {"step_s": 0.25}, {"step_s": 0.22}]
+    assert Cell("petkit", "lora", "t", 1e-3, runs).spread("step_s") == pytest.approx(1.25)
+    assert math.isnan(Cell("petkit", "lora", "t", 1e-3, runs[:1]).spread("step_s"))

@@ -48,7 +48,8 @@ def run_spec(job: dict) -> RunSpec:
     train = {"lr": job["lr"], "max_steps": setup["steps"], "batch_size": setup["batch_size"],
              "eval_batch_size": setup["eval_batch_size"], "warmup": setup["warmup"], "schedule": setup["schedule"],
              "eval_every_epoch": False}  # dev is scored once, at the end: no evaluation inside the timed steps
-    return RunSpec(model=setup["model"], data=job["task"], method={"name": job.get("registered", job["method"]), **job["settings"]},
+    method = {"name": job.get("registered", job["method"]), **job["settings"]}
+    return RunSpec(model=setup["model"], data=job["task"], method=method,
                    train=train, max_length=setup["max_length"], max_train=setup["max_train"],
                    max_eval=setup["max_eval"], seed=job["seed"])
 

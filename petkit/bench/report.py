@@ -178,12 +178,13 @@ def _peft_table(board: Board) -> list[str]:
         lines.append(f"| `{p['method']}` | {task_name(p['task'])} | {p['seeds']} | {score(p[f'petkit_{key}'])}{unit} | "
                      f"{score(p[f'peft_{key}'])}{unit} | {_x(p[key])} | {_x(p['step'])} | {_x(p['train_mb'])} | "
                      f"{_x(p['adapter_bytes'])} | {_x(p['unmerged'])} | {_x(p['merged'])} |")
-    worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×{_within(p, key)}" for p in board.peft
-             for key, what in (("step", "step time"), ("train_mb", "memory"), ("adapter_bytes", "size"),
-                               ("unmerged", "unmerged inference"), ("merged", "merged inference"))
-             if not _missing(p[key]) and p[key] > 1.05]
+    flagged = [(p, key, what) for p in board.peft
+               for key, what in (("step", "step time"), ("train_mb", "memory"), ("adapter_bytes", "size"),
+                                 ("unmerged", "unmerged inference"), ("merged", "merged inference"))
+               if not _missing(p[key]) and p[key] > 1.05]
+    worse = [f"{p['method']}/{task_name(p['task'])} {what} {p[key]:.2f}×{_within(p, key)}" for p, key, what in flagged]
     lines += ["", f"Where petkit is slower or larger than PEFT (ratio > 1.05): {'; '.join(worse) or 'nowhere'}.", ""]
-    if any("seed spread" in w for w in worse):
+    if any(_within(p, key) for p, key, _ in flagged):
         lines += ["Seed spread: the larger of the two libraries' max / min over seeds of that measurement on "
                   "that method and task, i.e. how far apart runs of the same code land on this machine; a ratio "
                   "inside it is not a measured difference.", ""]

@@ -31,6 +31,13 @@ EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
+def peft_task_type(am: AdaptedModel, heads: list[str]) -> str | None:
+    """PEFT's task_type for an adapter that trained `heads`. PEFT's classification task types always
+    restore the task head (modules_to_save), so an adapter without a trained head must not claim one,
+    or PEFT fails looking for its weights."""
+    return _task_type(am.base) if heads or not task_head_names(am.base) else None
+
+
 def _task_type(model: nn.Module) -> str | None:
     cls = type(model).__name__
     for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForCausalLM", "CAUSAL_LM"),
@@ -53,7 +60,7 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
         sub = "" if n == "default" else f"{n}/"
         if am.method_of(n).name == "prompt":
             from petkit.interop.peft_prompt import export_prompt
-            config, tensors = export_prompt(am, n, _task_type(am.base))
+            config, tensors = export_prompt(am, n)
         else:
             config, tensors = _export_one(am, n)
         meta = {"format": "pt", "petkit_base": json.dumps(am.base_fingerprint)}
@@ -100,10 +107,7 @@ def _export_one(am: AdaptedModel, name: str):
             tensors[f"{key}.lora_magnitude_vector"] = delta.magnitude.detach()
         ranks[path] = r
         alphas[path] = scale * (math.sqrt(r) if cfg.rslora else r)
-    # PEFT's classification task types always restore the task head (modules_to_save), so an adapter
-    # without a trained head must not claim one, or PEFT fails looking for its weights.
-    task_type = _task_type(am.base) if heads or not task_head_names(am.base) else None
-    common = {"task_type": task_type, "target_modules": targets, "modules_to_save": heads or None,
+    common = {"task_type": peft_task_type(am, heads), "target_modules": targets, "modules_to_save": heads or None,
               "base_model_name_or_path": None, "inference_mode": True, "revision": None}
     if isinstance(cfg, MissConfig):
         return {**common, "peft_type": "MISS", "r": cfg.r, "miss_dropout": cfg.dropout, "mini_r": cfg.mini_r,

@@ -22,7 +22,9 @@ HEAD_PREFIX = "base_model."
 PROMPT_KEY = "prompt_embeddings"
 
 
-def export_prompt(am: AdaptedModel, name: str, task_type: str | None) -> tuple[dict, dict]:
+def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
+    from petkit.interop.peft import peft_task_type
+
     delta = am.model_deltas[name]
     if delta.vision:
         raise ConfigError("PEFT's prompt tuning has no image-classification task type; save this adapter with "
@@ -35,7 +37,7 @@ def export_prompt(am: AdaptedModel, name: str, task_type: str | None) -> tuple[d
             tensors.update({f"{HEAD_PREFIX}{path}.{k}": v for k, v in d.module.state_dict().items()})
     hf = delta.hf.config
     config = {
-        "peft_type": "PROMPT_TUNING", "task_type": task_type if heads or task_type != "SEQ_CLS" else None,
+        "peft_type": "PROMPT_TUNING", "task_type": peft_task_type(am, heads),
         "num_virtual_tokens": delta.m, "token_dim": delta.embedding.shape[1], "num_transformer_submodules": 1,
         "num_attention_heads": _first(hf, "num_attention_heads", "n_head", "num_heads"),
         "num_layers": _first(hf, "num_hidden_layers", "n_layer", "num_layers"),

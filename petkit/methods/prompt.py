@@ -74,13 +74,11 @@ class PromptDelta(ModelDelta):
             if self.max_positions is not None and self.m >= self.max_positions:
                 raise ConfigError(f"num_virtual_tokens={self.m} leaves no room for input: the model reads at most "
                                   f"{self.max_positions} positions; use fewer virtual tokens")
-        self.embedding = nn.Parameter(torch.zeros(self.m, width, dtype=self._table().dtype))
+        dtype = (self.entry.cls_token if self.vision else self.entry.weight).dtype
+        self.embedding = nn.Parameter(torch.zeros(self.m, width, dtype=dtype))
         self._cut = 0  # prompt positions to cut from the logits of the forward under way
         if init:
             self._init(config)
-
-    def _table(self) -> torch.Tensor:
-        return self.entry.cls_token if self.vision else self.entry.weight
 
     @torch.no_grad()
     def _init(self, config: PromptTuningConfig) -> None:
@@ -93,12 +91,8 @@ class PromptDelta(ModelDelta):
         if config.init == "random":
             self.embedding.normal_(0.0, float(table.float().std()))
             return
-        if config.init == "vocab":
-            ids = torch.randperm(table.shape[0])[: self.m]
-            ids = ids.repeat(-(-self.m // len(ids)))[: self.m]  # a vocabulary smaller than m: reuse ids
-        else:
-            ids = _text_ids(config, table.shape[0])
-            ids = ids.repeat(-(-self.m // len(ids)))[: self.m]
+        ids = torch.randperm(table.shape[0])[: self.m] if config.init == "vocab" else _text_ids(config, table.shape[0])
+        ids = ids.repeat(-(-self.m // len(ids)))[: self.m]  # fewer ids than m (short text, tiny vocabulary): cycle
         self.embedding.copy_(table[ids])
 
     def describe(self) -> str:
