@@ -33,6 +33,7 @@ from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
 from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig  # noqa: E402
 from petkit.methods.miss import MissConfig  # noqa: E402
 from petkit.methods.mora import MoraConfig  # noqa: E402
+from petkit.methods.prefix import PrefixTuningConfig  # noqa: E402
 from petkit.methods.prompt import PromptTuningConfig  # noqa: E402
 from petkit.methods.sara import SaraConfig  # noqa: E402
 from petkit.methods.svfit import SVFitConfig  # noqa: E402
@@ -43,6 +44,6 @@ __all__ = [
     "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
-    "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig",
+    "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

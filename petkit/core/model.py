@@ -291,6 +291,17 @@ class AdaptedModel(nn.Module):
                 delta.merge(layer.base_layer)
             self.state.merged.append(n)
 
+    def fold(self, name: str = "default") -> None:
+        """Compute away a training-only reparametrisation (prefix tuning's MLP): same outputs, fewer
+        tensors; the adapter's config changes to describe what is left."""
+        self._check_names([name])
+        delta = self.model_deltas[name] if name in self.model_deltas else None
+        if not hasattr(delta, "fold"):
+            raise StateError(f"{self.method_of(name).name} adapter {name!r} has nothing to fold")
+        trainable = any(p.requires_grad for p in delta.parameters())
+        self.state.configs[name] = delta.fold(self.state.configs[name])
+        self.set_trainable(name, trainable)
+
     def _tied_weights(self) -> set[int]:
         """ids of parameters owned by more than one module (tied input/output embeddings)."""
         owners: dict[int, int] = defaultdict(int)

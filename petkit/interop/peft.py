@@ -1,4 +1,4 @@
-"""Hugging Face PEFT's on-disk format for LoRA, DoRA, IA³ and MiSS adapters (prompt tuning: peft_prompt.py).
+"""Hugging Face PEFT's on-disk format for LoRA, DoRA, IA³ and MiSS adapters (prompt and prefix tuning: peft_prompt.py).
 
 Layout: `adapter_config.json` + `adapter_model.safetensors` per adapter (non-default adapters in a
 subfolder named after them), keys `base_model.model.<module path>.lora_A.weight` (`.ia3_l`,
@@ -27,7 +27,7 @@ from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
 from petkit.methods.miss import MissConfig, MissDelta
 
 PREFIX = "base_model.model."
-EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt")
+EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt", "prefix")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
@@ -58,7 +58,7 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
     files = {}
     for n in names:
         sub = "" if n == "default" else f"{n}/"
-        if am.method_of(n).name == "prompt":
+        if am.method_of(n).name in ("prompt", "prefix"):
             from petkit.interop.peft_prompt import export_prompt
             config, tensors = export_prompt(am, n)
         else:
@@ -149,7 +149,7 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
 
     file = folder / WEIGHTS_NAME
     peft_type = config.get("peft_type")
-    if peft_type == "PROMPT_TUNING":
+    if peft_type in ("PROMPT_TUNING", "PREFIX_TUNING"):
         from petkit.interop.peft_prompt import load_prompt
         expected, saved, metadata = load_prompt(am, folder, config, name)
         check_tensors(expected, saved, str(folder))
@@ -158,7 +158,7 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
         return
     if peft_type not in ("LORA", "IA3", "MISS"):
         raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; "
-                               "petkit reads LORA (incl. DoRA), IA3, MISS and PROMPT_TUNING")
+                               "petkit reads LORA (incl. DoRA), IA3, MISS, PROMPT_TUNING and PREFIX_TUNING")
     for key, off in _UNSUPPORTED.items():
         if config.get(key, off) not in (off, [], {}, False, None):
             raise AdapterFileError(f"this PEFT adapter uses {key}={_short(config[key])}, which petkit does not support")

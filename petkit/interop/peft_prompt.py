@@ -1,4 +1,4 @@
-"""Hugging Face PEFT's on-disk format for prompt learning: PROMPT_TUNING.
+"""Hugging Face PEFT's on-disk format for prompt learning: PROMPT_TUNING and PREFIX_TUNING.
 
 PEFT's prompt-learning files differ from its tuner files: the prompt is one tensor
 `prompt_embeddings` (num_virtual_tokens × token_dim, times num_transformer_submodules), and a
@@ -6,16 +6,24 @@ trained task head is keyed `base_model.<head>.<tensor>` (the model is not wrappe
 there is no `base_model.model.` prefix). petkit puts prompts on the encoder only, so it writes and
 reads num_transformer_submodules = 1 (PEFT's default for encoder–decoder models is 2, a prompt for
 the decoder too: such files are refused with that reason).
+
+Prefixes: `prompt_embeddings` is the folded table m × (layers·2·token_dim), token_dim = kv heads ×
+head dim, the layout petkit keeps (an MLP-trained prefix is folded on export, as PEFT does on
+saving). PEFT feeds prefixes as a KV cache, which BERT-style encoders do not take and which T5 gets
+on its decoder only, so prefix files are written and read for decoder-only causal LMs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from petkit.core.errors import AdapterFileError, ConfigError
 from petkit.core.model import MODEL_KEY, AdaptedModel
 from petkit.core.storage import WEIGHTS_NAME, read_tensors
 from petkit.methods.head import HeadDelta
+from petkit.methods.prefix import PrefixTuningConfig
 from petkit.methods.prompt import PromptTuningConfig
 
 HEAD_PREFIX = "base_model."
@@ -26,26 +34,41 @@ def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
     from petkit.interop.peft import peft_task_type
 
     delta = am.model_deltas[name]
-    if delta.vision:
+    prefix = am.method_of(name).name == "prefix"
+    if prefix:
+        if not delta.causal:
+            raise ConfigError(f"PEFT runs prefixes as a KV cache, which {type(delta.hf).__name__} does not take on its "
+                              "encoder; PEFT prefix files are written for decoder-only causal LMs: save this "
+                              "adapter with format='petkit'")
+        with torch.no_grad():
+            table = delta.prefixes().permute(3, 0, 1, 2, 4).reshape(delta.m, -1)
+    elif delta.vision:
         raise ConfigError("PEFT's prompt tuning has no image-classification task type; save this adapter with "
                           "format='petkit'")
-    tensors = {PROMPT_KEY: delta.embedding.detach()}
+    else:
+        table = delta.embedding.detach()
+    tensors = {PROMPT_KEY: table}
     heads = []
     for path, _, d in am.layers(name):
         if isinstance(d, HeadDelta):
             heads.append(path)
             tensors.update({f"{HEAD_PREFIX}{path}.{k}": v for k, v in d.module.state_dict().items()})
     hf = delta.hf.config
-    config = {
-        "peft_type": "PROMPT_TUNING", "task_type": peft_task_type(am, heads),
-        "num_virtual_tokens": delta.m, "token_dim": delta.embedding.shape[1], "num_transformer_submodules": 1,
+    common = {
+        "task_type": peft_task_type(am, heads), "num_virtual_tokens": delta.m, "num_transformer_submodules": 1,
+        "modules_to_save": heads or None, "base_model_name_or_path": None, "inference_mode": True, "revision": None,
+    }
+    if prefix:
+        token_dim = delta.kv_heads * delta.head_dim
+        return {**common, "peft_type": "PREFIX_TUNING", "token_dim": token_dim, "num_attention_heads": delta.kv_heads,
+                "num_layers": len(delta.attention), "encoder_hidden_size": token_dim, "prefix_projection": False}, tensors
+    return {
+        **common, "peft_type": "PROMPT_TUNING", "token_dim": table.shape[1],
         "num_attention_heads": _first(hf, "num_attention_heads", "n_head", "num_heads"),
         "num_layers": _first(hf, "num_hidden_layers", "n_layer", "num_layers"),
         "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
-        "tokenizer_kwargs": None, "modules_to_save": heads or None, "base_model_name_or_path": None,
-        "inference_mode": True, "revision": None,
-    }
-    return config, tensors
+        "tokenizer_kwargs": None,
+    }, tensors
 
 
 def load_prompt(am: AdaptedModel, folder: Path, config: dict, name: str):
@@ -71,10 +94,23 @@ def load_prompt(am: AdaptedModel, folder: Path, config: dict, name: str):
             raise AdapterFileError(f"{file}: tensor {_short(key)} is neither the prompt nor a task head's")
         heads.setdefault(head, {})[key[len(HEAD_PREFIX) + len(head) + 1:]] = value
     _check_heads(am, heads, names, file)
-    am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=bool(heads)), name, init=False)
-    saved = {f"{MODEL_KEY}.embedding": prompt}
+    if config.get("peft_type") == "PREFIX_TUNING":
+        am.add(PrefixTuningConfig(num_virtual_tokens=m, projection=False, train_head=bool(heads)), name, init=False)
+        _check_prefix_shape(am.model_deltas[name], config, folder)
+        saved = {f"{MODEL_KEY}.table": prompt}
+    else:
+        am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=bool(heads)), name, init=False)
+        saved = {f"{MODEL_KEY}.embedding": prompt}
     saved.update({f"{h}.module.{k}": v for h, leaves in heads.items() for k, v in leaves.items()})
     return am.adapter_parameters(name), saved, metadata
+
+
+def _check_prefix_shape(delta, config: dict, folder: Path) -> None:
+    """The file's layers and token_dim must be this model's (the tensor shape check comes after)."""
+    want = {"num_layers": len(delta.attention), "token_dim": delta.kv_heads * delta.head_dim}
+    for key, value in want.items():
+        if config.get(key) not in (None, value):
+            raise AdapterFileError(f"{folder}: this prefix was made for {key}={config[key]!r}, the model has {value}")
 
 
 def _first(config, *names):

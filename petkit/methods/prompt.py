@@ -32,6 +32,8 @@ from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
+from petkit.models.calls import cached_length, call_inputs
+from petkit.models.structure import hf_model, max_positions
 
 INITS = ("vocab", "text", "random")
 
@@ -61,7 +63,7 @@ class PromptDelta(ModelDelta):
         super().__init__()
         self.m = config.num_virtual_tokens
         # the model and its embedding are only looked at, not owned: not submodules of this delta
-        object.__setattr__(self, "hf", _hf_model(model))
+        object.__setattr__(self, "hf", hf_model(model, "prompt tuning"))
         self.vision = getattr(self.hf.config, "image_size", None) is not None and not hasattr(self.hf.config, "vocab_size")
         self.encoder_decoder = bool(getattr(self.hf.config, "is_encoder_decoder", False))
         if self.vision:
@@ -70,7 +72,7 @@ class PromptDelta(ModelDelta):
         else:
             object.__setattr__(self, "entry", self.hf.get_input_embeddings())
             width = self.entry.embedding_dim
-            self.max_positions = _max_positions(self.hf.config)
+            self.max_positions = max_positions(self.hf.config)
             if self.max_positions is not None and self.m >= self.max_positions:
                 raise ConfigError(f"num_virtual_tokens={self.m} leaves no room for input: the model reads at most "
                                   f"{self.max_positions} positions; use fewer virtual tokens")
@@ -112,14 +114,8 @@ class PromptDelta(ModelDelta):
         return torch.cat([out[:, :1], prompt, out[:, 1:]], dim=1)
 
     def _before_forward(self, module, args, kwargs):
-        try:
-            inputs = self._signature.bind_partial(*args, **kwargs).arguments
-        except TypeError as exc:
-            raise StateError(f"prompt adapter {self._name!r} cannot read this call's inputs ({exc})") from None
-        extra = inputs.pop("kwargs", None)
-        inputs.update(extra if isinstance(extra, dict) else {})
-        cache = next((inputs[k] for k in ("past_key_values", "cache") if inputs.get(k) is not None), None)
-        if _has_cache(cache):
+        inputs = call_inputs(self._signature, args, kwargs, f"prompt adapter {self._name!r}")
+        if cached_length(inputs):
             return (), self._continue(inputs)
         ids, embeds = inputs.pop("input_ids", None), inputs.get("inputs_embeds")
         if embeds is None:
@@ -176,35 +172,11 @@ class PromptDelta(ModelDelta):
         return out
 
 
-def _hf_model(model: nn.Module) -> nn.Module:
-    from transformers import PreTrainedModel
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            return module
-    raise TargetError(f"prompt tuning needs a Hugging Face transformers model; {type(model).__name__} holds none")
-
-
 def _vit_embeddings(hf: nn.Module) -> nn.Module:
     for module in hf.modules():
         if isinstance(getattr(module, "cls_token", None), nn.Parameter) and hasattr(module, "patch_embeddings"):
             return module
     raise TargetError(f"prompt tuning on {type(hf).__name__}: no ViT-style embeddings (cls_token + patch_embeddings)")
-
-
-def _max_positions(config) -> int | None:
-    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_encoder_decoder", False):
-        return None  # relative positions (T5): no fixed limit
-    for name in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    return None
-
-
-def _has_cache(cache) -> bool:
-    if cache is None:
-        return False
-    length = getattr(cache, "get_seq_length", None)
-    return bool(length()) if callable(length) else True
 
 
 def _text_ids(config: PromptTuningConfig, vocab: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.errors import TargetError
 from petkit.core.registry import Method, register
-from petkit.core.targeting import named_base_modules
+from petkit.models.structure import embedding_modules, layer_stacks
 
 DEFAULT_FRACTION = 0.5
 
@@ -57,27 +57,6 @@ class TellyConfig(AdapterConfig):
                   f"k must be an int >= -1 (-1: full fine-tuning, 0: freeze only the embeddings), got {self.k!r}")
         else:
             check(is_number(self.fraction) and 0 <= self.fraction <= 1, f"fraction must be in [0, 1], got {self.fraction!r}")
-
-
-def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """The outermost ModuleLists of identical blocks that have submodules (transformer layers)."""
-    stacks: list[tuple[str, nn.ModuleList]] = []
-    for name, m in named_base_modules(model):
-        if (isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1
-                and any(True for _ in m[0].children()) and not any(name.startswith(s + ".") for s, _ in stacks)):
-            stacks.append((name, m))
-    return stacks
-
-
-def embedding_modules(model: nn.Module, stacks) -> list[str]:
-    """Outermost embedding modules outside the layer stacks."""
-    found: list[str] = []
-    for name, m in named_base_modules(model):
-        if any(name == s or name.startswith(s + ".") for s in [s for s, _ in stacks] + found):
-            continue
-        if type(m).__name__.endswith(("Embedding", "Embeddings")):
-            found.append(name)
-    return found
 
 
 def frozen_modules(model: nn.Module, config: TellyConfig) -> list[str]:

@@ -1,0 +1,176 @@
+"""Prefix tuning (Li & Liang 2021, arXiv 2101.00190) and deep prompts in their P-tuning v2 form.
+
+Every self-attention layer l reads m trainable keys and values in front of its own:
+attention(q, [P_k^l ; K], [P_v^l ; V]). The prefixes of all layers are one table
+P ∈ R^{m × (L·2·h_kv·d_h)} (row i holds token i's keys and values of every layer, the Hugging Face
+PEFT layout, so files convert without reshuffling). With `projection` (the paper's
+reparametrisation, its default) the table is P = MLP(E), E ∈ R^{m×d}, MLP = Linear(d, hidden) →
+tanh → Linear(hidden, L·2·h_kv·d_h); `AdaptedModel.fold(name)` computes P once and drops E and the
+MLP after training (what PEFT saves, too). Without it (P-tuning v2's deep prompts) P itself trains.
+
+Trainable: m·L·2·h_kv·d_h, or with projection m·d + (d+1)·hidden + (hidden+1)·L·2·h_kv·d_h.
+Init: N(0, 1) for P (or E), PyTorch's default for the MLP: the same as PEFT and the P-tuning v2 code.
+Not identity at init; not mergeable.
+
+Positions: in decoder-only causal LMs the prefix takes positions 0..m−1 and the input starts at m,
+as in the paper's GPT-2 code and in PEFT (a KV cache of m entries does that); encoders (BERT, ViT)
+and T5 keep their own positions and the prefix has none (T5: no relative position bias on prefix
+keys). Mechanism: `petkit.models.attention` (all families, generation included). Cross-attention
+gets no prefix.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from petkit.core.config import AdapterConfig, check, is_pos_int
+from petkit.core.errors import ConfigError, StateError, TargetError
+from petkit.core.model_delta import ModelDelta
+from petkit.core.registry import Method, register
+from petkit.models.attention import add_prefix, self_attention_modules
+from petkit.models.calls import cached_length, call_inputs
+from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks, max_positions
+
+
+@dataclass(frozen=True)
+class PrefixTuningConfig(AdapterConfig):
+    """num_virtual_tokens: prefix length m. projection: train through the reparametrisation MLP
+    (fold it away after training); projection_hidden: its hidden width (None: the model's width)."""
+
+    num_virtual_tokens: int = 20
+    projection: bool = True
+    projection_hidden: int | None = None
+
+    def validate(self):
+        check(is_pos_int(self.num_virtual_tokens),
+              f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        check(isinstance(self.projection, bool), f"projection must be true or false, got {self.projection!r}")
+        check(self.projection_hidden is None or is_pos_int(self.projection_hidden),
+              f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
+        check(self.projection or self.projection_hidden is None, "projection_hidden needs projection=true")
+        check(not self.targets, "prefix tuning has no targets: every self-attention layer gets a prefix")
+
+
+class PrefixDelta(ModelDelta):
+    def __init__(self, model: nn.Module, config: PrefixTuningConfig, init: bool = True):
+        super().__init__()
+        object.__setattr__(self, "hf", hf_model(model, "prefix tuning"))  # looked at, not owned
+        self.m = config.num_virtual_tokens
+        self.kv_heads, self.head_dim = attention_shape(self.hf.config)
+        object.__setattr__(self, "attention", _attention_modules(self.hf))
+        self.causal = not getattr(self.hf.config, "is_encoder_decoder", False) and any(
+            getattr(a, "is_causal", False) for a in self.attention)
+        self.max_positions = max_positions(self.hf.config) if self.causal else None
+        if self.max_positions is not None and self.m >= self.max_positions:
+            raise ConfigError(f"num_virtual_tokens={self.m} leaves no room for input: the model reads at most "
+                              f"{self.max_positions} positions; use fewer virtual tokens")
+        width = len(self.attention) * 2 * self.kv_heads * self.head_dim
+        if config.projection:
+            d = hidden_size(self.hf.config)
+            hidden = config.projection_hidden or d
+            self.embedding = nn.Parameter(torch.zeros(self.m, d))
+            self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, width))
+        else:
+            self.table = nn.Parameter(torch.zeros(self.m, width))
+        if init:
+            with torch.no_grad():
+                (self.embedding if config.projection else self.table).normal_()
+        self._prefixes = None  # this forward's table, computed once for all layers
+
+    def describe(self) -> str:
+        how = "through an MLP" if hasattr(self, "mlp") else "trained directly"
+        return f"{self.m} key/value prefix tokens in {len(self.attention)} attention layers ({how})"
+
+    def prefixes(self) -> torch.Tensor:
+        """P, shaped (layers, 2, kv heads, m, head dim)."""
+        table = self.mlp(self.embedding) if hasattr(self, "mlp") else self.table
+        return table.view(self.m, len(self.attention), 2, self.kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)
+
+    @torch.no_grad()
+    def fold(self, config: PrefixTuningConfig) -> PrefixTuningConfig:
+        """Replace the MLP by the table it computes; returns the config that describes the result."""
+        if not hasattr(self, "mlp"):
+            return config
+        table = self.mlp(self.embedding).detach().clone()
+        del self.embedding, self.mlp
+        self.table = nn.Parameter(table)
+        return replace(config, projection=False, projection_hidden=None)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        self._signature = inspect.signature(self.hf.forward)
+        self.hook(self.hf, pre=True, fn=self._before_forward)
+        self.hook(self.hf, pre=False, fn=self._after_forward)
+        for layer, module in enumerate(self.attention):
+            self._handles.append(_Removable(add_prefix(self.hf, module, self._provider(layer))))
+
+    def _provider(self, layer: int):
+        def provide(batch: int):
+            if not self._is_live():
+                return None
+            # outside the model's forward (a layer run on its own) there is no table of this forward
+            kv = (self._prefixes if self._prefixes is not None else self.prefixes())[layer]
+            return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1)
+        return provide
+
+    def _before_forward(self, module, args, kwargs):
+        self._prefixes = self.prefixes()
+        if not self.causal:
+            return None
+        inputs = call_inputs(self._signature, args, kwargs, f"prefix adapter {self._name!r}")
+        return (), self._shift_positions(inputs)
+
+    def _shift_positions(self, inputs: dict) -> dict:
+        """Decoder-only models: the input's positions start after the prefix, m."""
+        reference = inputs.get("input_ids")
+        if reference is None:
+            reference = inputs.get("inputs_embeds")
+        if reference is None:
+            raise StateError(f"prefix adapter {self._name!r} needs input_ids or inputs_embeds")
+        batch, length = reference.shape[:2]
+        positions = inputs.get("position_ids")
+        if positions is None:
+            positions = inputs.get("cache_position")
+            if positions is None:
+                past = cached_length(inputs)
+                positions = torch.arange(past, past + length, device=reference.device)
+            positions = positions.expand(batch, -1)
+        positions = positions + self.m
+        if self.max_positions is not None and int(positions.max()) >= self.max_positions:
+            raise ConfigError(f"the prefix ({self.m}) and the input reach position {int(positions.max())}, past the "
+                              f"model's {self.max_positions} positions; truncate inputs to "
+                              f"{self.max_positions - self.m} tokens")
+        inputs["position_ids"] = positions
+        return inputs
+
+    def _after_forward(self, module, args, kwargs, out):
+        self._prefixes = None
+        return out
+
+
+class _Removable:
+    """A hook handle for a remove function, so release() treats prefixes like hooks."""
+
+    def __init__(self, remove):
+        self.remove = remove
+
+
+def _attention_modules(hf: nn.Module) -> list[nn.Module]:
+    stacks = layer_stacks(hf)
+    found = [a for _, stack in stacks for layer in stack for a in self_attention_modules(layer)]
+    if not found:
+        raise TargetError(f"prefix tuning found no self-attention layers in {type(hf).__name__} (it looks for "
+                          "nn.ModuleLists of identical blocks holding *Attention modules)")
+    return found
+
+
+register(Method(
+    name="prefix", config=PrefixTuningConfig, kind="model", build=PrefixDelta, layer_types=(), mergeable=False,
+    spec="Li & Liang 2021 (arXiv 2101.00190); P-tuning v2 without projection (Liu et al. 2022, arXiv 2110.07602)",
+    summary="trainable key/value prefixes in every self-attention layer (optional MLP, folded after training)",
+    peft_type="PREFIX_TUNING",
+))

@@ -1,0 +1,129 @@
+"""Extra keys and values in front of a transformers model's own: the mechanism of prefix tuning.
+
+transformers routes every attention call through `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`
+with the module, the queries and the keys and values after projection, rotary embedding and the KV
+cache. `add_prefix` registers a provider for one attention module and switches the model to
+"petkit+eager" or "petkit+sdpa": the wrapper of the model's own implementation that, for modules with
+live providers, puts their keys and values in front and widens the mask (and T5's position bias)
+by the same m columns, all allowed. Every other module runs the original function untouched, and
+the model goes back to its own implementation when its last provider is removed.
+
+This works for every family that uses the interface (BERT, GPT-2, Llama, T5, ViT and most others),
+also those that do not accept a KV cache (encoders), and leaves the cache holding real tokens only,
+so generation needs nothing special.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from petkit.core.errors import StateError, TargetError
+
+# module -> providers; a provider returns (keys, values) of shape (batch, kv heads, m, head dim) or None
+_PROVIDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PREFIX = "petkit+"
+_WRAPPABLE = ("eager", "sdpa")
+_registered = False
+
+Provider = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def self_attention_modules(layer: nn.Module) -> list[nn.Module]:
+    """The modules of one transformer layer that run self-attention: the innermost modules named
+    *Attention (the ones that call the attention function), cross-attention left out."""
+    found = []
+    for path, module in layer.named_modules():
+        name = type(module).__name__
+        if not name.endswith("Attention") or "Cross" in name or any(
+                type(c).__name__.endswith("Attention") for c in module.modules() if c is not module):
+            continue
+        if getattr(module, "is_cross_attention", False) or "encdec" in path.lower() or "cross" in path.lower():
+            continue
+        found.append(module)
+    return found
+
+
+def add_prefix(hf_model: nn.Module, module: nn.Module, provider: Provider) -> Callable[[], None]:
+    """Put provider's keys and values in front of module's; returns the function that takes them out."""
+    _register()
+    config = hf_model.config
+    current = config._attn_implementation
+    if not current.startswith(_PREFIX):
+        if current not in _WRAPPABLE:
+            raise TargetError(f"prefix keys and values need eager or sdpa attention; this model uses {current!r}: "
+                              "load it with attn_implementation='sdpa'")
+        hf_model.set_attn_implementation(_PREFIX + current)
+    _PROVIDERS.setdefault(module, []).append(provider)
+
+    def remove() -> None:
+        providers = _PROVIDERS.get(module, [])
+        if provider in providers:
+            providers.remove(provider)
+        if not providers:
+            _PROVIDERS.pop(module, None)
+        own = hf_model.config._attn_implementation
+        if own.startswith(_PREFIX) and not any(m in _PROVIDERS for m in hf_model.modules()):
+            hf_model.set_attn_implementation(own[len(_PREFIX):])
+    return remove
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    for name in _WRAPPABLE:
+        AttentionInterface.register(_PREFIX + name, _wrapper(name))
+        AttentionMaskInterface.register(_PREFIX + name, ALL_MASK_ATTENTION_FUNCTIONS[name])
+    _registered = True
+
+
+def _original(name: str, module: nn.Module) -> Callable:
+    if name == "eager":  # each modeling file has its own eager function (T5 adds its position bias there)
+        return sys.modules[type(module).__module__].eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _wrapper(name: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        prefixes = [kv for p in _PROVIDERS.get(module, ()) if (kv := p(query.shape[0])) is not None]
+        if prefixes:
+            m = sum(k.shape[2] for k, _ in prefixes)
+            for k, _ in prefixes:
+                if k.shape[1] != key.shape[1] or k.shape[3] != key.shape[3]:
+                    raise StateError(f"prefix of shape {tuple(k.shape)} does not fit {type(module).__name__}'s keys "
+                                     f"{tuple(key.shape)} (kv heads, head dim)")
+            key = torch.cat([k.to(key.dtype) for k, _ in prefixes] + [key], dim=2)
+            value = torch.cat([v.to(value.dtype) for _, v in prefixes] + [value], dim=2)
+            attention_mask = _widen_mask(attention_mask, module, query, key, m, additive=name == "eager")
+            bias = kwargs.get("position_bias")
+            if isinstance(bias, torch.Tensor) and bias.dim() == 4:  # T5: prefix keys carry no position bias
+                kwargs["position_bias"] = nn.functional.pad(bias, (m, 0))
+        return _original(name, module)(module, query, key, value, attention_mask, **kwargs)
+    return attention
+
+
+def _widen_mask(mask, module, query, key, m: int, additive: bool):
+    """m allowed columns in front; with no mask, causal modules get an explicit one, since prefixes
+    break the square shape that `is_causal` assumes."""
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            return nn.functional.pad(mask, (m, 0), value=True)
+        return nn.functional.pad(mask, (m, 0), value=0.0)
+    lq, lk = query.shape[2], key.shape[2]
+    if not getattr(module, "is_causal", False) or lq == 1:
+        return None
+    rows = torch.arange(lq, device=query.device)[:, None] + (lk - lq)
+    allowed = torch.arange(lk, device=query.device)[None, :] <= rows
+    allowed[:, :m] = True
+    if not additive:
+        return allowed[None, None]
+    return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+        ~allowed, torch.finfo(query.dtype).min)[None, None]

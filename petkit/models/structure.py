@@ -1,0 +1,69 @@
+"""What a transformers model is made of, found from its module tree and config, for any family:
+the Hugging Face model inside a wrapper, its stacks of transformer layers, its embeddings, its
+attention shape and its position limit. Methods that act on the whole model (prompts, prefixes,
+layer freezing, side networks) read the model through these instead of per-family tables.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from petkit.core.errors import TargetError
+from petkit.core.targeting import named_base_modules
+
+
+def hf_model(model: nn.Module, method: str) -> nn.Module:
+    """The outermost transformers PreTrainedModel in model (the model itself, or inside a wrapper)."""
+    from transformers import PreTrainedModel
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            return module
+    raise TargetError(f"{method} needs a Hugging Face transformers model; {type(model).__name__} holds none")
+
+
+def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The outermost ModuleLists of identical blocks that have submodules (transformer layers):
+    BERT `encoder.layer`, GPT-2 `h`, Llama and ViT `layers`/`layer`, T5 `encoder.block` and `decoder.block`."""
+    stacks: list[tuple[str, nn.ModuleList]] = []
+    for name, m in named_base_modules(model):
+        if (isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1
+                and any(True for _ in m[0].children()) and not any(name.startswith(s + ".") for s, _ in stacks)):
+            stacks.append((name, m))
+    return stacks
+
+
+def embedding_modules(model: nn.Module, stacks) -> list[str]:
+    """Outermost embedding modules outside the layer stacks."""
+    found: list[str] = []
+    for name, m in named_base_modules(model):
+        if any(name == s or name.startswith(s + ".") for s in [s for s, _ in stacks] + found):
+            continue
+        if type(m).__name__.endswith(("Embedding", "Embeddings")):
+            found.append(name)
+    return found
+
+
+def _first(config, *names):
+    return next((getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)), None)
+
+
+def hidden_size(config) -> int | None:
+    return _first(config, "hidden_size", "n_embd", "d_model")
+
+
+def attention_shape(config) -> tuple[int, int]:
+    """(key/value heads, head dim) of the model's self-attention, grouped-query attention included."""
+    heads = _first(config, "num_attention_heads", "n_head", "num_heads")
+    width = hidden_size(config)
+    if heads is None or width is None:
+        raise TargetError(f"{type(config).__name__} names no attention heads or hidden size")
+    kv_heads = _first(config, "num_key_value_heads") or heads
+    head_dim = _first(config, "head_dim", "d_kv") or width // heads
+    return kv_heads, head_dim
+
+
+def max_positions(config) -> int | None:
+    """How many positions the model can read, or None (relative positions such as T5's: no fixed limit)."""
+    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_encoder_decoder", False):
+        return None
+    return _first(config, "max_position_embeddings", "n_positions")

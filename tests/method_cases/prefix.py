@@ -1,0 +1,28 @@
+"""Matrix cases of prefix tuning: key/value prefixes in every self-attention layer."""
+
+from __future__ import annotations
+
+import petkit
+from method_cases.prompt import reads_more_tokens
+from petkit.models.structure import attention_shape, hidden_size
+
+
+def prefix_count(am, n) -> int:
+    """m·L·2·h_kv·d_h, or with the MLP m·d + (d+1)·hidden + (hidden+1)·L·2·h_kv·d_h."""
+    cfg, delta = am.config(n), am.model_deltas[n]
+    kv_heads, head_dim = attention_shape(am.base.config)
+    width = len(delta.attention) * 2 * kv_heads * head_dim
+    if not cfg.projection:
+        return cfg.num_virtual_tokens * width
+    d = hidden_size(am.base.config)
+    hidden = cfg.projection_hidden or d
+    return cfg.num_virtual_tokens * d + (d + 1) * hidden + (hidden + 1) * width
+
+
+CASES = {
+    "prefix": lambda fam: petkit.PrefixTuningConfig(num_virtual_tokens=3),
+    "prefix-direct": lambda fam: petkit.PrefixTuningConfig(num_virtual_tokens=2, projection=False),
+}
+FORMULAS = {"prefix": prefix_count}
+INIT_CHECKS = {"prefix": reads_more_tokens, "prefix-direct": reads_more_tokens}
+TRAIN_LRS = {"prefix": 1e-3}
