@@ -24,6 +24,7 @@ from petkit.core.registry import all_methods, get_method  # noqa: E402
 from petkit.methods.adapters import BottleneckConfig  # noqa: E402
 from petkit.methods.apet import ApetConfig  # noqa: E402
 from petkit.methods.bitfit import BitFitConfig  # noqa: E402
+from petkit.methods.deep_prompt import DeepPromptConfig  # noqa: E402
 from petkit.methods.dsee import DseeConfig  # noqa: E402
 from petkit.methods.full import FullConfig  # noqa: E402
 from petkit.methods.head import ProbeConfig  # noqa: E402
@@ -45,5 +46,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
+    "DeepPromptConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

@@ -33,7 +33,7 @@ from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.calls import cached_length, call_inputs
-from petkit.models.structure import hf_model, max_positions
+from petkit.models.structure import hf_model, is_vision, max_positions, vpt_bound
 
 INITS = ("vocab", "text", "random")
 
@@ -64,7 +64,7 @@ class PromptDelta(ModelDelta):
         self.m = config.num_virtual_tokens
         # the model and its embedding are only looked at, not owned: not submodules of this delta
         object.__setattr__(self, "hf", hf_model(model, "prompt tuning"))
-        self.vision = getattr(self.hf.config, "image_size", None) is not None and not hasattr(self.hf.config, "vocab_size")
+        self.vision = is_vision(self.hf.config)
         self.encoder_decoder = bool(getattr(self.hf.config, "is_encoder_decoder", False))
         if self.vision:
             object.__setattr__(self, "entry", _vit_embeddings(self.hf))
@@ -84,9 +84,8 @@ class PromptDelta(ModelDelta):
 
     @torch.no_grad()
     def _init(self, config: PromptTuningConfig) -> None:
-        if self.vision:  # VPT's init: uniform ±√(6 / (3·patch² + d)), the xavier bound of a patch projection
-            patch = self.hf.config.patch_size
-            bound = (6.0 / (3 * patch * patch + self.embedding.shape[1])) ** 0.5
+        if self.vision:
+            bound = vpt_bound(self.hf.config, self.embedding.shape[1])
             self.embedding.uniform_(-bound, bound)
             return
         table = self.entry.weight

@@ -67,3 +67,14 @@ def max_positions(config) -> int | None:
     if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_encoder_decoder", False):
         return None
     return _first(config, "max_position_embeddings", "n_positions")
+
+
+def is_vision(config) -> bool:
+    """An image model (ViT-style: image_size, no vocabulary)."""
+    return getattr(config, "image_size", None) is not None and not hasattr(config, "vocab_size")
+
+
+def vpt_bound(config, width: int) -> float:
+    """VPT's prompt init bound √(6 / (3·patch² + d)): the xavier-uniform bound of a patch projection."""
+    patch = config.patch_size
+    return (6.0 / (3 * patch * patch + width)) ** 0.5

@@ -1,4 +1,4 @@
-"""Matrix cases of prefix tuning: key/value prefixes in every self-attention layer."""
+"""Matrix cases of prefix tuning and deep prompts: key/value prefixes (or, on ViT, prompt tokens) in every layer."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ CASES = {
 FORMULAS = {"prefix": prefix_count}
 INIT_CHECKS = {"prefix": reads_more_tokens, "prefix-direct": reads_more_tokens}
 TRAIN_LRS = {"prefix": 1e-3}
+
+
+def deep_prompt_count(am, n) -> int:
+    """ViT (VPT-deep): L·m·d; text (P-tuning v2): the prefix count without the MLP."""
+    delta = am.model_deltas[n]
+    if hasattr(delta, "prompts"):
+        return len(delta.layers) * delta.m * am.base.config.hidden_size
+    return delta.m * len(delta.attention) * 2 * delta.kv_heads * delta.head_dim
+
+
+CASES["deep-prompt"] = lambda fam: petkit.DeepPromptConfig(num_virtual_tokens=2)
+FORMULAS["deep_prompt"] = deep_prompt_count
+INIT_CHECKS["deep-prompt"] = reads_more_tokens
