@@ -31,6 +31,7 @@ from petkit.methods.head import ProbeConfig  # noqa: E402
 from petkit.methods.ia3 import IA3Config  # noqa: E402
 from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
 from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
+from petkit.methods.lst import LstConfig  # noqa: E402
 from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig  # noqa: E402
 from petkit.methods.miss import MissConfig  # noqa: E402
 from petkit.methods.mora import MoraConfig  # noqa: E402
@@ -46,6 +47,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig",
+    "DeepPromptConfig", "LstConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

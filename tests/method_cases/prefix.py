@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import petkit
-from method_cases.prompt import reads_more_tokens
+from method_cases._checks import differs_from_base
 from petkit.models.structure import attention_shape, hidden_size
 
 
@@ -24,7 +24,7 @@ CASES = {
     "prefix-direct": lambda fam: petkit.PrefixTuningConfig(num_virtual_tokens=2, projection=False),
 }
 FORMULAS = {"prefix": prefix_count}
-INIT_CHECKS = {"prefix": reads_more_tokens, "prefix-direct": reads_more_tokens}
+INIT_CHECKS = {"prefix": differs_from_base, "prefix-direct": differs_from_base}
 TRAIN_LRS = {"prefix": 1e-3}
 
 
@@ -38,4 +38,4 @@ def deep_prompt_count(am, n) -> int:
 
 CASES["deep-prompt"] = lambda fam: petkit.DeepPromptConfig(num_virtual_tokens=2)
 FORMULAS["deep_prompt"] = deep_prompt_count
-INIT_CHECKS["deep-prompt"] = reads_more_tokens
+INIT_CHECKS["deep-prompt"] = differs_from_base

@@ -1,0 +1,306 @@
+"""Ladder side-tuning (LST; Sung, Cho & Bansal, NeurIPS 2022, arXiv 2206.06522).
+
+A side network — the backbone's own architecture with every width divided by r (hidden d/r, head
+dim d_h/r, FFN d_ff/r, same number of heads) — runs beside the frozen backbone and reads it only
+through ladders, so no gradient ever enters the backbone and none of its activations are kept:
+
+    h_S = Down_0(E(x))                                   E(x): the backbone's embedding output
+    for each backbone layer i with a side layer:         (all layers by default; `side_layers`)
+        μ_i = σ(α_i / T)                                 α_i = 0 at init, T = 0.1: μ = 0.5
+        h_S = SideLayer_i(μ_i · h_S + (1 − μ_i) · Down_i(h_B,i))
+    output = Up(SideNorm(h_S))                           replaces the backbone's last hidden state
+
+and the model's own head reads the output (BERT: the frozen pooler, then the task head; causal
+LMs: the frozen LM head). Down_i: d → d/r, Up: d/r → d (with bias, fresh N(0, 0.02)).
+
+Init (`init="l1"`: the official code's structured pruning with |W| as importance; the code's
+default importance, Fisher, needs data: `init_from_fisher(am, batches)` after adapt(); `random`:
+the side network's own fresh init): the kept hidden indices are the top d/r of the word-embedding importance, shared by
+every layer (the residual stream); per layer, the kept head dims are the top d_h/r of the q·k·v
+importance product (one set for every head, so heads stay aligned), the kept FFN units the top
+d_ff/r of the product over the FFN input projections; norms and biases are sliced to match. The
+official code picks per-head sets and lets the output projection rows float; a shared head set
+and the residual indices are the smallest change that keeps a side network with residuals and
+grouped-query attention consistent.
+
+Families: BERT-style encoders (`embeddings` + `encoder.layer`) and Llama-style decoders
+(`embed_tokens` + `layers` + `norm`), including generation with a KV cache (the side network keeps
+its own). Trainable: the side layers and norm, Down_0, every Down_i, α, Up (+ the task head). Not
+mergeable.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
+from petkit.core.errors import ConfigError, TargetError
+from petkit.core.model_delta import ModelDelta
+from petkit.core.registry import Method, register
+from petkit.core.roles import role_regex
+from petkit.models.calls import call_inputs
+from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks
+from petkit.models.taps import LayerTaps, hidden_of
+
+INITS = ("l1", "random")
+_CACHE_NAMES = ("cache", "past_key_values")  # transformers 5.x renames the KV cache argument
+
+
+@dataclass(frozen=True)
+class LstConfig(AdapterConfig):
+    """reduction: r, the side network's width divisor. side_layers: backbone layers that feed a side
+    layer (None: all). init: l1 (pruned by |W|) or random; Fisher importance needs data, so it is a
+    call after adapt(): init_from_fisher(am, batches). gate_temperature: T in μ = σ(α / T)."""
+
+    reduction: int = 8
+    side_layers: tuple[int, ...] | None = None
+    init: str = "l1"
+    gate_temperature: float = 0.1
+
+    def __post_init__(self):
+        if isinstance(self.side_layers, list):
+            object.__setattr__(self, "side_layers", tuple(self.side_layers))
+        super().__post_init__()
+
+    def validate(self):
+        check(is_pos_int(self.reduction), f"reduction must be a positive integer, got {self.reduction!r}")
+        check(self.side_layers is None or (len(self.side_layers) > 0 and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.side_layers)
+            and list(self.side_layers) == sorted(set(self.side_layers))),
+            f"side_layers must be increasing layer indices (or null for all), got {self.side_layers!r}")
+        check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        check(is_number(self.gate_temperature) and self.gate_temperature > 0,
+              f"gate_temperature must be > 0, got {self.gate_temperature!r}")
+        check(not self.targets, "LST has no targets: the side network reads every chosen layer")
+
+
+class LstDelta(ModelDelta):
+    def __init__(self, model: nn.Module, config: LstConfig, init: bool = True):
+        super().__init__()
+        hf = hf_model(model, "LST")
+        backbone = hf.base_model
+        self.decoder = _family(backbone)
+        object.__setattr__(self, "backbone", backbone)  # looked at, not owned
+        (self.stack_name, stack), = layer_stacks(backbone)
+        object.__setattr__(self, "stack", stack)
+        self.side_layers = list(config.side_layers if config.side_layers is not None else range(len(stack)))
+        if self.side_layers[-1] >= len(stack):
+            raise ConfigError(f"side_layers {self.side_layers} name layers the model lacks: it has {len(stack)} "
+                              f"(0..{len(stack) - 1})")
+        self.r, self.temperature = config.reduction, config.gate_temperature
+        d = hidden_size(hf.config)
+        side_config = _side_config(hf.config, self.r, self.side_layers)
+        self.side = _side_model(type(backbone), side_config, self.decoder)
+        small = d // self.r
+        std = getattr(hf.config, "initializer_range", 0.02)
+        self.down0 = _linear(d, small, std)
+        self.downs = nn.ModuleList(_linear(d, small, std) for _ in self.side_layers)
+        self.alphas = nn.Parameter(torch.zeros(len(self.side_layers)))
+        self.up = _linear(small, d, std)
+        self._inputs: dict = {}
+        self._side_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        if init and config.init == "l1":
+            self.init_from_importance(lambda name, w: w.abs())
+
+    def describe(self) -> str:
+        width = self.up.in_features
+        return f"ladder side network of {len(self.side_layers)} layers at width {width} (1/{self.r})"
+
+    # -- init from the pruned backbone ------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_importance(self, importance) -> None:
+        """Copy structured slices of the backbone into the side layers; importance(name, weight) -> a
+        tensor of weight's shape (|W| for L1, accumulated squared gradients for Fisher)."""
+        family = getattr(self.backbone.config, "model_type", None)
+        params = dict(self.backbone.named_parameters())
+        embedding = self.backbone.get_input_embeddings().weight
+        keep_d = _top(importance("embedding", embedding).sum(0), embedding.shape[1] // self.r)
+        heads = self.backbone.config.num_attention_heads
+        kv_heads, head_dim = attention_shape(self.backbone.config)
+        side_stack = dict(layer_stacks(self.side))
+        (side_name, side_stack), = side_stack.items()
+        for j, i in enumerate(self.side_layers):
+            prefix = f"{self.stack_name}.{i}."
+            roles = {role: [n for n in params if n.startswith(prefix) and _plays(n, role, family)]
+                     for role in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "norm")}
+            score = None
+            for role, count in (("attn.q", heads), ("attn.k", kv_heads), ("attn.v", kv_heads)):
+                for n in roles[role]:
+                    if n.endswith("weight"):
+                        per_dim = importance(n, params[n]).view(count, head_dim, -1)
+                        per_dim = per_dim.repeat_interleave(heads // count, dim=0)  # kv heads under their q heads
+                        score = per_dim if score is None else score * per_dim
+            keep_h = _top(score.sum(dim=(0, 2)), head_dim // self.r)
+            q_rows = _per_head(keep_h, heads, head_dim)
+            kv_rows = _per_head(keep_h, kv_heads, head_dim)
+            ffn = None
+            for n in roles["mlp.in"]:
+                if n.endswith("weight"):
+                    unit = importance(n, params[n]).sum(1)
+                    ffn = unit if ffn is None else ffn * unit
+            keep_f = _top(ffn, ffn.numel() // self.r)
+            dims = {"attn.q": (q_rows, keep_d), "attn.k": (kv_rows, keep_d), "attn.v": (kv_rows, keep_d),
+                    "attn.out": (keep_d, q_rows), "mlp.in": (keep_f, keep_d), "mlp.out": (keep_d, keep_f),
+                    "norm": (keep_d, None)}
+            side_params = dict(side_stack[j].named_parameters())
+            for role, names in roles.items():
+                rows, cols = dims[role]
+                for n in names:
+                    target = side_params[n[len(prefix):]]
+                    value = params[n][rows]
+                    if value.dim() == 2:
+                        value = value[:, cols]
+                    target.copy_(value)
+        final = getattr(self.backbone, "norm", None)
+        if final is not None:
+            self.side.norm.weight.copy_(final.weight[keep_d])
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        self._signature = inspect.signature(self.backbone.forward)
+        self.taps = LayerTaps(self.hook, self.stack, self.side_layers)
+        self.hook(self.backbone, pre=True, fn=self._read_call)
+        self.hook(self.backbone, pre=False, fn=self._run_side)
+        for j, layer in enumerate(dict(layer_stacks(self.side)).popitem()[1]):
+            self.hook(layer, pre=True, fn=self._ladder(j))
+
+    def _read_call(self, module, args, kwargs):
+        self._inputs = call_inputs(self._signature, args, kwargs, f"LST adapter {self._name!r}")
+
+    def _ladder(self, j: int):
+        def mix(module, args, kwargs):
+            mu = torch.sigmoid(self.alphas[j] / self.temperature)
+            ladder = self.downs[j](self.taps.outputs[self.side_layers[j]])
+            mixed = mu * hidden_of(args, kwargs) + (1 - mu) * ladder
+            return ((mixed, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": mixed})
+        return mix
+
+    def _run_side(self, module, args, kwargs, out):
+        inputs, self._inputs = self._inputs, {}
+        call = {"inputs_embeds": self.down0(self.taps.embedding), "attention_mask": inputs.get("attention_mask")}
+        if self.decoder:
+            call.update(position_ids=inputs.get("position_ids"), cache_position=inputs.get("cache_position"))
+            cache = next((c for c in (getattr(out, k, None) for k in _CACHE_NAMES) if c is not None), None)
+            if cache is not None:  # the side network keeps its own cache beside the backbone's
+                from transformers import DynamicCache
+                name = next(k for k in _CACHE_NAMES if k in inspect.signature(self.side.forward).parameters)
+                call.update({name: self._side_caches.setdefault(cache, DynamicCache()), "use_cache": True})
+        try:
+            hidden = self.up(self.side(**call).last_hidden_state)
+        finally:
+            self.taps.clear()
+        out.last_hidden_state = hidden
+        if getattr(out, "pooler_output", None) is not None and getattr(module, "pooler", None) is not None:
+            out.pooler_output = module.pooler(hidden)
+        return out
+
+
+def init_from_fisher(am, batches, name: str = "default") -> None:
+    """The official code's init: Fisher importance (Σ over batches of squared gradients of the task
+    loss, backbone unfrozen for the measurement only) instead of |W|. batches: dicts with labels."""
+    delta = am.model_deltas[name] if name in am.model_deltas else None
+    if not isinstance(delta, LstDelta):
+        raise ConfigError(f"adapter {name!r} is not an LST adapter")
+    params = dict(delta.backbone.named_parameters())
+    before = {n: p.requires_grad for n, p in params.items()}
+    squares = {n: torch.zeros_like(p) for n, p in params.items()}
+    try:
+        with am.disabled():  # the backbone's own loss: the side network is not trained yet
+            for p in params.values():
+                p.requires_grad_(True)
+            for batch in batches:
+                delta.backbone.zero_grad(set_to_none=True)
+                am(**batch).loss.backward()
+                for n, p in params.items():
+                    if p.grad is not None:
+                        squares[n] += p.grad.detach() ** 2
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(before[n])
+            p.grad = None
+    embedding_name = next(n for n, p in params.items() if p is delta.backbone.get_input_embeddings().weight)
+    delta.init_from_importance(lambda n, w: squares[embedding_name if n == "embedding" else n])
+
+
+def _family(backbone: nn.Module) -> bool:
+    """True for a Llama-style decoder, False for a BERT-style encoder; anything else is refused."""
+    if hasattr(backbone, "embed_tokens") and hasattr(backbone, "layers") and hasattr(backbone, "norm"):
+        return True
+    if hasattr(backbone, "embeddings") and hasattr(getattr(backbone, "encoder", None), "layer"):
+        return False
+    raise TargetError(f"LST does not know where the ladders of {type(backbone).__name__} go: it knows BERT-style "
+                      "encoders (embeddings + encoder.layer) and Llama-style decoders (embed_tokens + layers + norm); "
+                      "for ViT use HST, for other families prefix or LoRA")
+
+
+def _side_config(config, r: int, side_layers: list[int]):
+    d, ff = hidden_size(config), getattr(config, "intermediate_size", None)
+    kv_heads, head_dim = attention_shape(config)
+    widths = {"hidden size": d, "head dim": head_dim, "FFN width": ff}
+    bad = {k: v for k, v in widths.items() if v is None or v % r}
+    if bad:
+        fits = [x for x in range(2, 65) if all(v and v % x == 0 for v in widths.values())]
+        raise ConfigError(f"reduction={r} does not divide the model's {', '.join(f'{k} {v}' for k, v in bad.items())}; "
+                          f"side-network widths must be whole: use one of {fits}")
+    side = copy.deepcopy(config)
+    side.hidden_size, side.intermediate_size = d // r, ff // r
+    if isinstance(getattr(config, "head_dim", None), int):
+        side.head_dim = head_dim // r
+    side.num_hidden_layers = len(side_layers)
+    if isinstance(getattr(config, "layer_types", None), (list, tuple)):
+        side.layer_types = [config.layer_types[i] for i in side_layers]
+    side.vocab_size = 1  # the side network reads embeddings, never token ids
+    if getattr(config, "pad_token_id", None) is not None:
+        side.pad_token_id = 0
+    return side
+
+
+class _Passthrough(nn.Module):
+    """BERT's embedding block in the side network: the input is Down_0 of the backbone's embeddings."""
+
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        return inputs_embeds
+
+
+def _side_model(cls, config, decoder: bool) -> nn.Module:
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+    side = cls(config, **kwargs)
+    if decoder:
+        side.embed_tokens = None
+    else:
+        side.embeddings = _Passthrough()
+    return side
+
+
+def _linear(n_in: int, n_out: int, std: float) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.sort(torch.topk(score.flatten(), k).indices).values
+
+
+def _per_head(keep: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    return (torch.arange(heads)[:, None] * head_dim + keep[None, :]).flatten()
+
+
+def _plays(name: str, role: str, family: str | None) -> bool:
+    module = name.rsplit(".", 1)[0]
+    return re.search(f"(^|\\.)({role_regex(role, family)})$", module) is not None
+
+
+register(Method(
+    name="lst", config=LstConfig, kind="model", build=LstDelta, layer_types=(), mergeable=False,
+    spec="Sung, Cho & Bansal, NeurIPS 2022 (arXiv 2206.06522); init: official code's structured pruning",
+    summary="ladder side-tuning: a 1/r-width side network fed by gated ladders; no backprop through the backbone",
+))

@@ -1,0 +1,45 @@
+"""Taps on a stack of transformer layers: what each layer read and wrote in the current forward,
+detached, for side networks that read the frozen backbone (LST ladders, SHERL's tiers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a transformer layer is called with (first positional or `hidden_states=`)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def output_hidden(out) -> torch.Tensor:
+    """The hidden states a transformer layer returns (a tensor, or the first item of a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+class LayerTaps:
+    """`embedding` (layer 0's input) and `outputs[i]` (layer i's output) of the forward under way.
+
+    Installs its hooks through `hook(module, pre, fn)` (a ModelDelta's, so they follow its adapter's
+    live state); `layers` limits which outputs are kept."""
+
+    def __init__(self, hook, stack: nn.ModuleList, layers=None):
+        self.embedding: torch.Tensor | None = None
+        self.outputs: dict[int, torch.Tensor] = {}
+        keep = range(len(stack)) if layers is None else layers
+        hook(stack[0], True, self._read_input)
+        for i in keep:
+            hook(stack[i], False, self._writer(i))
+
+    def _read_input(self, module, args, kwargs):
+        self.outputs.clear()
+        self.embedding = hidden_of(args, kwargs).detach()
+
+    def _writer(self, index: int):
+        def write(module, args, kwargs, out):
+            self.outputs[index] = output_hidden(out).detach()
+        return write
+
+    def clear(self) -> None:
+        self.embedding = None
+        self.outputs.clear()
