@@ -38,6 +38,7 @@ from petkit.methods.mora import MoraConfig  # noqa: E402
 from petkit.methods.prefix import PrefixTuningConfig  # noqa: E402
 from petkit.methods.prompt import PromptTuningConfig  # noqa: E402
 from petkit.methods.sara import SaraConfig  # noqa: E402
+from petkit.methods.sherl import SherlConfig  # noqa: E402
 from petkit.methods.svfit import SVFitConfig  # noqa: E402
 from petkit.methods.telly import TellyConfig  # noqa: E402
 from petkit.methods.vlpet import VLPetConfig  # noqa: E402
@@ -47,6 +48,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig", "LstConfig",
+    "DeepPromptConfig", "LstConfig", "SherlConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

@@ -8,7 +8,7 @@ import torch
 
 import petkit
 from petkit.methods.lst import init_from_fisher
-from petkit.testing import TINY_MODELS, tiny_batch
+from petkit.testing import TINY_MODELS, saved_for_backward_bytes, tiny_batch
 
 
 def adapted(family, **kw):
@@ -67,25 +67,15 @@ def test_gates_start_at_one_half_and_learn():
 def test_no_gradient_enters_the_backbone_and_it_keeps_no_activations(family):
     """Tensors saved for backward: with LST, none is a backbone layer's (only the side network's, the
     head's and the logits'), so training keeps fewer bytes than LoRA on the same batch."""
-    def saved_bytes(model, batch):
-        total = []
-        def pack(t):
-            total.append(t.numel() * t.element_size())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(**batch).loss
-        loss.backward()
-        return sum(total)
-
     am, batch = adapted(family)
     am.train()
-    lst = saved_bytes(am, batch)
+    lst = saved_for_backward_bytes(am, batch)
     assert all(p.grad is None for n, p in am.base.named_parameters() if not p.requires_grad)
     taps = am.model_deltas["default"].taps
     am(**batch)
     lora = petkit.adapt(TINY_MODELS[family](seed=0), petkit.LoraConfig(r=2, targets="all-linear"))
     lora.train()
-    assert lst < saved_bytes(lora, batch)
+    assert lst < saved_for_backward_bytes(lora, batch)
     assert taps.embedding is None and not taps.outputs  # cleared after each forward: nothing held
 
 
