@@ -23,6 +23,7 @@ from petkit.core.model import AdaptedModel, adapt  # noqa: E402
 from petkit.core.registry import all_methods, get_method  # noqa: E402
 from petkit.methods.adapters import BottleneckConfig  # noqa: E402
 from petkit.methods.apet import ApetConfig  # noqa: E402
+from petkit.methods.apt import AptConfig  # noqa: E402
 from petkit.methods.bitfit import BitFitConfig  # noqa: E402
 from petkit.methods.deep_prompt import DeepPromptConfig  # noqa: E402
 from petkit.methods.dsee import DseeConfig  # noqa: E402
@@ -48,6 +49,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig", "LstConfig", "SherlConfig",
+    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

@@ -42,10 +42,15 @@ def self_attention_modules(layer: nn.Module) -> list[nn.Module]:
         if not name.endswith("Attention") or "Cross" in name or any(
                 type(c).__name__.endswith("Attention") for c in module.modules() if c is not module):
             continue
-        if getattr(module, "is_cross_attention", False) or "encdec" in path.lower() or "cross" in path.lower():
+        if getattr(module, "is_cross_attention", False) or is_cross_attention_path(path):
             continue
         found.append(module)
     return found
+
+
+def is_cross_attention_path(path: str) -> bool:
+    """Module paths of cross-attention: T5's EncDecAttention, BERT/GPT-2's crossattention."""
+    return "encdec" in path.lower() or "cross" in path.lower()
 
 
 def add_prefix(hf_model: nn.Module, module: nn.Module, provider: Provider) -> Callable[[], None]:
