@@ -26,10 +26,12 @@ from petkit.methods.apet import ApetConfig  # noqa: E402
 from petkit.methods.apt import AptConfig  # noqa: E402
 from petkit.methods.bitfit import BitFitConfig  # noqa: E402
 from petkit.methods.deep_prompt import DeepPromptConfig  # noqa: E402
+from petkit.methods.dvpt import DvptConfig  # noqa: E402
 from petkit.methods.dsee import DseeConfig  # noqa: E402
 from petkit.methods.full import FullConfig  # noqa: E402
 from petkit.methods.head import ProbeConfig  # noqa: E402
 from petkit.methods.ia3 import IA3Config  # noqa: E402
+from petkit.methods.idpt import IdptConfig  # noqa: E402
 from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
 from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
 from petkit.methods.lst import LstConfig  # noqa: E402
@@ -49,6 +51,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig",
+    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig", "DvptConfig", "IdptConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

@@ -78,3 +78,20 @@ def vpt_bound(config, width: int) -> float:
     """VPT's prompt init bound √(6 / (3·patch² + d)): the xavier-uniform bound of a patch projection."""
     patch = config.patch_size
     return (6.0 / (3 * patch * patch + width)) ** 0.5
+
+
+def encoder_stack(hf: nn.Module, method: str) -> nn.ModuleList:
+    """The one stack of bidirectional layers of an encoder (BERT-style, ViT), for methods that read a
+    whole sequence at once; causal and encoder-decoder models get a clear error."""
+    from petkit.models.attention import self_attention_modules
+
+    stacks = layer_stacks(hf)
+    if len(stacks) != 1:
+        raise TargetError(f"{method} needs one stack of encoder layers; {type(hf).__name__} has {len(stacks)} "
+                          f"({', '.join(n for n, _ in stacks)}): use it on encoders (BERT-style, ViT)")
+    stack = stacks[0][1]
+    if any(getattr(a, "is_causal", False) for a in self_attention_modules(stack[0])):
+        raise TargetError(f"{method} reads the whole sequence at once, which in a causal model "
+                          f"({type(hf).__name__}) would let a position see later tokens: use it on encoders "
+                          "(BERT-style, ViT), or prefix/LoRA on decoders")
+    return stack
