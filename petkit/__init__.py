@@ -30,6 +30,7 @@ from petkit.methods.dvpt import DvptConfig  # noqa: E402
 from petkit.methods.dsee import DseeConfig  # noqa: E402
 from petkit.methods.full import FullConfig  # noqa: E402
 from petkit.methods.head import ProbeConfig  # noqa: E402
+from petkit.methods.hst import HstConfig  # noqa: E402
 from petkit.methods.ia3 import IA3Config  # noqa: E402
 from petkit.methods.idpt import IdptConfig  # noqa: E402
 from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
@@ -51,6 +52,6 @@ __all__ = [
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig", "DvptConfig", "IdptConfig",
+    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig", "DvptConfig", "IdptConfig", "HstConfig",
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]

@@ -26,6 +26,7 @@ from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.methods.prefix import PrefixDelta, PrefixTuningConfig
 from petkit.models.structure import hf_model, is_vision, layer_stacks, vpt_bound
+from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,15 @@ class VptDeepDelta(ModelDelta):
 
     def _inserter(self, index: int):
         def insert(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = hidden_of(args, kwargs)
             prompt = self.prompts[index].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-            hidden = torch.cat([hidden[:, :1], prompt, hidden[:, 1:]], dim=1)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+            return with_hidden(args, kwargs, torch.cat([hidden[:, :1], prompt, hidden[:, 1:]], dim=1))
         return insert
 
     def _drop_prompt_positions(self, module, args, kwargs, out):
         def drop(hidden):
             return torch.cat([hidden[:, :1], hidden[:, 1 + self.m:]], dim=1)
-        return (drop(out[0]), *out[1:]) if isinstance(out, tuple) else drop(out)
+        return with_output_hidden(out, drop(output_hidden(out)))
 
 
 register(Method(

@@ -30,7 +30,7 @@ from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.calls import call_inputs
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
-from petkit.models.taps import output_hidden
+from petkit.models.taps import output_hidden, with_output_hidden
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class DvptDelta(ModelDelta):
         def add(module, args, kwargs, out):
             block = self.blocks[0 if self.shared else index]
             hidden = block(output_hidden(out), self._padding)
-            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+            return with_output_hidden(out, hidden)
         return add
 
 

@@ -34,7 +34,7 @@ from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.calls import call_inputs
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
-from petkit.models.taps import hidden_of, output_hidden
+from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class IdptDelta(ModelDelta):
         prompts = self.generate_prompts(tokens, self._padding).to(tokens.dtype)
         tokens = torch.cat([tokens[:, :1], prompts, tokens[:, 1:]], dim=1)
         args, kwargs = self._widen_mask(module, args, kwargs)
-        return ((tokens, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": tokens})
+        return with_hidden(args, kwargs, tokens)
 
     def _widen_mask(self, module, args, kwargs):
         """The layer's (batch, 1, query, key) mask gets the m prompt rows and columns, allowed."""
@@ -116,7 +116,7 @@ class IdptDelta(ModelDelta):
     def _drop(self, module, args, kwargs, out):
         hidden = output_hidden(out)
         hidden = torch.cat([hidden[:, :1], hidden[:, 1 + self.m:]], dim=1)
-        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+        return with_output_hidden(out, hidden)
 
 
 def _fill(mask: torch.Tensor, m: int, dim: int, value) -> torch.Tensor:

@@ -47,7 +47,7 @@ from petkit.core.registry import Method, register
 from petkit.core.roles import role_regex
 from petkit.models.calls import call_inputs
 from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks
-from petkit.models.taps import LayerTaps, hidden_of
+from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 INITS = ("l1", "random")
 _CACHE_NAMES = ("cache", "past_key_values")  # transformers 5.x renames the KV cache argument
@@ -179,7 +179,7 @@ class LstDelta(ModelDelta):
             mu = torch.sigmoid(self.alphas[j] / self.temperature)
             ladder = self.downs[j](self.taps.outputs[self.side_layers[j]])
             mixed = mu * hidden_of(args, kwargs) + (1 - mu) * ladder
-            return ((mixed, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": mixed})
+            return with_hidden(args, kwargs, mixed)
         return mix
 
     def _run_side(self, module, args, kwargs, out):

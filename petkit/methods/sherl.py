@@ -33,7 +33,7 @@ from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.structure import hf_model, hidden_size, layer_stacks
-from petkit.models.taps import LayerTaps, hidden_of
+from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class SherlDelta(ModelDelta):
         features = [self.taps.embedding] + [self.taps.outputs[i] for i in range(self.split - 1)] + [deepest.detach()]
         self.taps.clear()
         out = self.aggregate(features).to(deepest.dtype)
-        return ((out, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": out})
+        return with_hidden(args, kwargs, out)
 
 
 register(Method(

@@ -17,6 +17,16 @@ def output_hidden(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """A layer call's (args, kwargs) with other hidden states: what a forward pre-hook returns."""
+    return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+
+def with_output_hidden(out, hidden: torch.Tensor):
+    """A layer's output with other hidden states: what a forward hook returns."""
+    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
 class LayerTaps:
     """`embedding` (layer 0's input) and `outputs[i]` (layer i's output) of the forward under way.
 
