@@ -43,6 +43,13 @@ METHODS: dict[str, MethodDefaults] = {
     "mora": MethodDefaults({"r": 8, "top_k": 2, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
     # issue 5 (seed methods II); prompt tuning wants large rates (Lester et al. train at 0.3 with Adafactor)
     "prompt": MethodDefaults({"num_virtual_tokens": 20}, (3e-3, 3e-2), "prompt"),
+    "prefix": MethodDefaults({"num_virtual_tokens": 20}, (1e-3, 5e-3), "prompt"),  # through the MLP (the paper's)
+    "deep_prompt": MethodDefaults({"num_virtual_tokens": 10}, (3e-3, 1e-2), "prompt"),  # P-tuning v2's rates
+    "apt": MethodDefaults({"num_virtual_tokens": 50}, (1e-3, 5e-3), "prompt"),
+    "dvpt": MethodDefaults({"bottleneck": 32, "num_queries": 10, "heads": 4}, (1e-3, 5e-3), "prompt"),
+    "idpt": MethodDefaults({"num_virtual_tokens": 1}, (1e-3, 5e-3), "prompt"),
+    "lst": MethodDefaults({"reduction": 8}, (1e-3, 3e-3), "side network"),  # LST trains at 3e-3
+    "sherl": MethodDefaults({"late_layers": 1}, (1e-3, 3e-3), "side network"),
 }
 GENERIC_LRS = (1e-4, 1e-3, 1e-2)  # a decade apart: for methods without a row, where we know nothing
 
