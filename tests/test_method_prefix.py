@@ -106,7 +106,7 @@ def test_decoder_inputs_start_after_the_prefix(family):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_generate_with_a_kv_cache_equals_recomputing_whole_sequences(family):
-    am, batch = adapted(family)
+    am, batch = adapted(family, projection=False)
     ids = batch["input_ids"][:2, :6]
     out = am.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                       eos_token_id=None, pad_token_id=0)
@@ -114,6 +114,7 @@ def test_generate_with_a_kv_cache_equals_recomputing_whole_sequences(family):
     for _ in range(4):
         step = logits(am, {"input_ids": expected}).argmax(-1)[:, -1]
         expected = torch.cat([expected, step[:, None]], dim=1)
+    assert len(set(expected[:, -4:].flatten().tolist())) > 1  # not a degenerate constant sequence
     torch.testing.assert_close(out, expected)
 
 
@@ -228,3 +229,15 @@ def test_an_attention_it_cannot_wrap_is_named():
     with pytest.raises(petkit.TargetError, match="need eager or sdpa attention.*attn_implementation='sdpa'"):
         petkit.adapt(base, petkit.PrefixTuningConfig())
     assert not base._forward_pre_hooks  # nothing left behind
+
+
+def test_t5_generate_with_a_kv_cache_equals_recomputing():
+    am, batch = adapted("t5", projection=False)
+    ids, mask = batch["input_ids"][:2], batch["attention_mask"][:2]
+    out = am.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    decoded = torch.zeros(2, 1, dtype=torch.long)
+    for _ in range(4):
+        step = logits(am, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoded}).argmax(-1)[:, -1]
+        decoded = torch.cat([decoded, step[:, None]], dim=1)
+    assert len(set(decoded[:, 1:].flatten().tolist())) > 1  # not a degenerate constant sequence
+    torch.testing.assert_close(out, decoded)
