@@ -54,7 +54,20 @@ def test_bad_configs(kw, message):
         petkit.DeepPromptConfig(**kw)
 
 
-def test_deep_prompts_are_not_a_peft_format(tmp_path):
-    am = petkit.adapt(TINY_MODELS["gpt2"](seed=0), petkit.DeepPromptConfig(num_virtual_tokens=2))
-    with pytest.raises(petkit.ConfigError, match="deep_prompt: save it with format='petkit'"):
+def test_text_deep_prompts_save_as_peft_prefixes(tmp_path):
+    peft = pytest.importorskip("peft")
+    base = TINY_MODELS["gpt2"](seed=0)
+    batch = tiny_batch(base, seed=1)
+    am = petkit.adapt(base, petkit.DeepPromptConfig(num_virtual_tokens=2))
+    with torch.no_grad():
+        mine = am(**batch).logits
+    am.save(tmp_path, format="peft")
+    theirs = peft.PeftModel.from_pretrained(TINY_MODELS["gpt2"](seed=0), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**batch).logits, mine, atol=1e-5, rtol=1e-5)
+
+
+def test_vit_deep_prompts_are_not_a_peft_format(tmp_path):
+    am = petkit.adapt(TINY_MODELS["vit"](seed=0), petkit.DeepPromptConfig(num_virtual_tokens=2))
+    with pytest.raises(petkit.ConfigError, match="PEFT has no per-layer prompt tokens .*format='petkit'"):
         am.save(tmp_path, format="peft")

@@ -27,7 +27,7 @@ from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
 from petkit.methods.miss import MissConfig, MissDelta
 
 PREFIX = "base_model.model."
-EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt", "prefix")
+EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt", "prefix", "deep_prompt")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
@@ -58,7 +58,7 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
     files = {}
     for n in names:
         sub = "" if n == "default" else f"{n}/"
-        if am.method_of(n).name in ("prompt", "prefix"):
+        if am.method_of(n).name in ("prompt", "prefix", "deep_prompt"):
             from petkit.interop.peft_prompt import export_prompt
             config, tensors = export_prompt(am, n)
         else:

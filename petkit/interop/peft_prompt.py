@@ -9,7 +9,8 @@ the decoder too: such files are refused with that reason).
 
 Prefixes: `prompt_embeddings` is the folded table m × (layers·2·token_dim), token_dim = kv heads ×
 head dim, the layout petkit keeps (an MLP-trained prefix is folded on export, as PEFT does on
-saving). PEFT feeds prefixes as a KV cache, which BERT-style encoders do not take and which T5 gets
+saving; P-tuning v2 deep prompts are written the same way and read back as `prefix`). PEFT feeds
+prefixes as a KV cache, which BERT-style encoders do not take and which T5 gets
 on its decoder only, so prefix files are written and read for decoder-only causal LMs.
 """
 
@@ -23,7 +24,7 @@ from petkit.core.errors import AdapterFileError, ConfigError
 from petkit.core.model import MODEL_KEY, AdaptedModel
 from petkit.core.storage import WEIGHTS_NAME, read_tensors
 from petkit.methods.head import HeadDelta
-from petkit.methods.prefix import PrefixTuningConfig
+from petkit.methods.prefix import PrefixDelta, PrefixTuningConfig
 from petkit.methods.prompt import PromptTuningConfig
 
 HEAD_PREFIX = "base_model."
@@ -34,7 +35,9 @@ def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
     from petkit.interop.peft import peft_task_type
 
     delta = am.model_deltas[name]
-    prefix = am.method_of(name).name == "prefix"
+    if am.method_of(name).name == "deep_prompt" and not isinstance(delta, PrefixDelta):
+        raise ConfigError("PEFT has no per-layer prompt tokens (VPT-deep); save this adapter with format='petkit'")
+    prefix = isinstance(delta, PrefixDelta)  # prefix tuning, or P-tuning v2 deep prompts on text
     if prefix:
         if not delta.causal:
             raise ConfigError(f"PEFT runs prefixes as a KV cache, which {type(delta.hf).__name__} does not take on its "
