@@ -19,7 +19,6 @@ let a position see later tokens. Trainable (shared): d·r + r + m·r + 4r² + 4r
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.models.calls import call_inputs
+from petkit.models.calls import PaddingReader
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
 from petkit.models.taps import output_hidden, with_output_hidden
 
@@ -79,26 +78,21 @@ class DvptDelta(ModelDelta):
         self.blocks = nn.ModuleList(DvptModule(d, config.bottleneck, config.num_queries, config.heads)
                                       for _ in range(count))
         self.shared = config.shared
-        self._padding = None
 
     def describe(self) -> str:
         how = "one module shared by" if self.shared else "one module for each of"
         return f"dynamic prompts after every layer ({how} {len(self.layers)} layers)"
 
     def attach(self, model: nn.Module) -> None:
-        self._signature = inspect.signature(self.hf.forward)
-        self.hook(self.hf, pre=True, fn=self._read_mask)
+        # the base model (BertModel, ViTModel), which every path to the layers goes through
+        self.inputs = PaddingReader(self.hook, self.hf.base_model, f"DVPT adapter {self._name!r}")
         for index, layer in enumerate(self.layers):
             self.hook(layer, pre=False, fn=self._after(index))
-
-    def _read_mask(self, module, args, kwargs):
-        mask = call_inputs(self._signature, args, kwargs, f"DVPT adapter {self._name!r}").get("attention_mask")
-        self._padding = None if mask is None else mask == 0
 
     def _after(self, index: int):
         def add(module, args, kwargs, out):
             block = self.blocks[0 if self.shared else index]
-            hidden = block(output_hidden(out), self._padding)
+            hidden = block(output_hidden(out), self.inputs.padding)
             return with_output_hidden(out, hidden)
         return add
 

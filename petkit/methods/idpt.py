@@ -22,7 +22,6 @@ Encoders only (BERT-style, ViT; see DVPT). Trainable: d·h + h + 2d (LN) + h·m�
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import ConfigError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.models.calls import call_inputs
+from petkit.models.calls import PaddingReader
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
 from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
@@ -68,7 +67,6 @@ class IdptDelta(ModelDelta):
         self.read = nn.Linear(d, h)
         self.emit = nn.Linear(h, self.m * d)
         self.position = nn.Parameter(torch.randn(self.m, d) * 0.02)
-        self._padding = None
 
     def describe(self) -> str:
         return f"{self.m} instance prompt token(s) generated before the last {len(self.late)} layer(s)"
@@ -81,20 +79,16 @@ class IdptDelta(ModelDelta):
         return self.emit(pooled).view(-1, self.m, tokens.shape[-1]) + self.position
 
     def attach(self, model: nn.Module) -> None:
-        self._signature = inspect.signature(self.hf.forward)
-        self.hook(self.hf, pre=True, fn=self._read_mask)
+        # the base model (BertModel, ViTModel), which every path to the layers goes through
+        self.inputs = PaddingReader(self.hook, self.hf.base_model, f"IDPT adapter {self._name!r}")
         self.hook(self.late[0], pre=True, fn=self._insert)
         for layer in self.late[1:]:
             self.hook(layer, pre=True, fn=self._widen_mask)
         self.hook(self.late[-1], pre=False, fn=self._drop)
 
-    def _read_mask(self, module, args, kwargs):
-        mask = call_inputs(self._signature, args, kwargs, f"IDPT adapter {self._name!r}").get("attention_mask")
-        self._padding = None if mask is None else mask == 0
-
     def _insert(self, module, args, kwargs):
         tokens = hidden_of(args, kwargs)
-        prompts = self.generate_prompts(tokens, self._padding).to(tokens.dtype)
+        prompts = self.generate_prompts(tokens, self.inputs.padding).to(tokens.dtype)
         tokens = torch.cat([tokens[:, :1], prompts, tokens[:, 1:]], dim=1)
         args, kwargs = self._widen_mask(module, args, kwargs)
         return with_hidden(args, kwargs, tokens)

@@ -102,9 +102,10 @@ class PrefixDelta(ModelDelta):
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        self._signature = inspect.signature(self.hf.forward)
-        self.hook(self.hf, pre=True, fn=self._before_forward)
-        self.hook(self.hf, pre=False, fn=self._after_forward)
+        core = self.hf.base_model  # (GPT2Model, LlamaModel, ...): every path to the layers goes through it
+        self._signature = inspect.signature(core.forward)
+        self.hook(core, pre=True, fn=self._before_forward)
+        self.hook(core, pre=False, fn=self._after_forward)
         for layer, module in enumerate(self.attention):
             self._handles.append(_Removable(add_prefix(self.hf, module, self._provider(layer))))
 

@@ -26,3 +26,18 @@ def cached_length(inputs: dict) -> int:
         return 0
     length = getattr(cache, "get_seq_length", None)
     return int(length()) if callable(length) else 1
+
+
+class PaddingReader:
+    """The padding of the call under way (attention_mask == 0, or None), read by a pre-hook on model
+    (installed through `hook(module, pre, fn)`, a ModelDelta's)."""
+
+    def __init__(self, hook, model, who: str):
+        self.padding = None
+        self._signature = inspect.signature(model.forward)
+        self._who = who
+        hook(model, True, self._read)
+
+    def _read(self, module, args, kwargs):
+        mask = call_inputs(self._signature, args, kwargs, self._who).get("attention_mask")
+        self.padding = None if mask is None else mask == 0
