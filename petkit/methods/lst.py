@@ -50,7 +50,8 @@ from petkit.models.structure import attention_shape, hf_model, hidden_size, laye
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 INITS = ("l1", "random")
-_CACHE_NAMES = ("cache", "past_key_values")  # transformers 5.x renames the KV cache argument
+_CACHE_NAMES = ("cache", "past_key_values")
+_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "norm")  # transformers 5.x renames the KV cache argument
 
 
 @dataclass(frozen=True)
@@ -118,49 +119,45 @@ class LstDelta(ModelDelta):
     def init_from_importance(self, importance) -> None:
         """Copy structured slices of the backbone into the side layers; importance(name, weight) -> a
         tensor of weight's shape (|W| for L1, accumulated squared gradients for Fisher)."""
-        family = getattr(self.backbone.config, "model_type", None)
+        config = self.backbone.config
         params = dict(self.backbone.named_parameters())
         embedding = self.backbone.get_input_embeddings().weight
         keep_d = _top(importance("embedding", embedding).sum(0), embedding.shape[1] // self.r)
-        heads = self.backbone.config.num_attention_heads
-        kv_heads, head_dim = attention_shape(self.backbone.config)
-        side_stack = dict(layer_stacks(self.side))
-        (side_name, side_stack), = side_stack.items()
-        for j, i in enumerate(self.side_layers):
+        heads, (kv_heads, head_dim) = config.num_attention_heads, attention_shape(config)
+        for side_layer, i in zip(self._side_stack(), self.side_layers):
             prefix = f"{self.stack_name}.{i}."
-            roles = {role: [n for n in params if n.startswith(prefix) and _plays(n, role, family)]
-                     for role in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "norm")}
-            score = None
+            roles = {role: [n for n in params if n.startswith(prefix) and _plays(n, role, config.model_type)
+                            and n.endswith("weight")] for role in _ROLES}
+            score = None  # per head dim: the product of q, k and v importance, kv heads under their q heads
             for role, count in (("attn.q", heads), ("attn.k", kv_heads), ("attn.v", kv_heads)):
                 for n in roles[role]:
-                    if n.endswith("weight"):
-                        per_dim = importance(n, params[n]).view(count, head_dim, -1)
-                        per_dim = per_dim.repeat_interleave(heads // count, dim=0)  # kv heads under their q heads
-                        score = per_dim if score is None else score * per_dim
-            keep_h = _top(score.sum(dim=(0, 2)), head_dim // self.r)
-            q_rows = _per_head(keep_h, heads, head_dim)
-            kv_rows = _per_head(keep_h, kv_heads, head_dim)
-            ffn = None
+                    per_dim = importance(n, params[n]).view(count, head_dim, -1).repeat_interleave(heads // count, 0)
+                    score = per_dim if score is None else score * per_dim
+            units = None  # per FFN unit: the product over the FFN input projections (BERT 1, Llama gate and up)
             for n in roles["mlp.in"]:
-                if n.endswith("weight"):
-                    unit = importance(n, params[n]).sum(1)
-                    ffn = unit if ffn is None else ffn * unit
-            keep_f = _top(ffn, ffn.numel() // self.r)
-            dims = {"attn.q": (q_rows, keep_d), "attn.k": (kv_rows, keep_d), "attn.v": (kv_rows, keep_d),
-                    "attn.out": (keep_d, q_rows), "mlp.in": (keep_f, keep_d), "mlp.out": (keep_d, keep_f),
-                    "norm": (keep_d, None)}
-            side_params = dict(side_stack[j].named_parameters())
-            for role, names in roles.items():
-                rows, cols = dims[role]
-                for n in names:
-                    target = side_params[n[len(prefix):]]
-                    value = params[n][rows]
-                    if value.dim() == 2:
-                        value = value[:, cols]
-                    target.copy_(value)
+                unit = importance(n, params[n]).sum(1)
+                units = unit if units is None else units * unit
+            if score is None or units is None:
+                raise TargetError(f"LST found no attention or FFN projections in {prefix[:-1]} to prune")
+            keep_h = _top(score.sum(dim=(0, 2)), head_dim // self.r)
+            q_rows, kv_rows = _per_head(keep_h, heads, head_dim), _per_head(keep_h, kv_heads, head_dim)
+            keep_f = _top(units, units.numel() // self.r)
+            slices = {"attn.q": (q_rows, keep_d), "attn.k": (kv_rows, keep_d), "attn.v": (kv_rows, keep_d),
+                      "attn.out": (keep_d, q_rows), "mlp.in": (keep_f, keep_d), "mlp.out": (keep_d, keep_f),
+                      "norm": (keep_d, None)}
+            side_params = dict(side_layer.named_parameters())
+            for n, value in params.items():
+                role = next((r for r in _ROLES if n.startswith(prefix) and _plays(n, r, config.model_type)), None)
+                if role is not None:  # weights and their biases alike: rows, then columns of a matrix
+                    rows, cols = slices[role]
+                    value = value[rows] if value.dim() == 1 or cols is None else value[rows][:, cols]
+                    side_params[n[len(prefix):]].copy_(value)
         final = getattr(self.backbone, "norm", None)
         if final is not None:
             self.side.norm.weight.copy_(final.weight[keep_d])
+
+    def _side_stack(self) -> nn.ModuleList:
+        return layer_stacks(self.side)[0][1]
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -168,7 +165,7 @@ class LstDelta(ModelDelta):
         self.taps = LayerTaps(self.hook, self.stack, self.side_layers)
         self.hook(self.backbone, pre=True, fn=self._read_call)
         self.hook(self.backbone, pre=False, fn=self._run_side)
-        for j, layer in enumerate(dict(layer_stacks(self.side)).popitem()[1]):
+        for j, layer in enumerate(self._side_stack()):
             self.hook(layer, pre=True, fn=self._ladder(j))
 
     def _read_call(self, module, args, kwargs):
