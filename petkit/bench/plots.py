@@ -52,6 +52,7 @@ def _accuracy_vs_params(plt, out: Path, board: Board, colour: dict) -> Path:
 
     fig, axes = plt.subplots(1, len(board.tasks), figsize=(max(7.0, 4.5 * len(board.tasks)), 4.5), squeeze=False)
     metrics = [task_metric(board, t) for t in board.tasks]
+    points = []
     for k, (ax, task) in enumerate(zip(axes[0], board.tasks)):
         scale, label = _scale(metrics[k])
         for r in board.rows:
@@ -60,8 +61,7 @@ def _accuracy_vs_params(plt, out: Path, board: Board, colour: dict) -> Path:
                 continue
             _, mean, std = task_score(cell)
             ax.errorbar(cell["params"], scale * mean, yerr=scale * std, fmt="o", color=colour[r["family"]], capsize=3)
-            ax.annotate(r["method"], (cell["params"], scale * mean), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            points.append((ax, cell["params"], scale * mean, r["method"]))
         if k and metrics[k] != metrics[0]:  # the first panel's label is set below; others only when different
             ax.set_ylabel(label)
         ax.set_xscale("log")
@@ -73,7 +73,29 @@ def _accuracy_vs_params(plt, out: Path, board: Board, colour: dict) -> Path:
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=f) for f, c in colour.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
+    _place_labels(fig, points)
     return _save(fig, out / "accuracy_vs_params.png")
+
+
+def _place_labels(fig, points, fontsize: int = 8) -> None:
+    """Name every point without labels overlapping: from the highest point down, a label goes just
+    above-right of its point, or lower until its box is free (with a thin line back to the point when
+    it had to move). Methods often share a parameter count, so their points stack in one column."""
+    fig.canvas.draw()  # fixes the axis limits, so data coordinates map to pixels
+    to_pixels = fig.dpi / 72.0
+    height, char = (fontsize + 2) * to_pixels, 0.62 * fontsize * to_pixels
+    placed: dict = {}
+    for ax, x, y, name in sorted(points, key=lambda p: -p[0].transData.transform((p[1], p[2]))[1]):
+        px, py = ax.transData.transform((x, y))
+        left, right, top = px + 4 * to_pixels, px + 4 * to_pixels + char * len(name), py + 4 * to_pixels + height
+        boxes = placed.setdefault(ax, [])
+        while any(left < r and l < right and top - height < t and b < top for l, r, t, b in boxes):
+            top -= height / 2
+        boxes.append((left, right, top, top - height))
+        offset = ((left - px) / to_pixels, (top - height - py) / to_pixels)
+        moved = offset[1] < 0
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=fontsize,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if moved else None)
 
 
 def _memory_time(plt, out: Path, board: Board, colour: dict) -> Path:
