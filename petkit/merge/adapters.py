@@ -1,0 +1,117 @@
+"""Merging adapters of one AdaptedModel in ΔW space, into a new LoRA adapter.
+
+Each input adapter contributes, per module it adapts, its exact weight change ΔW_i (LoRA s·BA, DoRA's
+merged-minus-base, SVFit, MiSS, DSEE, IA³ …: whatever `Delta.delta_weight` gives); a module an
+adapter leaves alone contributes 0. The chosen merge (see `ops`) runs on those ΔW, module by
+module, and the result is written as a LoRA adapter with scale 1:
+
+- `rank=R`: the best rank-R factorisation of each merged ΔW (SVD), with its relative error
+  ‖ΔW − BA‖_F / ‖ΔW‖_F reported per module (0 when R ≥ rank(ΔW));
+- `rank="concat"` (linear merges of plain LoRA adapters only): A = [w_i s_i A_i], B = [B_i], exactly
+  Σ w_i s_i B_i A_i at rank Σ r_i.
+
+Never averaging the factors themselves: (Σ B_i)(Σ A_i) ≠ Σ B_i A_i (what PEFT's
+`add_weighted_adapter` does for linear/ties/dare). Task heads are not merged (each input's head
+belongs to its task); the merged adapter has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from petkit.core.errors import ConfigError
+from petkit.merge.ops import check_merge_args, low_rank, merge_tensors
+from petkit.methods.head import HeadDelta
+from petkit.methods.lora import LoraConfig, LoraDelta
+
+
+@dataclass
+class MergeReport:
+    """What merge_adapters did: the new adapter, its rank per module and the re-factorisation error."""
+
+    name: str
+    method: str
+    ranks: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+
+def weight_deltas(am, name: str) -> dict[str, torch.Tensor]:
+    """{module path: ΔW (out × in)} of one adapter; a clear error for adapters with no weight delta."""
+    am._check_names([name])
+    method = am.method_of(name).name
+    if name in am.model_deltas or am.is_selection(name):
+        raise ConfigError(f"{method} adapter {name!r} has no per-module weight change to merge (it acts on the whole "
+                          "model or trains base weights in place); merge weight-delta adapters such as LoRA")
+    deltas = {}
+    for path, layer, delta in am.layers(name):
+        if isinstance(delta, HeadDelta):
+            continue
+        dw = delta.delta_weight(layer.base_layer)
+        if dw is None:
+            raise ConfigError(f"{method} adapter {name!r} changes {path} in a way that is not a weight delta (an added "
+                              "module or a non-linear path); it cannot be merged in ΔW space")
+        deltas[path] = dw.detach()
+    return deltas
+
+
+def merge_adapters(am, names, method: str = "linear", weights=None, density: float | None = None, *,
+                   rank: int | str = 8, into: str = "merged", sign_method: str = "total", normalize: str = "count",
+                   seed: int = 0) -> MergeReport:
+    """Merge the adapters `names` into a new LoRA adapter `into` (added, not activated); see the module
+    docstring. seed: DARE's random drops (one generator, modules in order)."""
+    names = list(names)
+    weights = check_merge_args(len(names), weights, density, method)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each adapter can be merged once, got {names}")
+    if into in am.adapters:
+        raise ConfigError(f"an adapter named {into!r} already exists; pick another name for the merge")
+    deltas = [weight_deltas(am, n) for n in names]
+    paths = list(dict.fromkeys(p for d in deltas for p in d))
+    if rank == "concat":
+        factors = _concatenated(am, names, weights, method)
+    elif isinstance(rank, int) and not isinstance(rank, bool) and rank > 0:
+        generator = torch.Generator().manual_seed(seed)
+        factors = {}
+        for path in paths:
+            shape = next(d[path].shape for d in deltas if path in d)
+            taus = [d.get(path, torch.zeros(shape)) for d in deltas]
+            merged = merge_tensors(taus, weights, method, density, sign_method, normalize, generator)
+            factors[path] = low_rank(merged, rank)
+    else:
+        raise ConfigError(f"rank must be a positive integer or 'concat', got {rank!r}")
+    report = MergeReport(into, method)
+    ranks = {path: b.shape[1] for path, (b, _, _) in factors.items()}
+    config = LoraConfig(r=max(ranks.values()), alpha=max(ranks.values()), targets=paths, train_head=False,
+                        rank_pattern={p: r for p, r in ranks.items()}, alpha_pattern={p: float(r) for p, r in ranks.items()})
+    am.add(config, into, trainable=False, init=False)
+    with torch.no_grad():
+        for path, layer, delta in am.layers(into):
+            b, a, error = factors[path]
+            delta.B.copy_(b.reshape(delta.B.shape))
+            delta.A.copy_(a.reshape(delta.A.shape))
+            report.ranks[path], report.errors[path] = b.shape[1], error
+    return report
+
+
+def _concatenated(am, names, weights, method):
+    if method != "linear":
+        raise ConfigError(f"rank='concat' is exact for linear merges only; {method} changes entries of ΔW, so use an "
+                          "integer rank (SVD)")
+    factors: dict[str, list] = {}
+    for name, w in zip(names, weights):
+        for path, layer, delta in am.layers(name):
+            if isinstance(delta, HeadDelta):
+                continue
+            if type(delta) is not LoraDelta or delta.pissa:
+                raise ConfigError(f"rank='concat' joins plain LoRA factors; {name!r} at {path} is "
+                                  f"{am.method_of(name).name}: use an integer rank (SVD of the merged ΔW)")
+            a, b = delta.A.detach().flatten(1), delta.B.detach().flatten(1)
+            factors.setdefault(path, []).append((b, a * (w * delta.scale)))
+    return {path: (torch.cat([b for b, _ in parts], 1), torch.cat([a for _, a in parts], 0), 0.0)
+            for path, parts in factors.items()}
