@@ -148,7 +148,7 @@ def test_adapters_without_a_weight_delta_are_refused():
     ({"names": ["a", "zzz"]}, "no adapter named 'zzz'"),
     ({"into": "a"}, "an adapter named 'a' already exists"),
     ({"method": "ties", "density": 0.5, "rank": "concat"}, "rank='concat' is exact for linear merges only"),
-    ({"rank": 0}, "rank must be a positive integer or 'concat'"),
+    ({"rank": 0}, "rank must be a positive integer, .concat. or .exact."),
     ({"weights": [1.0, 2.0, 3.0]}, "3 weights for 2 inputs"),
     ({"method": "dare_ties", "density": 0}, r"dare_ties needs a density in \(0, 1\]"),
 ])

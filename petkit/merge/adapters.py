@@ -12,7 +12,7 @@ module, and the result is written as a LoRA adapter with scale 1:
 
 Never averaging the factors themselves: (Σ B_i)(Σ A_i) ≠ Σ B_i A_i (what PEFT's
 `add_weighted_adapter` does for linear/ties/dare). Task heads are not merged (each input's head
-belongs to its task); the merged adapter has none.
+belongs to its task) unless `heads="average"` (adapters of one task, as in a soup).
 """
 
 from __future__ import annotations
@@ -61,18 +61,27 @@ def weight_deltas(am, name: str) -> dict[str, torch.Tensor]:
 
 
 def merge_adapters(am, names, method: str = "linear", weights=None, density: float | None = None, *,
-                   rank: int | str = 8, into: str = "merged", sign_method: str = "total", normalize: str = "count",
-                   seed: int = 0) -> MergeReport:
+                   rank: int | str = 8, into: str = "merged", heads: str = "none", sign_method: str = "total",
+                   normalize: str = "count", seed: int = 0) -> MergeReport:
     """Merge the adapters `names` into a new LoRA adapter `into` (added, not activated); see the module
-    docstring. seed: DARE's random drops (one generator, modules in order)."""
+    docstring. rank: an integer (SVD), "concat" (exact, plain LoRA, linear), or "exact" (concat when it
+    applies, else full-rank SVD). heads: "none", or "average" (Σ w_i head_i / Σ w_i, for adapters of one
+    task, as in a soup). seed: DARE's random drops (one generator, modules in order)."""
     names = list(names)
     weights = check_merge_args(len(names), weights, density, method)
     if len(set(names)) != len(names):
         raise ConfigError(f"each adapter can be merged once, got {names}")
     if into in am.adapters:
         raise ConfigError(f"an adapter named {into!r} already exists; pick another name for the merge")
+    if heads not in ("none", "average"):
+        raise ConfigError(f"heads must be 'none' or 'average', got {heads!r}")
+    head_tensors = _averaged_heads(am, names, weights) if heads == "average" else {}
     deltas = [weight_deltas(am, n) for n in names]
     paths = list(dict.fromkeys(p for d in deltas for p in d))
+    if rank == "exact":
+        plain = method == "linear" and all(type(d) is LoraDelta and not d.pissa for n in names
+                                           for _, _, d in am.layers(n) if not isinstance(d, HeadDelta))
+        rank = "concat" if plain else max(min(d[p].shape) for d in deltas for p in d)
     if rank == "concat":
         factors = _concatenated(am, names, weights, method)
     elif isinstance(rank, int) and not isinstance(rank, bool) and rank > 0:
@@ -84,19 +93,35 @@ def merge_adapters(am, names, method: str = "linear", weights=None, density: flo
             merged = merge_tensors(taus, weights, method, density, sign_method, normalize, generator)
             factors[path] = low_rank(merged, rank)
     else:
-        raise ConfigError(f"rank must be a positive integer or 'concat', got {rank!r}")
+        raise ConfigError(f"rank must be a positive integer, 'concat' or 'exact', got {rank!r}")
     report = MergeReport(into, method)
     ranks = {path: b.shape[1] for path, (b, _, _) in factors.items()}
-    config = LoraConfig(r=max(ranks.values()), alpha=max(ranks.values()), targets=paths, train_head=False,
+    config = LoraConfig(r=max(ranks.values()), alpha=max(ranks.values()), targets=paths, train_head=bool(head_tensors),
                         rank_pattern={p: r for p, r in ranks.items()}, alpha_pattern={p: float(r) for p, r in ranks.items()})
     am.add(config, into, trainable=False, init=False)
     with torch.no_grad():
         for path, layer, delta in am.layers(into):
+            if isinstance(delta, HeadDelta):
+                delta.module.load_state_dict(head_tensors[path])
+                continue
             b, a, error = factors[path]
             delta.B.copy_(b.reshape(delta.B.shape))
             delta.A.copy_(a.reshape(delta.A.shape))
             report.ranks[path], report.errors[path] = b.shape[1], error
     return report
+
+
+def _averaged_heads(am, names, weights) -> dict[str, dict[str, torch.Tensor]]:
+    """{head path: state dict} = Σ w_i head_i / Σ w_i over adapters that all trained the same heads."""
+    per_adapter = [{p: d.module.state_dict() for p, _, d in am.layers(n) if isinstance(d, HeadDelta)} for n in names]
+    if not per_adapter[0] or any(set(h) != set(per_adapter[0]) for h in per_adapter):
+        raise ConfigError(f"heads='average' needs every adapter to have trained the same task head; heads per adapter: "
+                          f"{ {n: sorted(h) for n, h in zip(names, per_adapter)} }")
+    total = sum(weights)
+    if total == 0:
+        raise ConfigError("heads='average' divides by the sum of the weights, which is 0")
+    return {path: {k: sum(w * h[path][k].float() for w, h in zip(weights, per_adapter)) / total
+                   for k in per_adapter[0][path]} for path in per_adapter[0]}
 
 
 def _concatenated(am, names, weights, method):
