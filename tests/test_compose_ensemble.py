@@ -7,21 +7,11 @@ import torch
 
 import petkit
 from petkit.compose import dempster_shafer, ensemble, fuse, member_logits
-from petkit.testing import TINY_MODELS, tiny_batch
+from petkit.testing import TINY_MODELS, tiny_batch, tiny_lora_family
 
 
 def members(n=3):
-    base = TINY_MODELS["bert"](seed=0)
-    am = petkit.adapt(base, petkit.LoraConfig(r=2, targets=["query", "value"]), "m0")
-    for i in range(1, n):
-        am.add(petkit.LoraConfig(r=2, targets=["query", "value"]), f"m{i}")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for i in range(n):
-            for _, _, d in am.layers(f"m{i}"):
-                for p in d.parameters():
-                    p.add_(torch.randn_like(p) * 0.5)
-    return am, tiny_batch(base, seed=1)
+    return tiny_lora_family(n, prefix="m", scale=0.5)
 
 
 def test_one_routed_pass_equals_each_adapter_alone():

@@ -7,7 +7,7 @@ import torch
 
 import petkit
 from petkit.merge import adapter_soup, greedy_soup, uniform_soup
-from petkit.testing import TINY_MODELS, tiny_batch
+from petkit.testing import TINY_MODELS, tiny_lora_family
 
 
 def test_uniform_soup_is_the_mean_and_a_soup_of_copies_is_the_model():
@@ -48,17 +48,7 @@ def test_ties_are_accepted_by_the_paper_and_refused_by_the_official_code():
 
 
 def _adapters(n=3):
-    base = TINY_MODELS["bert"](seed=0)
-    am = petkit.adapt(base, petkit.LoraConfig(r=2, targets=["query", "value"]), "r0")
-    for i in range(1, n):
-        am.add(petkit.LoraConfig(r=2, targets=["query", "value"]), f"r{i}")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for i in range(n):
-            for _, _, d in am.layers(f"r{i}"):
-                for p in d.parameters():
-                    p.add_(torch.randn_like(p) * 0.3)
-    return am, tiny_batch(base, seed=1)
+    return tiny_lora_family(n, prefix="r")
 
 
 def test_adapter_soup_is_at_least_its_best_ingredient_on_held_out_data():
