@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.merge_unload)
 
+    p = sub.add_parser("merge", help="merge saved adapters in ΔW space (linear, TIES, DARE, ...) into one adapter")
+    p.add_argument("config", help="merge spec YAML: model, inputs, method, density, rank, output (see petkit/merge/run.py)")
+    p.set_defaults(func=commands.merge)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 
