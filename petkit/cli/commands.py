@@ -155,6 +155,14 @@ def merge(args) -> int:
     return 0
 
 
+def soup(args) -> int:
+    from petkit.merge.run import run_soup
+    report = run_soup(args.runs, args.model, args.data, greedy=not args.uniform, strict=args.strict, output=args.output,
+                      max_eval=args.max_eval, max_length=args.max_length, force=args.force)
+    console.print_json(json.dumps(report))
+    return 0
+
+
 def methods(args) -> int:
     from petkit.core.registry import all_methods
     table = Table(title="registered methods")

@@ -1,4 +1,5 @@
-"""`petkit merge merge.yaml`: merge saved adapters of one base model into one adapter file.
+"""`petkit merge merge.yaml` (saved adapters of one base merged into one adapter file) and
+`petkit soup RUNS --model M --data D` (a greedy or uniform soup of a folder of runs).
 
     model: minilm                 # alias or local folder of the base all inputs were trained on
     task: classification          # classification (the head size is read from the first input), causal_lm, base
@@ -18,6 +19,7 @@ saved for another base).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -91,3 +93,53 @@ def run_merge(spec: MergeSpec) -> dict:
             "modules": len(report.ranks), "max_rank": max(report.ranks.values()),
             "max_relative_error": round(report.max_error, 6),
             "mean_relative_error": round(sum(report.errors.values()) / max(1, len(report.errors)), 6)}
+
+
+def find_adapters(folder: str | Path) -> dict[str, Path]:
+    """{name: adapter folder} for every run under folder: a sub-folder holding an adapter (its own
+    adapter_config.json, or an `adapter/` one as `petkit train --output` writes), named after it."""
+    from petkit.core.storage import CONFIG_NAME
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"runs folder {root} does not exist")
+    found = {}
+    for run in sorted(p for p in root.iterdir() if p.is_dir()):
+        adapter = run if (run / CONFIG_NAME).is_file() else run / "adapter"
+        if (adapter / CONFIG_NAME).is_file():
+            found[re.sub(r"[^A-Za-z0-9_\-]", "_", run.name)] = adapter
+    if len(found) < 2:
+        raise ConfigError(f"a soup needs at least two runs with an adapter under {root}; found {len(found)}")
+    return found
+
+
+def run_soup(runs: str, model: str, data: str, *, greedy: bool = True, strict: bool = False,
+             output: str = "runs/soup", max_eval: int | None = None, max_length: int = 128, force: bool = False,
+             batch_size: int = 32) -> dict:
+    """Soup the adapters of a folder of runs: held-out = the data's dev split, reported on test too."""
+    import petkit
+    from petkit.merge.soup import adapter_soup
+    from petkit.pipeline import RunSpec, prepare
+    from petkit.train import evaluate
+
+    adapters = find_adapters(runs)
+    prep = prepare(RunSpec(model=model, data=data, max_eval=max_eval, max_train=1, max_length=max_length))
+    am = prep.model
+    for name, path in adapters.items():
+        am = petkit.load(am, path, as_name=name, force=force)
+    metric = "accuracy" if prep.task == "classification" else "loss"
+
+    def score(target, split) -> float:
+        value = evaluate(target, getattr(prep, split), prep.task, batch_size=batch_size)[metric]
+        return value if metric == "accuracy" else -value  # higher is better
+
+    result = adapter_soup(am, list(adapters), (lambda m: score(m, "dev")) if greedy else None, strict=strict)
+    test = {}
+    for name in [*adapters, "soup"]:
+        am.set_active(name)
+        test[name] = score(am, "test")
+    am.save(Path(output), names=["soup"])
+    return {"output": output, "metric": metric if metric == "accuracy" else "-loss", "greedy": greedy,
+            "ingredients": result.ingredients, "dev": {k: round(v, 4) for k, v in result.scores.items()},
+            "soup_dev": None if result.soup_score is None else round(result.soup_score, 4),
+            "test": {k: round(v, 4) for k, v in test.items()}}
