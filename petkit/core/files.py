@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from petkit import __version__
+from petkit.core.composition import from_dict
 from petkit.core.errors import (
     AdapterFileError,
     BaseModelMismatch,
@@ -43,6 +44,7 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
     if format != "petkit":
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     tensors, adapters = {}, {}
+    composition = am.state.composition
     for n in names:
         for key, value in am.adapter_parameters(n).items():
             tensors[f"{n}/{key}"] = value
@@ -51,6 +53,8 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
         "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
         "base_fingerprint": am.base_fingerprint, "adapters": adapters,
         "active": [n for n in am.active if n in names],
+        "composition": composition.to_dict() if composition is not None and set(composition.leaves()) <= set(names)
+        else None,
     }
     write_files(Path(path), {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
 
@@ -135,6 +139,12 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool, 
             delta.loaded()
     active = config.get("active")
     active = [rename[n] for n in active if isinstance(n, str) and n in wanted] if isinstance(active, list) else []
+    saved = config.get("composition")
+    if saved is not None and as_name is None:
+        composition = from_dict(saved)
+        if set(composition.leaves()) <= set(wanted):
+            am.set_active(composition)
+            return
     if active:
         am.set_active(active)
 
