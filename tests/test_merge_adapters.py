@@ -158,3 +158,25 @@ def test_bad_merges(kw, message):
     with pytest.raises(petkit.ConfigError, match=message):
         merge_adapters(am, kw.pop("names"), **kw)
     assert am.adapters == ["a", "b"]
+
+
+def test_adapters_of_task_models_with_other_heads_merge_across_models():
+    """Multi-task merging: one body, a 2-way and a 3-way head; the bodies' ΔW merge, each task keeps its head."""
+    from petkit.merge import add_delta_adapter, check_same_base, merge_deltas, weight_deltas
+    two = petkit.adapt(TINY_MODELS["bert"](num_labels=2, seed=0), petkit.LoraConfig(r=2, targets=["query"]))
+    three = petkit.adapt(TINY_MODELS["bert"](num_labels=3, seed=0), petkit.LoraConfig(r=2, targets=["query"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for am in (two, three):
+            for _, _, d in am.layers("default"):
+                if hasattr(d, "B"):
+                    d.B.normal_()
+    check_same_base([(three, "default")], two)
+    merged = merge_deltas([weight_deltas(two, "default"), weight_deltas(three, "default")], "ties", density=1.0)
+    add_delta_adapter(two, merged, rank=32, into="multi")
+    expected = merge_tensors([by_hand(two, "default", Q), by_hand(three, "default", Q)], method="ties", density=1.0)
+    layer = two.layer(Q).deltas["multi"]
+    torch.testing.assert_close(layer.B @ layer.A, expected, atol=1e-5, rtol=1e-5)
+    other = petkit.adapt(TINY_MODELS["bert"](num_labels=2, seed=1), petkit.LoraConfig(r=2, targets=["query"]))
+    with pytest.raises(petkit.ConfigError, match="adapter 'default' was trained on a different base: .*query has other"):
+        check_same_base([(other, "default")], two)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from petkit.core.errors import ConfigError
+from petkit.core.targeting import named_base_modules
 from petkit.merge.ops import check_merge_args, low_rank, merge_tensors
 from petkit.methods.head import HeadDelta
 from petkit.methods.lora import LoraConfig, LoraDelta
@@ -77,7 +78,6 @@ def merge_adapters(am, names, method: str = "linear", weights=None, density: flo
         raise ConfigError(f"heads must be 'none' or 'average', got {heads!r}")
     head_tensors = _averaged_heads(am, names, weights) if heads == "average" else {}
     deltas = [weight_deltas(am, n) for n in names]
-    paths = list(dict.fromkeys(p for d in deltas for p in d))
     if rank == "exact":
         plain = method == "linear" and all(type(d) is LoraDelta and not d.pissa for n in names
                                            for _, _, d in am.layers(n) if not isinstance(d, HeadDelta))
@@ -85,19 +85,57 @@ def merge_adapters(am, names, method: str = "linear", weights=None, density: flo
     if rank == "concat":
         factors = _concatenated(am, names, weights, method)
     elif isinstance(rank, int) and not isinstance(rank, bool) and rank > 0:
-        generator = torch.Generator().manual_seed(seed)
-        factors = {}
-        for path in paths:
-            shape = next(d[path].shape for d in deltas if path in d)
-            taus = [d.get(path, torch.zeros(shape)) for d in deltas]
-            merged = merge_tensors(taus, weights, method, density, sign_method, normalize, generator)
-            factors[path] = low_rank(merged, rank)
+        merged = merge_deltas(deltas, method, weights, density, sign_method=sign_method, normalize=normalize, seed=seed)
+        factors = {path: low_rank(dw, rank) for path, dw in merged.items()}
     else:
         raise ConfigError(f"rank must be a positive integer, 'concat' or 'exact', got {rank!r}")
+    return _write_lora(am, factors, into, method, head_tensors)
+
+
+def merge_deltas(deltas: list[dict[str, torch.Tensor]], method: str = "linear", weights=None,
+                 density: float | None = None, *, sign_method: str = "total", normalize: str = "count",
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """{path: merged ΔW} from several {path: ΔW} (a path an input lacks counts as 0 for it)."""
+    weights = check_merge_args(len(deltas), weights, density, method)
+    generator = torch.Generator().manual_seed(seed)
+    merged = {}
+    for path in dict.fromkeys(p for d in deltas for p in d):
+        shape = next(d[path].shape for d in deltas if path in d)
+        taus = [d.get(path, torch.zeros(shape)) for d in deltas]
+        merged[path] = merge_tensors(taus, weights, method, density, sign_method, normalize, generator)
+    return merged
+
+
+def add_delta_adapter(am, deltas: dict[str, torch.Tensor], rank: int, into: str = "merged",
+                      method: str = "linear") -> MergeReport:
+    """Write {path: ΔW} (e.g. merged from adapters of other models of the same base) into am as a LoRA
+    adapter of rank `rank` (SVD); the base weights at every path must be am's own."""
+    if into in am.adapters:
+        raise ConfigError(f"an adapter named {into!r} already exists; pick another name for the merge")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
+    return _write_lora(am, {path: low_rank(dw, rank) for path, dw in deltas.items()}, into, method, {})
+
+
+def check_same_base(sources, target_am) -> None:
+    """Every (am, name) source adapts the same base weights as target_am at the paths it changes."""
+    target = {p: m for p, m in named_base_modules(target_am.base)}
+    for am, name in sources:
+        for path, layer, delta in am.layers(name):
+            if isinstance(delta, HeadDelta):
+                continue
+            mine = target.get(path)
+            if mine is None or not torch.equal(getattr(mine, "weight", None), layer.base_layer.weight):
+                raise ConfigError(f"adapter {name!r} was trained on a different base: {path} "
+                                  f"{'does not exist' if mine is None else 'has other weights'} in the target model")
+
+
+def _write_lora(am, factors: dict, into: str, method: str, head_tensors: dict) -> MergeReport:
     report = MergeReport(into, method)
     ranks = {path: b.shape[1] for path, (b, _, _) in factors.items()}
-    config = LoraConfig(r=max(ranks.values()), alpha=max(ranks.values()), targets=paths, train_head=bool(head_tensors),
-                        rank_pattern={p: r for p, r in ranks.items()}, alpha_pattern={p: float(r) for p, r in ranks.items()})
+    config = LoraConfig(r=max(ranks.values()), alpha=max(ranks.values()), targets=list(factors),
+                        train_head=bool(head_tensors), rank_pattern=dict(ranks),
+                        alpha_pattern={p: float(r) for p, r in ranks.items()})
     am.add(config, into, trainable=False, init=False)
     with torch.no_grad():
         for path, layer, delta in am.layers(into):
