@@ -16,7 +16,7 @@
     .venv/bin/python benchmarks/merging_minilm.py --quick --out /tmp/m    # a smoke run
 
 Every LoRA run: r=8, alpha=16 on attn.q/attn.v, 200 steps of 16 × 64 tokens, 2000 train / 500 dev /
-500 test examples per task (the bench's budget). Writes merging.json to --out (the table and plots: next step).
+500 test examples per task (the bench's budget). Writes merging.json, merging.md and soups/multitask/dimat PNGs to --out.
 """
 
 from __future__ import annotations
@@ -184,11 +184,66 @@ def dimat_experiment(args) -> dict:
     return out
 
 
+def render(results: dict, out: Path) -> None:
+    """merging.md (three tables) and three plots from the results."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    soup, multi, dimat = results["soups"], results["multitask"], results["dimat"]
+    lines = ["## Soups (SST-2, 4 LoRA runs differing in learning rate; accuracy %)", "",
+             "| model | dev | test |", "|---|---|---|"]
+    rows = [(n, v) for n, v in soup["singles"].items()] + [("uniform soup", soup["uniform"]),
+                                                           ("greedy soup (" + ", ".join(soup["greedy_ingredients"]) + ")",
+                                                            soup["greedy"])]
+    lines += [f"| {n} | {100 * v['dev']:.1f} | {100 * v['test']:.1f} |" for n, v in rows]
+    tasks = [t for t in multi["individual"] if t != "mean"]
+    lines += ["", "## Multi-task merge of one LoRA per task (test accuracy %, each task with its own head)", "",
+              "| merge | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{100 * row[t]:.1f}" for t in tasks) + f" | {100 * row['mean']:.1f} |"
+              for label, row in multi.items()]
+    runs = [k for k in dimat if isinstance(dimat[k], list) and k != "examples_per_agent"]
+    lines += ["", f"## DIMAT: {dimat['agents']} agents, non-IID AG News (mean agent accuracy % on held-out data)", "",
+              "| schedule | before merging | after round 1 | last round |", "|---|---|---|---|"]
+    lines += [f"| {k} | {100 * dimat[k][0]:.1f} | {100 * dimat[k][1]:.1f} | {100 * dimat[k][-1]:.1f} |" for k in runs]
+    (out / "merging.md").write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(len(rows)), [100 * v["test"] for _, v in rows], color=["0.6"] * len(soup["singles"]) + ["C0", "C1"])
+    ax.set_xticks(range(len(rows)), [n.split(" (")[0] for n, _ in rows], rotation=20)
+    ax.set_ylabel("SST-2 test accuracy (%)")
+    ax.set_ylim(min(100 * v["test"] for _, v in rows) - 5, 100)
+    fig.tight_layout()
+    fig.savefig(out / "soups.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(tasks)
+    for k, t in enumerate(tasks):
+        ax.bar([i + k * width for i in range(len(multi))], [100 * row[t] for row in multi.values()], width, label=t)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(multi))], list(multi), rotation=20)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "multitask.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k in runs:
+        ax.plot(range(len(dimat[k])), [100 * v for v in dimat[k]], marker="o", label=k)
+    ax.set_xlabel("round (0: local training only)")
+    ax.set_ylabel("mean agent accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "dimat.png", dpi=120)
+    plt.close("all")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "merging-minilm")
+    parser.add_argument("--report-only", action="store_true", help="re-render merging.md and the plots from merging.json")
     args = parser.parse_args()
+    if args.report_only:
+        render(json.loads((args.out / "merging.json").read_text()), args.out)
+        return
     args.steps, args.max_train, args.max_eval = (10, 64, 32) if args.quick else (200, 2000, 500)
     args.rounds, args.dimat_examples = (2, 400) if args.quick else (10, 7600)
     torch.set_num_threads(1 if args.quick else 2)
@@ -200,7 +255,8 @@ def main() -> None:
     results = {"soups": soup, "multitask": multitask(tasks), "dimat": dimat_experiment(args), "quick": args.quick}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "merging.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    render(results, args.out)
+    print((args.out / "merging.md").read_text())
 
 
 if __name__ == "__main__":
