@@ -107,3 +107,15 @@ def test_bad_decoding_arguments(models, ids, kw, message):
 def test_speculative_decodes_one_sequence(models, ids):
     with pytest.raises(ConfigError, match="one sequence at a time"):
         EFT(*models).speculative_generate(ids, 3)
+
+
+def test_cached_generation_equals_recomputing_sampled_too(models, ids):
+    """generate() reads only the new token per step (KV caches); the same samples as recomputing the
+    whole sequence through log_probs at every step."""
+    eft = EFT(*models, beta=0.8)
+    out = eft.generate(ids, 6, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    g, expected = torch.Generator().manual_seed(3), ids
+    for _ in range(6):
+        q = sampling_probs(eft.log_probs(expected)[:, -1], True, 1.0, 0.9)
+        expected = torch.cat([expected, torch.multinomial(q, 1, generator=g)], dim=1)
+    torch.testing.assert_close(out, expected)

@@ -11,12 +11,14 @@ small fine-tuned model and accepts each with min(1, q/p) (q: the sampling distri
 p: the draft's), resampling from norm(max(0, q − p)) at the first rejection, plus one bonus token
 when all k pass: exact samples from q with fewer large-model passes per token (counted and returned).
 
-Every step recomputes each model over the whole sequence (no KV cache): simple and exact; the
-large-model pass count is what the speculative variant saves either way.
+`generate` decodes each model incrementally with its KV cache; the speculative variant recomputes each
+model over the whole sequence per block (simple and exact; its saving is counted in large-model
+passes, which a cache does not change).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +63,14 @@ class EFT:
                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
                  eos_token_id: int | None = None) -> torch.Tensor:
         _check_sampling(max_new_tokens, temperature, top_p)
-        ids = input_ids
+        streams = [_Stream(m) for m in (self.large, self.small_base, self.small_ft)]
+        ids, new = input_ids, input_ids
         for _ in range(max_new_tokens):
-            q = sampling_probs(self.log_probs(ids)[:, -1], do_sample, temperature, top_p)
-            token = torch.multinomial(q, 1, generator=generator) if do_sample else q.argmax(-1, keepdim=True)
-            ids = torch.cat([ids, token], dim=1)
-            if eos_token_id is not None and bool((token == eos_token_id).all()):
+            large, base, ft = (stream.extend(new)[:, -1] for stream in streams)  # each model reads only the new tokens
+            q = sampling_probs(torch.log_softmax(large + self.beta * (ft - base), dim=-1), do_sample, temperature, top_p)
+            new = torch.multinomial(q, 1, generator=generator) if do_sample else q.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, new], dim=1)
+            if eos_token_id is not None and bool((new == eos_token_id).all()):
                 break
         return ids
 
@@ -143,6 +147,21 @@ def _check_sampling(max_new_tokens, temperature, top_p) -> None:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+class _Stream:
+    """One model decoding incrementally: its KV cache holds what it has read so far."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.cache = model, None
+        # transformers 5 renames the argument (and output) past_key_values to cache
+        self.name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """log-probs at the positions of ids, read after everything before them."""
+        out = self.model(input_ids=ids, use_cache=True, **{self.name: self.cache})
+        self.cache = getattr(out, self.name, None)
+        return torch.log_softmax(out.logits.float(), dim=-1)
 
 
 def _log_softmax(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
