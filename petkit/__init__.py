@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from petkit.core.composition import Average, BatchSplit, Parallel, Stack  # noqa: E402
 from petkit.core.config import AdapterConfig  # noqa: E402
 from petkit.core.errors import (  # noqa: E402
     AdapterFileError,
@@ -49,6 +50,7 @@ from petkit.methods.vlpet import VLPetConfig  # noqa: E402
 
 __all__ = [
     "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
+    "Stack", "Parallel", "Average", "BatchSplit",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",

@@ -171,3 +171,21 @@ def saved_for_backward_bytes(model: nn.Module, batch: dict) -> int:
         loss = model(**batch).loss
     loss.backward()
     return sum(sizes)
+
+
+def tiny_lora_family(n: int, prefix: str = "a", scale: float = 0.3, family: str = "bert", seed: int = 0):
+    """A tiny model with n LoRA adapters (r=2 on query and value) named prefix0 … prefix{n-1}, every
+    adapter (and head) parameter moved by N(0, scale²) so that they differ; with a batch for it."""
+    import petkit
+
+    base = TINY_MODELS[family](seed=0)
+    am = petkit.adapt(base, petkit.LoraConfig(r=2, targets=["query", "value"]), f"{prefix}0")
+    for i in range(1, n):
+        am.add(petkit.LoraConfig(r=2, targets=["query", "value"]), f"{prefix}{i}")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in range(n):
+            for _, _, delta in am.layers(f"{prefix}{i}"):
+                for p in delta.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return am, tiny_batch(base, seed=1)

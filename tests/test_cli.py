@@ -96,3 +96,28 @@ def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(m.name in out for m in petkit.all_methods())
+
+
+def test_soup_of_a_folder_of_runs(tiny_folder, csv_data, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for i, lr in enumerate(("3e-3", "1e-2", "3e-2")):
+        assert main(["train", "--model", str(tiny_folder), "--data", str(csv_data), "--method", "lora", "-m", "r=2",
+                     "-m", "targets=all-linear", "-t", "epochs=1", "-t", f"lr={lr}", "-t", "batch_size=16", "--seed", str(i), "--max-length", "24",
+                     "--output", str(runs / f"lr{lr}"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["soup", str(runs), "--model", str(tiny_folder), "--data", str(csv_data), "--max-length", "24",
+                 "--output", str(tmp_path / "soup")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["dev"]) == {"lr3e-3", "lr1e-2", "lr3e-2"}
+    assert report["soup_dev"] >= max(report["dev"].values())  # greedy: never worse than its best ingredient on dev
+    assert report["ingredients"][0] == max(report["dev"], key=report["dev"].get)
+    assert (tmp_path / "soup" / "adapter_model.safetensors").is_file()
+    assert main(["eval", "--model", str(tiny_folder), "--data", str(csv_data), "--adapter", str(tmp_path / "soup"),
+                 "--max-length", "24"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["test"]["soup"], abs=1e-4)
+
+
+def test_soup_needs_two_runs(tiny_folder, csv_data, tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert main(["soup", str(tmp_path / "runs"), "--model", str(tiny_folder), "--data", str(csv_data)]) != 0
+    assert "a soup needs at least two runs with an adapter" in capsys.readouterr().err

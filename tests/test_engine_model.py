@@ -267,3 +267,16 @@ def test_fingerprint_samples_stay_in_bounds_for_large_tensors():
     big = torch.nn.Embedding(28_311_552 // 64, 64)
     fp = petkit.core.fingerprint.fingerprint(big)
     assert fp["num_parameters"] == 28_311_552 and len(fp["sample"]) == 4
+
+
+def test_as_name_loads_files_saved_under_one_name_side_by_side(tmp_path):
+    import petkit
+    from petkit.testing import tiny_bert
+    for i in range(2):
+        petkit.adapt(tiny_bert(seed=0), petkit.LoraConfig(r=2, targets=["query"])).save(tmp_path / f"a{i}")
+    am = petkit.load(tiny_bert(seed=0), tmp_path / "a0", as_name="first")
+    am = petkit.load(am, tmp_path / "a1", as_name="second")
+    assert am.adapters == ["first", "second"]
+    with pytest.raises(petkit.ConfigError, match="already has an adapter named 'second'; load it with as_name="):
+        petkit.load(am, tmp_path / "a1", as_name="second")
+    assert am.adapters == ["first", "second"]

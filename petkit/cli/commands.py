@@ -128,10 +128,8 @@ def inspect(args) -> int:
 
 def merge_unload(args) -> int:
     import petkit
-    from petkit.core.storage import CONFIG_NAME, read_json
     from petkit.models import load_model
-    config = read_json(Path(args.adapter) / CONFIG_NAME)
-    num_labels = _num_labels_of(args.adapter, config) if args.task == "classification" else None
+    num_labels = num_labels_of(args.adapter) if args.task == "classification" else None
     model = load_model(args.model, task=args.task, num_labels=num_labels)
     am = petkit.load(model, args.adapter, force=args.force)
     plain = am.merge_and_unload()
@@ -140,7 +138,7 @@ def merge_unload(args) -> int:
     return 0
 
 
-def _num_labels_of(adapter: str, config: dict) -> int | None:
+def num_labels_of(adapter: str) -> int | None:
     """The head size stored with an adapter, so the base is built with a matching head."""
     from petkit.core.storage import WEIGHTS_NAME, read_tensors
     tensors, _ = read_tensors(Path(adapter) / WEIGHTS_NAME)
@@ -148,6 +146,21 @@ def _num_labels_of(adapter: str, config: dict) -> int | None:
         if key.endswith(("classifier.weight", "classifier.module.weight", "score.weight", "score.module.weight")) and t.dim() == 2:
             return t.shape[0]
     return None
+
+
+def merge(args) -> int:
+    from petkit.merge.run import MergeSpec, run_merge
+    report = run_merge(MergeSpec.from_dict(read_settings(args.config, "merge spec")))
+    console.print_json(json.dumps(report))
+    return 0
+
+
+def soup(args) -> int:
+    from petkit.merge.run import run_soup
+    report = run_soup(args.runs, args.model, args.data, greedy=not args.uniform, strict=args.strict, output=args.output,
+                      max_eval=args.max_eval, max_length=args.max_length, force=args.force)
+    console.print_json(json.dumps(report))
+    return 0
 
 
 def methods(args) -> int:

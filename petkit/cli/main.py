@@ -63,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.merge_unload)
 
+    p = sub.add_parser("merge", help="merge saved adapters in ΔW space (linear, TIES, DARE, ...) into one adapter")
+    p.add_argument("config", help="merge spec YAML: model, inputs, method, density, rank, output (see petkit/merge/run.py)")
+    p.set_defaults(func=commands.merge)
+
+    p = sub.add_parser("soup", help="a greedy (or uniform) soup of the adapters in a folder of runs, in ΔW space")
+    p.add_argument("runs", help="folder whose sub-folders hold adapters (e.g. petkit train --output runs/<name>)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="the task the runs were trained on: dev is held-out, test reported")
+    p.add_argument("--uniform", action="store_true", help="average every run instead of the greedy soup")
+    p.add_argument("--strict", action="store_true", help="greedy: add a run only if dev gets strictly better (official code)")
+    p.add_argument("--output", default="runs/soup")
+    p.add_argument("--max-eval", type=int)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=commands.soup)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 

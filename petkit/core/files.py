@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from petkit import __version__
+from petkit.core.composition import from_dict
 from petkit.core.errors import (
     AdapterFileError,
     BaseModelMismatch,
@@ -43,6 +44,7 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
     if format != "petkit":
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     tensors, adapters = {}, {}
+    composition = am.state.composition
     for n in names:
         for key, value in am.adapter_parameters(n).items():
             tensors[f"{n}/{key}"] = value
@@ -51,14 +53,18 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
         "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
         "base_fingerprint": am.base_fingerprint, "adapters": adapters,
         "active": [n for n in am.active if n in names],
+        "composition": composition.to_dict() if composition is not None and set(composition.leaves()) <= set(names)
+        else None,
     }
     write_files(Path(path), {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
 
 
-def load(model: nn.Module, path, name: str | None = None, *, force: bool = False, trainable: bool = False) -> AdaptedModel:
+def load(model: nn.Module, path, name: str | None = None, *, as_name: str | None = None, force: bool = False,
+         trainable: bool = False) -> AdaptedModel:
     """Load adapters saved by petkit or Hugging Face PEFT onto `model` (wrapped in place).
 
     name: load only that adapter from a multi-adapter petkit file (PEFT: the name to give it).
+    as_name: the name the one loaded adapter gets (to load several files saved as "default" side by side).
     force: load even if the file was saved for a different base model.
     On any error the model is left exactly as it was.
     """
@@ -72,10 +78,10 @@ def load(model: nn.Module, path, name: str | None = None, *, force: bool = False
     grads = [(p, p.requires_grad) for p in am.parameters()]  # adding an adapter freezes the base
     try:
         if config.get("format") == "petkit":
-            _load_petkit(am, path, config, name, force)
+            _load_petkit(am, path, config, name, force, as_name)
         elif "peft_type" in config:
             from petkit.interop.peft import load_peft
-            load_peft(am, path, config, name or "default", force)
+            load_peft(am, path, config, as_name or name or "default", force)
         else:
             raise AdapterFileError(f"{path / CONFIG_NAME} is neither a petkit nor a PEFT adapter config")
     except Exception as exc:
@@ -97,7 +103,7 @@ def check_base(am: AdaptedModel, saved, force: bool, where) -> None:
         raise BaseModelMismatch(f"{where} does not fit this model: {why}; pass force=True to load it anyway")
 
 
-def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) -> None:
+def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool, as_name: str | None = None) -> None:
     adapters = config.get("adapters")
     if not isinstance(adapters, dict) or not adapters:
         raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
@@ -106,18 +112,22 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
         raise AdapterFileError(f"{path} has no adapter {name!r}; it has {names}")
     tensors, _ = read_tensors(path / WEIGHTS_NAME)
     wanted = [name] if name else list(adapters)
+    if as_name is not None and len(wanted) != 1:
+        raise ConfigError(f"as_name renames one adapter; {path} holds {len(wanted)}: choose one with name=...")
+    rename = {n: as_name or n for n in wanted}
     pairs = []
     for n in wanted:
         entry = adapters[n]
         if not isinstance(entry, dict):
             raise AdapterFileError(f"{path / CONFIG_NAME}: adapter {n!r} must be a JSON object")
         cfg = config_from_dict(entry.get("config"))
-        if n in am.adapters:
-            raise ConfigError(f"the model already has an adapter named {n!r}; load with name=... or delete it first")
+        if rename[n] in am.adapters:
+            raise ConfigError(f"the model already has an adapter named {rename[n]!r}; load it with as_name=... or "
+                              "delete the other first")
         saved = {k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + "/")}
         _check_rank(cfg, saved, f"{path} (adapter {n!r})")
-        am.add(cfg, n, init=False)
-        pairs.append((am.adapter_parameters(n), saved, f"{path} (adapter {n!r})"))
+        am.add(cfg, rename[n], init=False)
+        pairs.append((am.adapter_parameters(rename[n]), saved, f"{path} (adapter {n!r})"))
     # Every check before any copy: full fine-tuning copies into the base itself, which delete() cannot undo.
     for expected, saved, where in pairs:
         check_tensors(expected, saved, where)
@@ -125,10 +135,16 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool) 
     for expected, saved, _ in pairs:
         copy_tensors(expected, saved)
     for n in wanted:
-        for delta in am.deltas(n):
+        for delta in am.deltas(rename[n]):
             delta.loaded()
     active = config.get("active")
-    active = [n for n in active if isinstance(n, str) and n in am.adapters and n in wanted] if isinstance(active, list) else []
+    active = [rename[n] for n in active if isinstance(n, str) and n in wanted] if isinstance(active, list) else []
+    saved = config.get("composition")
+    if saved is not None and as_name is None:
+        composition = from_dict(saved)
+        if set(composition.leaves()) <= set(wanted):
+            am.set_active(composition)
+            return
     if active:
         am.set_active(active)
 

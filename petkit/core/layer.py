@@ -72,6 +72,8 @@ class AdaptedLayer(nn.Module):
         state = self._state
         if state.routes is not None:
             return self._forward_routed(x, args, kwargs)
+        if state.composition is not None and not state.disabled:
+            return self._forward_composed(state.composition, x, args, kwargs)
         live = state.live(self.deltas)
         if not live:
             return self.base_layer(x, *args, **kwargs)
@@ -81,6 +83,14 @@ class AdaptedLayer(nn.Module):
         for name in live:
             y = self.deltas[name](self.base_layer, x, y)
         return y
+
+    def _forward_composed(self, composition, x, args, kwargs):
+        present = {n for n in composition.leaves() if n in self.deltas and n not in self._state.merged}
+        y = self.base_layer(x, *args, **kwargs)
+        if not present:
+            return y
+        return composition.apply(lambda name, y_in: self.deltas[name](self.base_layer, x, y_in) if name in present
+                                 else y_in, y)
 
     def _forward_routed(self, x, args, kwargs):
         groups = [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]

@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from petkit.core.composition import Average, BatchSplit, Composition, Stack
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.fingerprint import fingerprint
@@ -249,12 +250,31 @@ class AdaptedModel(nn.Module):
                 raise ConfigError(f"no adapter named {n!r}; adapters: {known}")
 
     def set_active(self, names) -> None:
-        names = (names,) if isinstance(names, str) else tuple(names)
+        """One name, a list (stacked in order), or a composition: Stack, Parallel, Average, BatchSplit
+        (petkit.core.composition)."""
+        composition = names if isinstance(names, Composition) else None
+        names = (names,) if isinstance(names, str) else tuple(composition.leaves() if composition else names)
         self._check_names(names)
+        if composition is not None:
+            self._check_composition(composition)
         stray = [n for n in self.state.merged if n not in names and n not in self._selected]
         if stray:
             raise StateError(f"adapters {stray} are merged into the weights; unmerge() before changing the active set")
-        self.state.active = names
+        if composition is not None and self.state.merged and not _merge_compatible(composition):
+            raise StateError(f"adapters {self.state.merged} are merged into the weights, which {type(composition).__name__} "
+                             "cannot reproduce; unmerge() first")
+        self.state.active, self.state.composition = names, composition
+
+    def _check_composition(self, composition: Composition) -> None:
+        leaves = composition.leaves()
+        twice = sorted({n for n in leaves if leaves.count(n) > 1})
+        if twice:
+            raise ConfigError(f"each adapter appears once in a composition; {twice} appear more often")
+        top_level = composition.children if isinstance(composition, Stack) else ()
+        for n in leaves:
+            if n in self.model_deltas and n not in top_level:
+                raise ConfigError(f"{self.method_of(n).name} adapter {n!r} acts on the whole model, so it can only be "
+                                  "stacked at the top (Stack(prompt, Parallel(a, b))), not combined inside layers")
 
     @contextlib.contextmanager
     def disabled(self):
@@ -272,6 +292,10 @@ class AdaptedModel(nn.Module):
 
     # -- merging --------------------------------------------------------------------------------
     def merge(self, names=None) -> None:
+        if self.state.composition is not None and not _merge_compatible(self.state.composition):
+            raise StateError(f"{type(self.state.composition).__name__} weighs or splits its adapters, which merging each "
+                             "into the weights would not reproduce; merge them with petkit.merge.merge_adapters, or "
+                             "set_active(name) first")
         names = self.state.active if names is None else ((names,) if isinstance(names, str) else tuple(names))
         self._check_names(names)
         for n in names:
@@ -322,7 +346,7 @@ class AdaptedModel(nn.Module):
         for name in list(self.state.configs):
             self._remove_deltas(name, self._modules_of.get(name, []))
         self.state.configs.clear()
-        self.state.active, self.state.merged = (), []
+        self.state.active, self.state.merged, self.state.composition = (), [], None
         self._modules_of.clear()
         self._selected.clear()
         return self.base
@@ -334,15 +358,29 @@ class AdaptedModel(nn.Module):
         self._remove_deltas(name, self._modules_of.pop(name, []))
         del self.state.configs[name]
         self.state.active = tuple(n for n in self.state.active if n != name)
+        if self.state.composition is not None and name in self.state.composition.leaves():
+            self.state.composition = None  # what is left runs stacked, as with a plain list
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, *args, adapter_names=None, **kwargs):
+        adapter_names = adapter_names if adapter_names is not None else self._split(args, kwargs)
         if adapter_names is None:
             return self.base(*args, **kwargs)
         with self.routing(adapter_names):
             return self.base(*args, **kwargs)
 
+    def _split(self, args, kwargs) -> list[str] | None:
+        """Per-sample adapter names when a BatchSplit is active."""
+        split = self.state.composition
+        if not isinstance(split, BatchSplit) or self.state.disabled:
+            return None
+        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        if first is None:
+            raise StateError("BatchSplit needs a batch tensor (input_ids, pixel_values …) to split")
+        return split.routes(first.shape[0])
+
     def generate(self, *args, adapter_names=None, **kwargs):
+        adapter_names = adapter_names if adapter_names is not None else self._split(args, kwargs)
         if adapter_names is None:
             return self.base.generate(*args, **kwargs)
         with self.routing(adapter_names):
@@ -379,6 +417,14 @@ class AdaptedModel(nn.Module):
     def save(self, path, format: str = "petkit", names=None) -> None:
         from petkit.core.files import save_adapters
         save_adapters(self, path, format=format, names=names)
+
+
+def _merge_compatible(composition: Composition) -> bool:
+    """Whether merging every adapter of the composition into the weights reproduces it: sums (Stack and
+    Parallel of weight deltas) do; weighting (Average) and splitting the batch (BatchSplit) do not."""
+    if isinstance(composition, (Average, BatchSplit)):
+        return False
+    return all(isinstance(c, str) or _merge_compatible(c) for c in composition.children)
 
 
 def adapt(model: nn.Module, config: AdapterConfig, name: str = "default", *, copy: bool = False,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from petkit.core.composition import Composition
 from petkit.core.config import AdapterConfig
 
 
@@ -20,6 +21,8 @@ class AdapterState:
     disabled: bool = False
     # During a mixed-adapter forward: adapter name (None = base) -> sample indices (LongTensor or slice)
     routes: dict[str | None, "torch.Tensor | slice"] | None = None
+    # set_active(Parallel(...)) etc.: how the active adapters combine in each layer (None: stacked in order)
+    composition: "Composition | None" = None
 
     def live(self, present) -> list[str]:
         """Active adapters present in a layer's deltas that are not merged into its weights."""

@@ -1,0 +1,175 @@
+"""Emulated fine-tuning / up-scaling at decoding time (Mitchell et al., ICLR 2024, arXiv 2310.12962).
+
+Three causal LMs over one vocabulary: a large base (pre-training scale), and a small base with its
+fine-tuned version (fine-tuning behaviour). At every step the next-token distribution is
+
+    π_EFT(v) = softmax_v( log π_large(v) + β·[log π_small_ft(v) − log π_small_base(v)] )
+
+(per-token renormalisation; β = 1 emulates, other β scale the fine-tuning delta). `generate` samples
+from it (greedy, temperature, top-p applied to π_EFT). `speculative_generate` drafts k tokens with the
+small fine-tuned model and accepts each with min(1, q/p) (q: the sampling distribution from π_EFT,
+p: the draft's), resampling from norm(max(0, q − p)) at the first rejection, plus one bonus token
+when all k pass: exact samples from q with fewer large-model passes per token (counted and returned).
+
+`generate` decodes each model incrementally with its KV cache; the speculative variant recomputes each
+model over the whole sequence per block (simple and exact; its saving is counted in large-model
+passes, which a cache does not change).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from petkit.core.errors import ConfigError
+
+
+@dataclass
+class SpeculativeStats:
+    """Large-model forward passes and tokens produced: passes / tokens < 1 is the saving."""
+
+    large_passes: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def passes_per_token(self) -> float:
+        return self.large_passes / max(1, self.tokens)
+
+
+class EFT:
+    def __init__(self, large_base: nn.Module, small_base: nn.Module, small_ft: nn.Module, beta: float = 1.0):
+        sizes = {name: _vocab(m) for name, m in (("large_base", large_base), ("small_base", small_base),
+                                                 ("small_ft", small_ft))}
+        if len(set(sizes.values())) != 1:
+            raise ConfigError(f"EFT combines next-token distributions over one vocabulary; the models have "
+                              f"{sizes}: use models that share a tokenizer")
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool):
+            raise ConfigError(f"beta must be a number, got {beta!r}")
+        self.large, self.small_base, self.small_ft, self.beta = large_base, small_base, small_ft, float(beta)
+
+    @torch.no_grad()
+    def log_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log π_EFT at every position: (batch, length, vocab), normalised per position."""
+        large, base, ft = (_log_softmax(m, input_ids) for m in (self.large, self.small_base, self.small_ft))
+        return torch.log_softmax(large + self.beta * (ft - base), dim=-1)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None) -> torch.Tensor:
+        _check_sampling(max_new_tokens, temperature, top_p)
+        streams = [_Stream(m) for m in (self.large, self.small_base, self.small_ft)]
+        ids, new = input_ids, input_ids
+        for _ in range(max_new_tokens):
+            large, base, ft = (stream.extend(new)[:, -1] for stream in streams)  # each model reads only the new tokens
+            q = sampling_probs(torch.log_softmax(large + self.beta * (ft - base), dim=-1), do_sample, temperature, top_p)
+            new = torch.multinomial(q, 1, generator=generator) if do_sample else q.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, new], dim=1)
+            if eos_token_id is not None and bool((new == eos_token_id).all()):
+                break
+        return ids
+
+    @torch.no_grad()
+    def speculative_generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, k: int = 4,
+                             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
+        """One sequence (batch 1): blocks of k drafted tokens, each block verified with one pass of each model."""
+        _check_sampling(max_new_tokens, temperature, top_p)
+        if input_ids.shape[0] != 1:
+            raise ConfigError("speculative_generate decodes one sequence at a time (batch 1)")
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ConfigError(f"k (draft tokens per block) must be a positive integer, got {k!r}")
+        ids, stats, goal = input_ids, SpeculativeStats(), input_ids.shape[1] + max_new_tokens
+        while ids.shape[1] < goal:
+            block = min(k, goal - ids.shape[1])
+            draft, p = ids, []
+            for _ in range(block):  # the cheap draft: the small fine-tuned model alone
+                dist = sampling_probs(_log_softmax(self.small_ft, draft)[:, -1], do_sample, temperature, 1.0)
+                token = torch.multinomial(dist, 1, generator=generator) if do_sample else dist.argmax(-1, keepdim=True)
+                p.append(dist[0])
+                draft = torch.cat([draft, token], dim=1)
+            start = ids.shape[1]
+            log_q = self.log_probs(draft)[0, start - 1:]  # block + 1 positions, one pass per model
+            stats.large_passes += 1
+            stats.drafted += block
+            q = sampling_probs(log_q, do_sample, temperature, top_p)
+            tokens = draft[0, start:].tolist()
+            accepted, extra = verify(tokens, torch.stack(p), q, do_sample, generator)
+            stats.accepted += accepted
+            new = tokens[:accepted] + [extra]
+            new = new[: goal - ids.shape[1]]
+            stats.tokens += len(new)
+            ids = torch.cat([ids, torch.tensor([new], dtype=ids.dtype)], dim=1)
+        return ids, stats
+
+
+def verify(tokens: list[int], p: torch.Tensor, q: torch.Tensor, do_sample: bool,
+           generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Speculative sampling's test of drafted tokens (p: draft probabilities, k × vocab; q: target
+    probabilities at the k positions and one more). Returns (tokens accepted, the next token): the
+    resample from norm(max(0, q − p)) at the first rejection, or a bonus token from q after the last."""
+    for j, token in enumerate(tokens):
+        if not do_sample:  # greedy: the draft must be the target's argmax
+            if token != int(q[j].argmax()):
+                return j, int(q[j].argmax())
+            continue
+        ratio = q[j, token] / p[j, token]
+        if torch.rand((), generator=generator) >= ratio:
+            residual = (q[j] - p[j]).clamp(min=0)
+            residual = residual / residual.sum() if residual.sum() > 0 else q[j]
+            return j, int(torch.multinomial(residual, 1, generator=generator))
+    last = q[len(tokens)]
+    return len(tokens), int(torch.multinomial(last, 1, generator=generator)) if do_sample else int(last.argmax())
+
+
+def sampling_probs(log_probs: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+    """The distribution actually sampled from: temperature, then nucleus (top-p) filtering."""
+    if not do_sample:
+        return log_probs.exp()
+    probs = torch.softmax(log_probs / temperature, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest prefix reaching top_p
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+def _check_sampling(max_new_tokens, temperature, top_p) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+class _Stream:
+    """One model decoding incrementally: its KV cache holds what it has read so far."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.cache = model, None
+        # transformers 5 renames the argument (and output) past_key_values to cache
+        self.name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """log-probs at the positions of ids, read after everything before them."""
+        out = self.model(input_ids=ids, use_cache=True, **{self.name: self.cache})
+        self.cache = getattr(out, self.name, None)
+        return torch.log_softmax(out.logits.float(), dim=-1)
+
+
+def _log_softmax(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+
+
+def _vocab(model: nn.Module) -> int | None:
+    embedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embedding is not None:
+        return embedding.weight.shape[0]
+    return getattr(getattr(model, "config", None), "vocab_size", None)
