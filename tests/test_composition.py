@@ -113,7 +113,8 @@ def test_merging_refuses_what_it_cannot_reproduce():
     (lambda: Average("a", "b", weights=[1.0]), "Average needs one finite weight per child"),
     (lambda: BatchSplit("a", "b", sizes=[2, 0]), "BatchSplit needs one positive size per adapter"),
     (lambda: Stack(BatchSplit("a", "b", sizes=[1, 1]), "a"), "BatchSplit splits the whole batch: use it at the top"),
-    (lambda: BatchSplit(Stack("a", "b"), "a", sizes=[1, 1]), "give it names, not compositions"),
+    (lambda: BatchSplit(Stack("a", "b"), "c", sizes=[1, 1]), "give it names, not compositions"),
+    (lambda: Stack("a", Parallel("b", "a")), "each adapter appears once in a composition"),
 ])
 def test_bad_compositions(make, message):
     with pytest.raises(petkit.ConfigError, match=message):

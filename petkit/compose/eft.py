@@ -18,13 +18,13 @@ passes, which a cache does not change).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
+from petkit.models.calls import cache_argument, find_cache
 
 
 @dataclass
@@ -153,14 +153,12 @@ class _Stream:
     """One model decoding incrementally: its KV cache holds what it has read so far."""
 
     def __init__(self, model: nn.Module):
-        self.model, self.cache = model, None
-        # transformers 5 renames the argument (and output) past_key_values to cache
-        self.name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.model, self.cache, self.argument = model, None, cache_argument(model.forward)
 
     def extend(self, ids: torch.Tensor) -> torch.Tensor:
         """log-probs at the positions of ids, read after everything before them."""
-        out = self.model(input_ids=ids, use_cache=True, **{self.name: self.cache})
-        self.cache = getattr(out, self.name, None)
+        out = self.model(input_ids=ids, use_cache=True, **{self.argument: self.cache})
+        self.cache = find_cache(out)
         return torch.log_softmax(out.logits.float(), dim=-1)
 
 

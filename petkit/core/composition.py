@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from petkit.core.errors import ConfigError
+from petkit.core.errors import ConfigError, StateError
 
 
 class Composition:
@@ -39,9 +39,14 @@ class Composition:
                                   f"{type(self).__name__}")
             if not isinstance(child, (str, Composition)):
                 raise ConfigError(f"a composition holds adapter names or compositions, got {child!r}")
+        # computed once: every adapted layer reads it on every forward
+        self._leaves = tuple(n for c in self.children for n in ([c] if isinstance(c, str) else c.leaves()))
+        twice = sorted({n for n in self._leaves if self._leaves.count(n) > 1})
+        if twice:
+            raise ConfigError(f"each adapter appears once in a composition; {twice} appear more often")
 
-    def leaves(self) -> list[str]:
-        return [n for c in self.children for n in ([c] if isinstance(c, str) else c.leaves())]
+    def leaves(self) -> tuple[str, ...]:
+        return self._leaves
 
     def to_dict(self) -> dict:
         return {self.kind: [c if isinstance(c, str) else c.to_dict() for c in self.children]}
@@ -113,7 +118,6 @@ class BatchSplit(Composition):
 
     def routes(self, batch: int) -> list[str]:
         if sum(self.sizes) != batch:
-            from petkit.core.errors import StateError
             raise StateError(f"BatchSplit sizes {self.sizes} add up to {sum(self.sizes)}, but the batch has {batch} "
                              "samples")
         return [n for n, s in zip(self.children, self.sizes) for _ in range(s)]

@@ -266,12 +266,8 @@ class AdaptedModel(nn.Module):
         self.state.active, self.state.composition = names, composition
 
     def _check_composition(self, composition: Composition) -> None:
-        leaves = composition.leaves()
-        twice = sorted({n for n in leaves if leaves.count(n) > 1})
-        if twice:
-            raise ConfigError(f"each adapter appears once in a composition; {twice} appear more often")
         top_level = composition.children if isinstance(composition, Stack) else ()
-        for n in leaves:
+        for n in composition.leaves():
             if n in self.model_deltas and n not in top_level:
                 raise ConfigError(f"{self.method_of(n).name} adapter {n!r} acts on the whole model, so it can only be "
                                   "stacked at the top (Stack(prompt, Parallel(a, b))), not combined inside layers")

@@ -45,13 +45,12 @@ from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.core.roles import role_regex
-from petkit.models.calls import call_inputs
+from petkit.models.calls import cache_argument, call_inputs, find_cache
 from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 INITS = ("l1", "random")
-_CACHE_NAMES = ("cache", "past_key_values")
-_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "norm")  # transformers 5.x renames the KV cache argument
+_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "norm")  # the parts pruned into the side
 
 
 @dataclass(frozen=True)
@@ -162,6 +161,7 @@ class LstDelta(ModelDelta):
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         self._signature = inspect.signature(self.backbone.forward)
+        self._side_cache_argument = cache_argument(self.side.forward)
         self.taps = LayerTaps(self.hook, self.stack, self.side_layers)
         self.hook(self.backbone, pre=True, fn=self._read_call)
         self.hook(self.backbone, pre=False, fn=self._run_side)
@@ -184,11 +184,11 @@ class LstDelta(ModelDelta):
         call = {"inputs_embeds": self.down0(self.taps.embedding), "attention_mask": inputs.get("attention_mask")}
         if self.decoder:
             call.update(position_ids=inputs.get("position_ids"), cache_position=inputs.get("cache_position"))
-            cache = next((c for c in (getattr(out, k, None) for k in _CACHE_NAMES) if c is not None), None)
+            cache = find_cache(out)
             if cache is not None:  # the side network keeps its own cache beside the backbone's
                 from transformers import DynamicCache
-                name = next(k for k in _CACHE_NAMES if k in inspect.signature(self.side.forward).parameters)
-                call.update({name: self._side_caches.setdefault(cache, DynamicCache()), "use_cache": True})
+                call.update({self._side_cache_argument: self._side_caches.setdefault(cache, DynamicCache()),
+                             "use_cache": True})
         try:
             hidden = self.up(self.side(**call).last_hidden_state)
         finally:

@@ -19,9 +19,24 @@ def call_inputs(signature: inspect.Signature, args: tuple, kwargs: dict, who: st
     return inputs
 
 
+CACHE_NAMES = ("cache", "past_key_values")  # transformers 5 renames past_key_values (argument and output) to cache
+
+
+def find_cache(source):
+    """The KV cache in a call's inputs (a dict) or in a model output, under either name; None if absent."""
+    get = source.get if isinstance(source, dict) else (lambda k: getattr(source, k, None))
+    return next((c for c in map(get, CACHE_NAMES) if c is not None), None)
+
+
+def cache_argument(forward) -> str:
+    """The name this forward takes its KV cache by."""
+    parameters = inspect.signature(forward).parameters
+    return next((k for k in CACHE_NAMES if k in parameters), "past_key_values")
+
+
 def cached_length(inputs: dict) -> int:
     """How many tokens the call's KV cache holds already (0 without one)."""
-    cache = next((inputs[k] for k in ("past_key_values", "cache") if inputs.get(k) is not None), None)
+    cache = find_cache(inputs)
     if cache is None:
         return 0
     length = getattr(cache, "get_seq_length", None)
