@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .batching import batch_indices, iter_batches, to_device, unpack
+from .distributed import world
 from .metrics import accuracy, macro_f1, perplexity
 
 TASKS = ("classification", "causal_lm", "seq2seq")
@@ -21,14 +22,19 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
 
     Classification: ``loss``, ``accuracy``, ``macro_f1``. Language modelling (``causal_lm``,
     ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``.
+
+    In a multi-process run (torchrun) every rank must call it: each scores every world-size-th batch
+    and all ranks return the metrics of the whole data.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    ranks = world()
     if isinstance(data, Dataset):
         dataset, collate = unpack(data, collate_fn)
-        batches = iter_batches(dataset, batch_indices(range(len(dataset)), batch_size), collate)
+        ours = batch_indices(range(len(dataset)), batch_size)[ranks.rank :: ranks.size]
+        batches = iter_batches(dataset, ours, collate)
     else:
-        batches = data
+        batches = (b for i, b in enumerate(data) if i % ranks.size == ranks.rank)
     device = next(model.parameters()).device
 
     was_training = model.training
@@ -41,7 +47,7 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
                 if "labels" not in batch:
                     raise ValueError(f"evaluation batches need 'labels'; got keys {sorted(batch)}")
                 out = model(**batch)
-                n = _loss_weight(batch["labels"], task)
+                n = loss_weight(batch["labels"], task)
                 loss_sum += out.loss.item() * n  # HF losses are means: weight them back to sums
                 weight += n
                 if task == "classification":
@@ -50,13 +56,17 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     finally:
         model.train(was_training)
 
+    if ranks.size > 1:
+        parts = ranks.gather((loss_sum, weight, predictions, labels))
+        loss_sum, weight = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        predictions, labels = [x for p in parts for x in p[2]], [x for p in parts for x in p[3]]
     mean_loss = loss_sum / weight if weight else float("nan")
     if task == "classification":
         return {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
     return {"loss": mean_loss, "perplexity": perplexity(mean_loss), "tokens": weight}
 
 
-def _loss_weight(labels: torch.Tensor, task: str) -> int:
+def loss_weight(labels: torch.Tensor, task: str) -> int:
     """How many terms the model's mean loss averaged over."""
     if task == "classification":
         return labels.shape[0]
