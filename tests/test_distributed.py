@@ -66,3 +66,31 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
     (whole, _), (resumed, info) = outcome(tmp_path / "whole"), outcome(tmp_path / "cut")
     assert info["resumed_from"].endswith("step-00000004")
     assert_same(whole, resumed)
+
+
+@pytest.mark.real
+def test_petkit_train_nproc_2_launches_torchrun_and_saves_once(tmp_path):
+    from petkit.data import DatasetNotFound, load_dataset
+    try:
+        load_dataset("sst2")
+    except DatasetNotFound as exc:
+        pytest.skip(f"sst2 is not on disk ({exc}); ../shared/data is expected beside the repo")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "petkit", "train", "--model", "minilm", "--data", "sst2", "--method", "lora",
+               "-m", "r=2", "-m", "targets=attn.q,attn.v", "--max-train", "24", "--max-eval", "8", "--max-length", "32",
+               "-t", "max_steps=2", "-t", "batch_size=4", "--output", str(out), "--no-progress", "--nproc", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 steps" in done.stdout and "in 2 processes" in done.stdout
+    assert done.stdout.count("trainable parameters:") == 1  # rank 0 alone reports
+    result = json.loads((out / "result.json").read_text())
+    assert result["processes"] == 2 and (out / "adapter").is_dir()
+
+
+def test_nproc_is_checked_before_anything_starts(capsys):
+    from petkit.cli.main import main
+    assert main(["train", "--nproc", "0"]) == 2
+    assert "--nproc must be at least 1" in capsys.readouterr().err
+    # A bad setting fails in the launching process, once, instead of in every rank under torchrun.
+    assert main(["train", "--model", "minilm", "--data", "nosuch", "--method", "lora", "--nproc", "2"]) == 2
+    assert capsys.readouterr().err.count("unknown dataset 'nosuch'") == 1

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["petkit", "peft"], help="adapter file format (default petkit)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train in N processes on this machine (launches torchrun; DDP over the adapter)")
     p.set_defaults(func=commands.train)
 
     p = sub.add_parser("eval", help="evaluate a base model, or a base model with a saved adapter")
@@ -103,11 +105,13 @@ def _quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to relaunch the same command under torchrun
     _quiet_transformers()
     try:
         return args.func(args) or 0
     except commands.USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
