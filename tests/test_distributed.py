@@ -58,6 +58,15 @@ def test_two_processes_train_what_one_process_trains(tmp_path, family):
         assert two_info[split] == pytest.approx(one_info[split], rel=1e-5)
 
 
+def test_fsdp_shards_the_frozen_base_and_trains_what_one_process_trains(tmp_path):
+    run_worker(tmp_path / "one", "--family", "llama")
+    run_worker(tmp_path / "two", "--family", "llama", "--parallel", "fsdp", nproc=2)
+    (one, one_info), (two, two_info) = outcome(tmp_path / "one"), outcome(tmp_path / "two")
+    assert one_info["frozen_share"] == 1.0 and two_info["frozen_share"] == pytest.approx(0.5, abs=0.02)
+    assert_same(one, two)
+    assert two_info["test"] == pytest.approx(one_info["test"], rel=1e-5)
+
+
 def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
     run_worker(tmp_path / "whole", nproc=2)
     killed = run_worker(tmp_path / "cut", "--kill-at", "4", nproc=2, check=False)

@@ -13,7 +13,9 @@ here is a no-op and ``world()`` is a world of one.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -88,13 +90,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def prepare_model(model: nn.Module, named_params: list[tuple[str, nn.Parameter]], w: World) -> nn.Module:
-    """Check that every rank loaded the same base, start every rank from rank 0's trainable values,
-    and wrap the model in DistributedDataParallel (which reduces gradients of trainable parameters only)."""
-    if w.size == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
+def prepare_model(model: nn.Module, named_params: list[tuple[str, nn.Parameter]], w: World,
+                  parallel: str = "ddp") -> tuple[nn.Module, Callable[[], None]]:
+    """Make a model ready to train on every rank: returns (the module to call, what to run after each
+    step's backward passes).
 
+    Every rank must hold the same frozen base (checked) and starts from rank 0's trainable values.
+    ``ddp``: PyTorch DistributedDataParallel, which averages the trainable parameters' gradients
+    during backward. ``fsdp``: FSDP2 ``fully_shard`` on every transformer layer and the whole model
+    shards the frozen weights (each rank keeps 1/N, gathering a layer's weights only while it runs);
+    the trainable parameters are left out of the sharding (replicated, small) and their gradients
+    averaged after backward. The model is modified in place and stays sharded after training.
+    """
+    if w.size == 1:
+        return model, _nothing
     fingerprints = w.gather(_frozen_fingerprint(model))
     if len(set(fingerprints)) > 1:
         odd = [r for r, f in enumerate(fingerprints) if f != fingerprints[0]]
@@ -103,14 +112,39 @@ def prepare_model(model: nn.Module, named_params: list[tuple[str, nn.Parameter]]
     with torch.no_grad():
         for _, p in named_params:
             dist.broadcast(p.data, src=0)
+    if parallel == "fsdp":
+        return _shard_frozen(model, {p for _, p in named_params}), lambda: _average_gradients(named_params, w)
+    from torch.nn.parallel import DistributedDataParallel
     # init_sync=False: DDP's own start-up broadcast would send every frozen weight too.
-    return DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
+    return DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False), _nothing
 
 
-def _frozen_fingerprint(model: nn.Module) -> tuple:
-    """Cheap identity of the frozen weights: names, shapes and a sum per tensor."""
-    rows = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            rows.append((name, tuple(p.shape), round(float(p.detach().double().sum()), 6)))
-    return tuple(rows)
+def _shard_frozen(model: nn.Module, trainable: set) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    from petkit.models.structure import layer_stacks
+    for _, stack in layer_stacks(model):
+        for layer in stack:
+            fully_shard(layer, ignored_params=trainable)
+    # The root too gives its weights back after each forward (FSDP's default keeps them, expecting
+    # the backward to need them at once): the point here is the smallest resident base.
+    fully_shard(model, ignored_params=trainable, reshard_after_forward=True)
+    return model
+
+
+def _average_gradients(named_params, w: World) -> None:
+    for _, p in named_params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= w.size
+
+
+def _nothing() -> None:
+    return None
+
+
+def _frozen_fingerprint(model: nn.Module) -> str:
+    """Identity of the frozen weights: names, shapes and the sum of every tensor, hashed."""
+    rows = [(name, tuple(p.shape), round(float(p.detach().double().sum()), 6))
+            for name, p in model.named_parameters() if not p.requires_grad]
+    return hashlib.sha256(repr(rows).encode()).hexdigest()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .batching import batch_indices, iter_batches, to_device, unpack
+from .batching import batch_indices, to_device, unpack
 from .distributed import world
 from .metrics import accuracy, macro_f1, perplexity
 
@@ -31,10 +31,16 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     ranks = world()
     if isinstance(data, Dataset):
         dataset, collate = unpack(data, collate_fn)
-        ours = batch_indices(range(len(dataset)), batch_size)[ranks.rank :: ranks.size]
-        batches = iter_batches(dataset, ours, collate)
+        every = batch_indices(range(len(dataset)), batch_size)
+        ours = [lambda idx=idx: collate([dataset[i] for i in idx]) for idx in every[ranks.rank :: ranks.size]]
+        spare = (lambda: collate([dataset[0]])) if len(dataset) else None
     else:
-        batches = (b for i, b in enumerate(data) if i % ranks.size == ranks.rank)
+        every = list(data)
+        ours = [lambda b=b: b for b in every[ranks.rank :: ranks.size]]
+        spare = (lambda: every[0]) if every else None
+    # Sharded models (FSDP) gather weights inside every forward, so every rank runs as many forwards
+    # as the busiest one; the extra ones score nothing.
+    rounds = max(ranks.gather(len(ours))) if ranks.size > 1 else len(ours)
     device = next(model.parameters()).device
 
     was_training = model.training
@@ -42,11 +48,13 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     loss_sum, weight, predictions, labels = 0.0, 0, [], []
     try:
         with torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
+            for k in range(rounds):
+                batch = to_device((ours[k] if k < len(ours) else spare)(), device)
                 if "labels" not in batch:
                     raise ValueError(f"evaluation batches need 'labels'; got keys {sorted(batch)}")
                 out = model(**batch)
+                if k >= len(ours):
+                    continue
                 n = loss_weight(batch["labels"], task)
                 loss_sum += out.loss.item() * n  # HF losses are means: weight them back to sums
                 weight += n

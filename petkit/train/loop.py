@@ -159,7 +159,7 @@ def train(
         return {f"eval_{k}": v for k, v in metrics.items()}
 
     device = next(model.parameters()).device
-    net = prepare_model(model, named_params, ranks)  # the model itself in a single process
+    net, after_backward = prepare_model(model, named_params, ranks, cfg.parallel)  # model itself in one process
     started = time.perf_counter()
     last_checkpoint = resumed_from
     lr = learning_rate(max(state["step"] - 1, 0), total_steps, cfg)  # the last step's rate, until we step
@@ -174,6 +174,7 @@ def train(
             for start in range(0, len(remaining), cfg.grad_accum):
                 group = remaining[start : start + cfg.grad_accum]
                 loss, items = _accumulate_gradients(net, dataset, collate, group, device, task, ranks)
+                after_backward()
                 lr = learning_rate(state["step"], total_steps, cfg)
                 _optimizer_step(optimizer, named_params, lr, cfg.max_grad_norm)
                 state["step"] += 1
@@ -251,7 +252,7 @@ def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: W
     local_sum = 0.0
     for j, (batch, n) in enumerate(zip(batches, terms)):
         last = j == len(batches) - 1
-        with model.no_sync() if ranks.size > 1 and not last else contextlib.nullcontext():
+        with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
             out = model(**batch)
             if getattr(out, "loss", None) is None:
                 raise ConfigError(f"the model returned no loss: do the batches carry 'labels'? (keys: {sorted(batch)})")

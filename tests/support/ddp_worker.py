@@ -1,6 +1,6 @@
 """One training run of a tiny model, alone or as one rank under torchrun (used by test_distributed.py).
 
-    python tests/support/ddp_worker.py OUT --family bert|llama [--kill-at STEP] [--resume]
+    python tests/support/ddp_worker.py OUT --family bert|llama [--parallel ddp|fsdp] [--kill-at STEP] [--resume]
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/support/ddp_worker.py OUT ...
 
 Rank 0 writes OUT/final.safetensors (the trained adapter and head) and OUT/result.json. With
@@ -49,12 +49,20 @@ class Examples(torch.utils.data.Dataset):
         return pad_batch(rows, 0)
 
 
+def frozen_share(model) -> float:
+    """The fraction of the frozen weights' elements this process holds (1/N when sharded)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in frozen)
+    return local / sum(p.numel() for p in frozen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--family", default="bert")
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--parallel", default="ddp")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ranks = init_from_env()
@@ -64,7 +72,7 @@ def main() -> None:
     am = petkit.adapt(model, petkit.LoraConfig(r=2, targets="all-linear"))
     task = "causal_lm" if lm else "classification"
     cfg = TrainConfig(lr=5e-3, max_steps=6, batch_size=5, grad_accum=2, checkpoint_every=2,
-                      eval_every_epoch=False, output_dir=str(args.out / "train"))
+                      eval_every_epoch=False, output_dir=str(args.out / "train"), parallel=args.parallel)
 
     def maybe_die(info):
         if info.step == args.kill_at and ranks.rank == 1:
@@ -77,7 +85,7 @@ def main() -> None:
         save_file({n: p.detach().contiguous() for n, p in am.named_parameters() if p.requires_grad},
                   args.out / "final.safetensors")
         (args.out / "result.json").write_text(json.dumps(
-            {"world": ranks.size, "steps": result.steps, "train_loss": result.train_loss,
+            {"world": ranks.size, "steps": result.steps, "frozen_share": frozen_share(am), "train_loss": result.train_loss,
              "eval": result.eval_metrics, "test": metrics, "resumed_from": str(result.resumed_from)}))
     shutdown()
 
