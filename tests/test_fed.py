@@ -1,0 +1,102 @@
+"""Federated tuning: partitions, FedAvg and DP math by hand, accounting, and Flower simulations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from petkit.core.errors import ConfigError
+from petkit.fed.aggregate import clip_update, dp_fedavg, fedavg, update_norm
+from petkit.fed.job import FedJob
+from petkit.fed.partition import dirichlet, iid, label_histogram
+from petkit.fed.payload import check_update
+from petkit.fed.privacy import epsilon, rdp_sampled_gaussian
+
+
+def test_iid_and_dirichlet_splits_cover_every_example_once():
+    labels = [i % 4 for i in range(400)]
+    for parts in (iid(400, 10, seed=1), dirichlet(labels, 10, alpha=0.5, seed=1)):
+        flat = sorted(i for p in parts for i in p)
+        assert flat == list(range(400)) and min(len(p) for p in parts) >= 2
+    assert dirichlet(labels, 10, 0.5, seed=1) == dirichlet(labels, 10, 0.5, seed=1)
+
+
+def test_small_alpha_skews_labels_and_large_alpha_does_not():
+    labels = [i % 4 for i in range(2000)]
+
+    def skew(alpha):  # mean over clients of the largest label share
+        hist = label_histogram(labels, dirichlet(labels, 10, alpha, seed=0), 4)
+        return sum(max(row) / sum(row) for row in hist) / len(hist)
+
+    assert skew(0.1) > 0.7 and skew(100.0) < 0.35
+
+
+def test_bad_partitions_are_refused():
+    with pytest.raises(ConfigError, match="alpha"):
+        dirichlet([0, 1] * 10, 2, alpha=0)
+    with pytest.raises(ConfigError, match="cannot be split"):
+        iid(3, 4)
+
+
+def test_fedavg_equals_the_hand_computed_weighted_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
+    b = {"w": torch.tensor([3.0, -2.0]), "b": torch.tensor([4.0])}
+    out = fedavg([(a, 10), (b, 30)])  # weights 1/4 and 3/4
+    torch.testing.assert_close(out["w"], torch.tensor([2.5, -1.0]))
+    torch.testing.assert_close(out["b"], torch.tensor([3.0]))
+
+
+def test_one_client_fedavg_is_that_client():
+    a = {"w": torch.randn(3, 2)}
+    torch.testing.assert_close(fedavg([(a, 7)])["w"], a["w"])
+
+
+def test_clipping_bounds_the_update_norm_and_keeps_small_ones():
+    g = {"w": torch.zeros(4)}
+    big, small = {"w": torch.full((4,), 3.0)}, {"w": torch.full((4,), 0.1)}
+    assert update_norm(g, clip_update(g, big, 1.0)) == pytest.approx(1.0)
+    torch.testing.assert_close(clip_update(g, small, 1.0)["w"], small["w"])
+
+
+def test_dp_noise_has_the_formula_scale():
+    # std of the noise on the mean of m clipped updates = z·C/m
+    g = {"w": torch.zeros(200_000)}
+    locals_ = [{"w": torch.zeros(200_000)} for _ in range(4)]
+    out = dp_fedavg(g, locals_, clip=2.0, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0))
+    assert float(out["w"].std()) == pytest.approx(1.5 * 2.0 / 4, rel=0.01)
+
+
+def test_rdp_of_the_plain_gaussian_and_the_accountant():
+    assert rdp_sampled_gaussian(1.0, 2.0, 8) == pytest.approx(8 / (2 * 4.0))
+    # Subsampling amplifies privacy; more rounds and less noise cost more.
+    assert rdp_sampled_gaussian(0.1, 1.0, 8) < rdp_sampled_gaussian(1.0, 1.0, 8)
+    eps, _ = epsilon(0.2, 1.0, 20, 1e-5)
+    assert 0 < eps < epsilon(0.2, 1.0, 40, 1e-5)[0] and eps < epsilon(0.2, 0.7, 20, 1e-5)[0]
+    # One release of the Gaussian mechanism (q = 1): the RDP bound is an upper bound of the exact ε
+    # (Balle & Wang 2018: δ(ε) = Φ(1/2z − εz) − e^ε Φ(−1/2z − εz)) and close to it.
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+    z, delta = 5.0, 1e-5
+    exact = brentq(lambda e: norm.cdf(1 / (2 * z) - e * z) - math.exp(e) * norm.cdf(-1 / (2 * z) - e * z) - delta, 1e-6, 10)
+    assert exact <= epsilon(1.0, z, 1, delta)[0] <= 1.2 * exact
+    assert math.isinf(epsilon(0.5, 0.0, 1, 1e-5)[0])
+
+
+def test_updates_that_do_not_fit_are_explained():
+    ref = {"a": torch.zeros(2, 3)}
+    assert "shape" in check_update(ref, {"a": torch.zeros(3, 3)})
+    assert "names differ" in check_update(ref, {"b": torch.zeros(2, 3)})
+    assert "non-finite" in check_update(ref, {"a": torch.full((2, 3), float("nan"))})
+    assert "example count" in check_update(ref, {"a": torch.zeros(2, 3)}, examples=0)
+    assert check_update(ref, {"a": torch.ones(2, 3)}, examples=5) is None
+
+
+def test_bad_jobs_are_refused():
+    with pytest.raises(ConfigError, match="fraction"):
+        FedJob(fraction=0)
+    with pytest.raises(ConfigError, match="faults"):
+        FedJob(clients=2, faults={5: "drop"})
+    with pytest.raises(ConfigError, match="unknown federated settings"):
+        FedJob.from_dict({"rounds": 2, "round": 3})
