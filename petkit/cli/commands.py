@@ -202,6 +202,25 @@ def soup(args) -> int:
     return 0
 
 
+def fed(args) -> int:
+    from petkit.fed import FedJob, run_federated
+    from petkit.fed.client import setup
+    from petkit.fed.payload import load_trainable
+    from petkit.fed.report import rounds_table, write
+    settings = read_settings(args.config, "federated job") if args.config else {}
+    settings.update(parse_pairs(args.set, "federated"))
+    job = FedJob.from_dict(settings)
+    report = run_federated(job)
+    out = Path(args.output)
+    _, am, _ = setup(job.to_json())
+    load_trainable(am, report["final_state"])
+    am.save(out / "adapter")
+    write(report, out)
+    console.print(rounds_table(report))
+    console.print(f"global adapter: {out / 'adapter'}; report: {out / 'report.json'}")
+    return 0
+
+
 def methods(args) -> int:
     from petkit.core.registry import all_methods
     table = Table(title="registered methods")

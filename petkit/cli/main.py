@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.soup)
 
+    p = sub.add_parser("fed", help="federated tuning on Flower's simulation engine (adapter-only FedAvg/FedProx, DP)")
+    p.add_argument("config", nargs="?", help="YAML with FedJob settings (petkit/fed/job.py); flags override it")
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting, e.g. -s clients=10 -s rounds=20 -s alpha=0.5 (repeatable)")
+    p.add_argument("--output", default="runs/fed", help="folder for the global adapter, report.json, rounds.md, accuracy.png")
+    p.set_defaults(func=commands.fed)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 

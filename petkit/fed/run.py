@@ -59,7 +59,7 @@ def run_federated(job: FedJob, *, verbose: bool = False) -> dict:
     report = {
         "job": job.to_json(), "seconds": round(time.perf_counter() - started, 1), "rounds": rounds,
         "initial_test": outcome.get("test", {}).get(0), "final_test": rounds[-1]["test"] if rounds else None,
-        "final_state": outcome.get("final", initial), "client_examples": [len(p) for p in parts],
+        "initial_state": initial, "final_state": outcome.get("final", initial), "client_examples": [len(p) for p in parts],
         "adapter_bytes": adapter, "full_model_bytes": full_model,
         "bytes_total": sum(r["bytes_up"] + r["bytes_down"] for r in rounds),
         # Full-model FedAvg moves every weight both ways for every sampled client.
