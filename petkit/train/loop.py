@@ -246,7 +246,7 @@ def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: W
     shards = [ranks.shard(indices) for indices in group]
     batches = [to_device(collate([dataset[i] for i in (shard or indices[:1])]), device)
                for shard, indices in zip(shards, group)]
-    terms = [loss_weight(b["labels"], task) if shard else 0 for b, shard in zip(batches, shards)]
+    terms = [loss_weight(b["labels"], task) if shard and "labels" in b else 0 for b, shard in zip(batches, shards)]
     items = [_items(b, task) if shard else 0 for b, shard in zip(batches, shards)]
     totals = ranks.sum(terms + [sum(items)])
     local_sum = 0.0
