@@ -135,3 +135,42 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
         torch.testing.assert_close(report["final_state"][name], value, rtol=1e-5, atol=1e-6)
     # Only adapter and head travel: far below full-model FedAvg.
     assert report["bytes_ratio"] < 0.01 and record["bytes_down"] > 0 and record["bytes_up"] > 0
+
+
+# ------------------------------------------------------------------ pFedPG's server
+
+
+def test_pfedpg_free_prompts_with_sgd_lr1_land_on_the_clients_prompts():
+    """The spec's sign check: one server step moves P_n exactly to P̃_n = P_n + ΔP_n (not away from it)."""
+    from petkit.fed.pfedpg import FreePrompts, PromptServer
+    server = PromptServer(FreePrompts(clients=3, length=2, width=4), lr=1.0, optimizer="sgd")
+    before = server.prompts([0, 2])
+    deltas = [torch.randn(2, 4), torch.randn(2, 4)]
+    server.step([0, 2], deltas)
+    after = server.prompts([0, 1, 2])
+    torch.testing.assert_close(after[[0, 2]], before + torch.stack(deltas))
+    torch.testing.assert_close(after[1], FreePrompts(3, 2, 4).prompts[1].detach())  # client 1 did not report
+
+
+def test_pfedpg_generator_moves_prompts_towards_the_clients_updates():
+    from petkit.fed.pfedpg import PromptGenerator, PromptServer
+    server = PromptServer(PromptGenerator(clients=4, length=3, width=8, heads=2), lr=1e-2)
+    targets = [torch.randn(3, 8) for _ in range(4)]
+    distance = lambda: sum(float(((server.prompts([n])[0] - targets[n]) ** 2).sum()) for n in range(4))  # noqa: E731
+    start = distance()
+    for _ in range(200):  # clients report where their local tuning took the prompt
+        now = server.prompts(list(range(4)))
+        server.step(list(range(4)), [0.5 * (targets[n] - now[n]) for n in range(4)])
+    # Not to zero: every prompt token is a mix of the shared basis's values (the generator's design).
+    assert distance() < 0.3 * start
+    # Different clients end with different prompts (personalisation).
+    p = server.prompts([0, 1])
+    assert float(torch.nn.functional.cosine_similarity(p[0].flatten(), p[1].flatten(), dim=0)) < 0.9
+
+
+def test_pfedpg_refuses_mismatched_reports():
+    from petkit.fed.pfedpg import FreePrompts, PromptGenerator, PromptServer
+    with pytest.raises(ConfigError, match="one prompt change per client"):
+        PromptServer(FreePrompts(2, 1, 4)).step([0, 1], [torch.zeros(1, 4)])
+    with pytest.raises(ConfigError, match="divisible"):
+        PromptGenerator(2, 1, 6, heads=4)
