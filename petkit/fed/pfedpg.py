@@ -30,7 +30,9 @@ class PromptGenerator(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.base = nn.Parameter(torch.randn(length, width, generator=g) * 0.02)
         self.descriptors = nn.Parameter(torch.randn(clients, length, width, generator=g) * 0.02)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        with torch.random.fork_rng():  # the attention's own init from the same seed, not the global stream
+            torch.manual_seed(seed)
+            self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
 
     def forward(self, clients: list[int]) -> torch.Tensor:
         """Prompts for the given clients: (len(clients), length, width)."""
@@ -75,4 +77,4 @@ class PromptServer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
