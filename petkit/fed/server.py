@@ -9,6 +9,7 @@ round completes with the accepted replies; with none, the global state stays as 
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -34,6 +35,7 @@ def make_strategy(job: FedJob):
         def configure_train(self, server_round, arrays, config, grid):
             messages = list(super().configure_train(server_round, arrays, config, grid))
             self._global = dict(arrays.to_torch_state_dict())
+            self._sent_at = time.perf_counter()
             self.rounds.append({"round": server_round, "sampled": len(messages),
                                 "bytes_down": arrays.count_bytes() * len(messages), "bytes_up": 0,
                                 "accepted": 0, "rejected": [], "dropped": []})
@@ -41,6 +43,7 @@ def make_strategy(job: FedJob):
 
         def aggregate_train(self, server_round, replies):
             record, accepted = self.rounds[-1], []
+            record["seconds"] = round(time.perf_counter() - self._sent_at, 2)  # send to last reply
             for msg in replies:
                 node = msg.metadata.src_node_id
                 if msg.has_error():
