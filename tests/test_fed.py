@@ -175,3 +175,62 @@ def test_pfedpg_refuses_mismatched_reports():
         PromptServer(FreePrompts(2, 1, 4)).step([0, 1], [torch.zeros(1, 4)])
     with pytest.raises(ConfigError, match="divisible"):
         PromptGenerator(2, 1, 6, heads=4)
+
+
+# ------------------------------------------------------------------ SFPrompt's split
+
+
+def _prompted_bert():
+    import copy
+
+    import petkit
+    from petkit.models.structure import layer_stacks
+    from petkit.testing import tiny_bert
+    model = tiny_bert(dropout=0.0)
+    # 4 layers so head | body | tail each get one or two.
+    stack = layer_stacks(model)[0][1]
+    stack.append(copy.deepcopy(stack[0]))
+    stack.append(copy.deepcopy(stack[1]))
+    model.config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    return petkit.adapt(model, petkit.PromptTuningConfig(num_virtual_tokens=3, init="random"))
+
+
+def test_split_step_gives_the_end_to_end_gradients():
+    from petkit.fed.split import Split
+    from petkit.testing import tiny_batch
+    am = _prompted_bert()
+    batch = tiny_batch(am)
+    am(**batch).loss.backward()
+    reference = {n: p.grad.clone() for n, p in am.named_parameters() if p.requires_grad}
+    am.zero_grad(set_to_none=True)
+    loss, sent = Split(am, head_layers=1, tail_layers=1).step(batch)
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(am.named_parameters())[name].grad, grad, msg=name)
+    # Up: activations + the body-output gradient; down: body output + activation gradient (4 x 11 x 32 fp32 each).
+    assert sent["up"] == sent["down"] == 2 * 4 * (8 + 3) * 32 * 4
+
+
+def test_without_body_skips_exactly_the_middle_layers():
+    from petkit.fed.split import Split, el2n_scores, keep_hardest
+    from petkit.models.structure import layer_stacks
+    from petkit.testing import tiny_batch
+    am = _prompted_bert().eval()
+    split = Split(am, head_layers=1, tail_layers=2)
+    batch = tiny_batch(am)
+    stack = layer_stacks(am)[0][1]
+    with split.without_body() as local:
+        assert len(layer_stacks(am)[0][1]) == 3
+        skipped = local(**batch).logits
+    assert layer_stacks(am)[0][1] is stack  # restored
+    stack[1].forward = lambda hidden, *a, **k: hidden
+    torch.testing.assert_close(skipped, am(**batch).logits)
+    scores = el2n_scores(split, [batch])
+    assert len(scores) == 4 and all(0 <= s <= 2 ** 0.5 + 1e-6 for s in scores)
+    assert keep_hardest([0.1, 0.9, 0.5, 0.3], 0.5) == [1, 2]
+
+
+def test_a_cut_without_a_body_is_refused():
+    from petkit.fed.split import Split
+    with pytest.raises(ConfigError, match="at least one body layer"):
+        Split(_prompted_bert(), head_layers=2, tail_layers=2)
