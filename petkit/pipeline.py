@@ -104,6 +104,18 @@ def prepare(spec: RunSpec) -> Prepared:
     return Prepared(spec, data.task, data.labels, tokenizer, model, *splits)
 
 
+def check(spec: RunSpec) -> None:
+    """Fail early, before any process is started, on what prepare() would refuse: the method and trainer
+    settings, the data name and the model (a SmolLM2 conversion happens here, once, not in every rank)."""
+    from petkit.data import load_dataset
+    from petkit.models import resolve
+
+    spec.method_config()
+    spec.train_config()
+    load_dataset(spec.data, seed=spec.seed)
+    resolve(spec.model)
+
+
 def _headline(metrics: dict) -> dict:
     keep = ("accuracy", "macro_f1", "loss", "perplexity")
     return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
@@ -112,6 +124,7 @@ def _headline(metrics: dict) -> dict:
 def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train spec.method on spec.data; evaluate before and after; save the adapter. Returns a report."""
     from petkit.train import evaluate, train
+    from petkit.train.distributed import world
 
     config = spec.method_config()
     cfg = spec.train_config()
@@ -130,8 +143,9 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
         "model": spec.model, "data": spec.data, "method": config.method, "trainable_parameters": trainable,
         "base_parameters": base_params, "train_seconds": round(seconds, 1), "steps": result.steps,
         "test_before": _headline(before), "test_after": _headline(after), "dev": _headline(result.eval_metrics),
+        "processes": world().size,
     }
-    if spec.output:
+    if spec.output and world().main:
         out = Path(spec.output)
         am.save(out / "adapter", format=spec.save_format)
         report["adapter"] = str(out / "adapter")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -85,17 +88,53 @@ def _print_report(report: dict) -> None:
     console.print(table)
     pct = 100 * report["trainable_parameters"] / report["base_parameters"]
     console.print(f"trainable parameters: {report['trainable_parameters']:,} ({pct:.2f}% of {report['base_parameters']:,})")
-    console.print(f"training: {report['steps']} steps in {report['train_seconds']} s")
+    processes = f" in {report['processes']} processes" if report.get("processes", 1) > 1 else ""
+    console.print(f"training: {report['steps']} steps in {report['train_seconds']} s{processes}")
     if "adapter" in report:
         console.print(f"adapter: {report['adapter']} ({report['adapter_bytes'] / 1024:.1f} KiB)")
 
 
 def train(args) -> int:
     from petkit.pipeline import run
+    from petkit.train import distributed
+
+    if args.nproc != 1:
+        return _relaunch_with_torchrun(args)
     spec = _spec_from_args(args)
-    report = run(spec, resume=args.resume, progress=not args.no_progress, log=console.print)
-    _print_report(report)
+    ranks = distributed.init_from_env()
+    try:
+        report = run(spec, resume=args.resume, progress=not args.no_progress,
+                     log=console.print if ranks.main else (lambda *a, **k: None))
+        if ranks.main:
+            _print_report(report)
+    finally:
+        distributed.shutdown()
     return 0
+
+
+def _relaunch_with_torchrun(args) -> int:
+    """`petkit train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m petkit train ...`."""
+    from petkit.pipeline import check
+    from petkit.train.distributed import launched_by_torchrun
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if launched_by_torchrun():
+        raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (torchrun's "
+                          "--nproc_per_node sets the number of processes)")
+    check(_spec_from_args(args))
+    rest, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "petkit", *rest]
+    # One thread per process unless the user chose otherwise (torchrun's own default, said quietly).
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    return subprocess.run(command, env=env).returncode
 
 
 def evaluate(args) -> int:
@@ -160,6 +199,25 @@ def soup(args) -> int:
     report = run_soup(args.runs, args.model, args.data, greedy=not args.uniform, strict=args.strict, output=args.output,
                       max_eval=args.max_eval, max_length=args.max_length, force=args.force)
     console.print_json(json.dumps(report))
+    return 0
+
+
+def fed(args) -> int:
+    from petkit.fed import FedJob, run_federated
+    from petkit.fed.client import setup
+    from petkit.fed.payload import load_trainable
+    from petkit.fed.report import rounds_table, write
+    settings = read_settings(args.config, "federated job") if args.config else {}
+    settings.update(parse_pairs(args.set, "federated"))
+    job = FedJob.from_dict(settings)
+    report = run_federated(job)
+    out = Path(args.output)
+    _, am, _ = setup(job.to_json())
+    load_trainable(am, report["final_state"])
+    am.save(out / "adapter")
+    write(report, out)
+    console.print(rounds_table(report))
+    console.print(f"global adapter: {out / 'adapter'}; report: {out / 'report.json'}")
     return 0
 
 

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["petkit", "peft"], help="adapter file format (default petkit)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train in N processes on this machine (launches torchrun; DDP over the adapter)")
     p.set_defaults(func=commands.train)
 
     p = sub.add_parser("eval", help="evaluate a base model, or a base model with a saved adapter")
@@ -79,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.soup)
 
+    p = sub.add_parser("fed", help="federated tuning on Flower's simulation engine (adapter-only FedAvg/FedProx, DP)")
+    p.add_argument("config", nargs="?", help="YAML with FedJob settings (petkit/fed/job.py); flags override it")
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting, e.g. -s clients=10 -s rounds=20 -s alpha=0.5 (repeatable)")
+    p.add_argument("--output", default="runs/fed", help="folder for the global adapter, report.json, rounds.md, accuracy.png")
+    p.set_defaults(func=commands.fed)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 
@@ -103,11 +112,13 @@ def _quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to relaunch the same command under torchrun
     _quiet_transformers()
     try:
         return args.func(args) or 0
     except commands.USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

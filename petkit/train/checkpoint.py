@@ -71,10 +71,12 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------- saving
 
 def save_checkpoint(output_dir: str | Path, step: int, named_params: list[tuple[str, torch.nn.Parameter]],
-                    optimizer: torch.optim.Optimizer, state: dict, keep: int) -> Path:
+                    optimizer: torch.optim.Optimizer, state: dict, keep: int,
+                    rank_rngs: list[torch.Tensor] | None = None) -> Path:
     """Write the checkpoint of ``step`` atomically, then delete all but the newest ``keep``.
 
     ``named_params`` must be in the optimizer's parameter order (it maps optimizer slots to names).
+    ``rank_rngs``: in a multi-process run, every rank's torch RNG state (rank 0's is the current one).
     """
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,8 @@ def save_checkpoint(output_dir: str | Path, step: int, named_params: list[tuple[
     names = [name for name, _ in named_params]
     optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer, names)
     save_file({name: p.detach().cpu().contiguous() for name, p in named_params}, tmp / WEIGHTS)
-    save_file({**optimizer_tensors, TORCH_RNG: torch.get_rng_state()}, tmp / STATE_TENSORS)
+    rngs = {f"{TORCH_RNG}.rank{r}": rng for r, rng in enumerate(rank_rngs or []) if r > 0}
+    save_file({**optimizer_tensors, TORCH_RNG: torch.get_rng_state(), **rngs}, tmp / STATE_TENSORS)
     document = {
         "format": FORMAT,
         "step": step,
@@ -215,8 +218,9 @@ def latest_checkpoint(output_dir: str | Path) -> Checkpoint | None:
 
 
 def restore(checkpoint: Checkpoint, named_params: list[tuple[str, torch.nn.Parameter]],
-            optimizer: torch.optim.Optimizer) -> None:
-    """Copy saved weights, optimizer state and all RNG states into the live objects."""
+            optimizer: torch.optim.Optimizer, rank: int = 0) -> None:
+    """Copy saved weights, optimizer state and all RNG states into the live objects (``rank``: this
+    process's rank in a multi-process run, whose own torch RNG state is restored if it was saved)."""
     names = [name for name, _ in named_params]
     saved = checkpoint.state["param_names"]
     if names != saved:
@@ -237,13 +241,15 @@ def restore(checkpoint: Checkpoint, named_params: list[tuple[str, torch.nn.Param
     slots: dict[int, dict] = {}
     entries = [*checkpoint.state_tensors.items(), *checkpoint.state["optimizer_scalars"].items()]
     for key, value in entries:
-        if key == TORCH_RNG:
+        if key.startswith(TORCH_RNG):
             continue
         name, field = key.rsplit(".", 1)
         slots.setdefault(index[name], {})[field] = value
     optimizer.load_state_dict({"state": slots, "param_groups": optimizer.state_dict()["param_groups"]})
 
-    torch.set_rng_state(checkpoint.state_tensors[TORCH_RNG])
+    own = checkpoint.state_tensors.get(f"{TORCH_RNG}.rank{rank}") if rank else checkpoint.state_tensors[TORCH_RNG]
+    if own is not None:  # a rank the saving run did not have keeps the state it was seeded with
+        torch.set_rng_state(own)
     version, internal, gauss = checkpoint.state["rng"]["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = checkpoint.state["rng"]["numpy"]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from petkit.core.errors import ConfigError
 
 SCHEDULES = ("linear", "cosine", "constant")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class TrainConfig:
     - ``weight_decay`` applies to matrices only, not to biases or norm scales (1-D params).
     - ``checkpoint_every``: save a resumable checkpoint every N steps (0 = only at the end of
       training when ``output_dir`` is set); the newest ``keep_checkpoints`` are kept.
+    - ``parallel``: how a run launched by torchrun spreads over its processes (see
+      ``petkit.train.distributed``); ignored in a single process.
     """
 
     lr: float = 1e-3
@@ -39,6 +42,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     output_dir: str | None = None
+    parallel: str = "ddp"  # under torchrun: "ddp" (every rank holds the whole base) or "fsdp" (frozen weights sharded)
 
     def __post_init__(self) -> None:
         _number("lr", self.lr, minimum=0, strict=True)
@@ -64,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"eval_every_epoch must be True or False, got {self.eval_every_epoch!r}")
         _integer("checkpoint_every", self.checkpoint_every, minimum=0)
         _integer("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.checkpoint_every and not self.output_dir:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every} needs an output_dir to write checkpoints to")
 

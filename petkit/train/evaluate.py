@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .batching import batch_indices, iter_batches, to_device, unpack
+from .batching import batch_indices, to_device, unpack
+from .distributed import world
 from .metrics import accuracy, macro_f1, perplexity
 
 TASKS = ("classification", "causal_lm", "seq2seq")
@@ -21,14 +22,25 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
 
     Classification: ``loss``, ``accuracy``, ``macro_f1``. Language modelling (``causal_lm``,
     ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``.
+
+    In a multi-process run (torchrun) every rank must call it: each scores every world-size-th batch
+    and all ranks return the metrics of the whole data.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    ranks = world()
     if isinstance(data, Dataset):
         dataset, collate = unpack(data, collate_fn)
-        batches = iter_batches(dataset, batch_indices(range(len(dataset)), batch_size), collate)
+        every = batch_indices(range(len(dataset)), batch_size)
+        ours = [lambda idx=idx: collate([dataset[i] for i in idx]) for idx in every[ranks.rank :: ranks.size]]
+        spare = (lambda: collate([dataset[0]])) if len(dataset) else None
     else:
-        batches = data
+        every = list(data)
+        ours = [lambda b=b: b for b in every[ranks.rank :: ranks.size]]
+        spare = (lambda: every[0]) if every else None
+    # Sharded models (FSDP) gather weights inside every forward, so every rank runs as many forwards
+    # as the busiest one; the extra ones score nothing.
+    rounds = max(ranks.gather(len(ours))) if ranks.size > 1 else len(ours)
     device = next(model.parameters()).device
 
     was_training = model.training
@@ -36,12 +48,14 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     loss_sum, weight, predictions, labels = 0.0, 0, [], []
     try:
         with torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
+            for k in range(rounds):
+                batch = to_device((ours[k] if k < len(ours) else spare)(), device)
                 if "labels" not in batch:
                     raise ValueError(f"evaluation batches need 'labels'; got keys {sorted(batch)}")
                 out = model(**batch)
-                n = _loss_weight(batch["labels"], task)
+                if k >= len(ours):
+                    continue
+                n = loss_weight(batch["labels"], task)
                 loss_sum += out.loss.item() * n  # HF losses are means: weight them back to sums
                 weight += n
                 if task == "classification":
@@ -50,13 +64,17 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     finally:
         model.train(was_training)
 
+    if ranks.size > 1:
+        parts = ranks.gather((loss_sum, weight, predictions, labels))
+        loss_sum, weight = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        predictions, labels = [x for p in parts for x in p[2]], [x for p in parts for x in p[3]]
     mean_loss = loss_sum / weight if weight else float("nan")
     if task == "classification":
         return {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
     return {"loss": mean_loss, "perplexity": perplexity(mean_loss), "tokens": weight}
 
 
-def _loss_weight(labels: torch.Tensor, task: str) -> int:
+def loss_weight(labels: torch.Tensor, task: str) -> int:
     """How many terms the model's mean loss averaged over."""
     if task == "classification":
         return labels.shape[0]

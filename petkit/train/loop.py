@@ -11,6 +11,7 @@ are trained: freeze the rest (or let an adapter library do it) before calling ``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -35,7 +36,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .evaluate import TASKS, evaluate
+from .distributed import World, prepare_model, world
+from .evaluate import TASKS, evaluate, loss_weight
 from .metrics import MetricsLog
 from .progress import ProgressBar
 from .schedule import learning_rate
@@ -87,6 +89,11 @@ def train(
     (same data order, dropout RNG and learning rate as if never stopped), or start fresh if none.
     Without ``resume``, an ``output_dir`` that already holds checkpoints is refused, so two runs
     never mix. ``on_step`` is called after every optimizer step (to log, or to stop by raising).
+
+    Under ``torchrun`` (a process group initialised, e.g. by ``petkit.train.distributed.init_from_env``)
+    every rank calls ``train`` with the same arguments: each trains on its shard of every global batch
+    (see ``distributed``), rank 0 alone logs, shows progress and writes checkpoints, and the result
+    equals a single-process run with the same global batch.
     """
     if task not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
@@ -104,13 +111,16 @@ def train(
 
     # --- 2. What trains, and how.
     optimizer, named_params = build_optimizer(model, cfg)
+    ranks = world()
 
     # --- 3. Start fresh, or pick up where a checkpoint left off. `state` is everything the loop
     # tracks (all JSON-able); with the weights, optimizer and RNG states it is what a checkpoint holds.
     seed_everything(cfg.seed)
+    if ranks.rank:
+        torch.manual_seed(cfg.seed + ranks.rank)  # other dropout masks on every rank
     state = {"step": 0, "epoch": 0, "batches_done": 0, "loss_sum": 0.0, "loss_count": 0,
              "train_loss": float("nan"), "eval_step": None, "eval_metrics": {}}
-    log = MetricsLog(cfg.output_dir)
+    log = MetricsLog(cfg.output_dir if ranks.main else None)
     resumed_from = None
     if resume:
         checkpoint = latest_checkpoint(cfg.output_dir)
@@ -118,7 +128,7 @@ def train(
             warnings.warn(f"resume=True but {cfg.output_dir} has no checkpoint yet: starting at step 0", stacklevel=2)
         else:
             _check_resumable(checkpoint, cfg, len(dataset))
-            restore(checkpoint, named_params, optimizer)
+            restore(checkpoint, named_params, optimizer, ranks.rank)
             state = dict(checkpoint.state["loop"])
             resumed_from = checkpoint.path
     elif cfg.output_dir and list_checkpoints(cfg.output_dir):
@@ -135,8 +145,12 @@ def train(
         nonlocal saved_state
         saved_state = dict(state)
         document = {"loop": saved_state, "config": cfg.to_dict(), "task": task,
-                    "num_examples": len(dataset), "total_steps": total_steps}
-        return save_checkpoint(cfg.output_dir, state["step"], named_params, optimizer, document, cfg.keep_checkpoints)
+                    "num_examples": len(dataset), "total_steps": total_steps, "world_size": ranks.size}
+        rngs = ranks.gather(torch.get_rng_state())
+        path = (save_checkpoint(cfg.output_dir, state["step"], named_params, optimizer, document,
+                                cfg.keep_checkpoints, rngs) if ranks.main else None)
+        ranks.barrier()  # no rank runs ahead of a checkpoint being written
+        return path
 
     def run_eval() -> dict:
         metrics = evaluate(model, eval_data, task, batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -145,6 +159,7 @@ def train(
         return {f"eval_{k}": v for k, v in metrics.items()}
 
     device = next(model.parameters()).device
+    net, after_backward = prepare_model(model, named_params, ranks, cfg.parallel)  # model itself in one process
     started = time.perf_counter()
     last_checkpoint = resumed_from
     lr = learning_rate(max(state["step"] - 1, 0), total_steps, cfg)  # the last step's rate, until we step
@@ -152,13 +167,14 @@ def train(
     # --- 4. The loop.
     model.train()
     with ProgressBar(total_steps, state["step"], "samples" if task == "classification" else "tokens",
-                     progress) as bar:
+                     progress and ranks.main) as bar:
         while state["step"] < total_steps:
             batches = batch_indices(epoch_order(len(dataset), cfg.seed, state["epoch"]), cfg.batch_size)
             remaining = batches[state["batches_done"]:]  # all of them, unless resuming mid-epoch
             for start in range(0, len(remaining), cfg.grad_accum):
                 group = remaining[start : start + cfg.grad_accum]
-                loss, items = _accumulate_gradients(model, dataset, collate, group, device, task)
+                loss, items = _accumulate_gradients(net, dataset, collate, group, device, task, ranks)
+                after_backward()
                 lr = learning_rate(state["step"], total_steps, cfg)
                 _optimizer_step(optimizer, named_params, lr, cfg.max_grad_norm)
                 state["step"] += 1
@@ -219,23 +235,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _accumulate_gradients(model, dataset, collate, group, device, task) -> tuple[float, int]:
-    """Forward and backward over the micro-batches of one step; returns (mean loss, samples or tokens)."""
-    total_loss, items = 0.0, 0
-    for indices in group:
-        batch = to_device(collate([dataset[i] for i in indices]), device)
-        out = model(**batch)
-        if getattr(out, "loss", None) is None:
-            raise ConfigError(f"the model returned no loss: do the batches carry 'labels'? (keys: {sorted(batch)})")
-        # Dividing by the number of micro-batches makes the summed gradient that of their mean loss.
-        (out.loss / len(group)).backward()
-        total_loss += out.loss.item()
-        if task == "classification":
-            items += len(indices)
-        else:
-            mask = batch.get("attention_mask")
-            items += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    return total_loss / len(group), items
+def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: World) -> tuple[float, int]:
+    """Forward and backward over the micro-batches of one step; returns (mean loss, samples or tokens).
+
+    With several ranks each takes its shard of every micro-batch and weights its mean loss by its
+    share of the micro-batch's loss terms (times the world size, which DDP's gradient average divides
+    out), so the gradient is that of the whole micro-batch's mean loss. A rank whose shard is empty
+    still runs one example at weight 0: DDP needs every rank in every backward.
+    """
+    shards = [ranks.shard(indices) for indices in group]
+    batches = [to_device(collate([dataset[i] for i in (shard or indices[:1])]), device)
+               for shard, indices in zip(shards, group)]
+    terms = [loss_weight(b["labels"], task) if shard and "labels" in b else 0 for b, shard in zip(batches, shards)]
+    items = [_items(b, task) if shard else 0 for b, shard in zip(batches, shards)]
+    totals = ranks.sum(terms + [sum(items)])
+    local_sum = 0.0
+    for j, (batch, n) in enumerate(zip(batches, terms)):
+        last = j == len(batches) - 1
+        with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
+            out = model(**batch)
+            if getattr(out, "loss", None) is None:
+                raise ConfigError(f"the model returned no loss: do the batches carry 'labels'? (keys: {sorted(batch)})")
+            share = (n / totals[j] if totals[j] else 0.0) if ranks.size > 1 else 1.0
+            # Dividing by the number of micro-batches makes the summed gradient that of their mean loss.
+            (out.loss * (share * ranks.size / len(group))).backward()
+        local_sum += out.loss.item() * share
+    loss = ranks.sum([local_sum])[0]
+    return loss / len(group), int(totals[-1])
+
+
+def _items(batch: dict, task: str) -> int:
+    """What the progress bar counts: samples, or tokens read for language models."""
+    if task == "classification":
+        return batch["labels"].shape[0]
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 def _optimizer_step(optimizer, named_params, lr: float, max_grad_norm: float | None) -> None:

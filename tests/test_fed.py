@@ -1,0 +1,236 @@
+"""Federated tuning: partitions, FedAvg and DP math by hand, accounting, and Flower simulations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from petkit.core.errors import ConfigError
+from petkit.fed.aggregate import clip_update, dp_fedavg, fedavg, update_norm
+from petkit.fed.job import FedJob
+from petkit.fed.partition import dirichlet, iid, label_histogram
+from petkit.fed.payload import check_update
+from petkit.fed.privacy import epsilon, rdp_sampled_gaussian
+
+
+def test_iid_and_dirichlet_splits_cover_every_example_once():
+    labels = [i % 4 for i in range(400)]
+    for parts in (iid(400, 10, seed=1), dirichlet(labels, 10, alpha=0.5, seed=1)):
+        flat = sorted(i for p in parts for i in p)
+        assert flat == list(range(400)) and min(len(p) for p in parts) >= 2
+    assert dirichlet(labels, 10, 0.5, seed=1) == dirichlet(labels, 10, 0.5, seed=1)
+
+
+def test_small_alpha_skews_labels_and_large_alpha_does_not():
+    labels = [i % 4 for i in range(2000)]
+
+    def skew(alpha):  # mean over clients of the largest label share
+        hist = label_histogram(labels, dirichlet(labels, 10, alpha, seed=0), 4)
+        return sum(max(row) / sum(row) for row in hist) / len(hist)
+
+    assert skew(0.1) > 0.7 and skew(100.0) < 0.35
+
+
+def test_bad_partitions_are_refused():
+    with pytest.raises(ConfigError, match="alpha"):
+        dirichlet([0, 1] * 10, 2, alpha=0)
+    with pytest.raises(ConfigError, match="cannot be split"):
+        iid(3, 4)
+
+
+def test_fedavg_equals_the_hand_computed_weighted_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
+    b = {"w": torch.tensor([3.0, -2.0]), "b": torch.tensor([4.0])}
+    out = fedavg([(a, 10), (b, 30)])  # weights 1/4 and 3/4
+    torch.testing.assert_close(out["w"], torch.tensor([2.5, -1.0]))
+    torch.testing.assert_close(out["b"], torch.tensor([3.0]))
+
+
+def test_one_client_fedavg_is_that_client():
+    a = {"w": torch.randn(3, 2)}
+    torch.testing.assert_close(fedavg([(a, 7)])["w"], a["w"])
+
+
+def test_clipping_bounds_the_update_norm_and_keeps_small_ones():
+    g = {"w": torch.zeros(4)}
+    big, small = {"w": torch.full((4,), 3.0)}, {"w": torch.full((4,), 0.1)}
+    assert update_norm(g, clip_update(g, big, 1.0)) == pytest.approx(1.0)
+    torch.testing.assert_close(clip_update(g, small, 1.0)["w"], small["w"])
+
+
+def test_dp_noise_has_the_formula_scale():
+    # std of the noise on the mean of m clipped updates = z·C/m
+    g = {"w": torch.zeros(200_000)}
+    locals_ = [{"w": torch.zeros(200_000)} for _ in range(4)]
+    out = dp_fedavg(g, locals_, clip=2.0, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0))
+    assert float(out["w"].std()) == pytest.approx(1.5 * 2.0 / 4, rel=0.01)
+
+
+def test_rdp_of_the_plain_gaussian_and_the_accountant():
+    assert rdp_sampled_gaussian(1.0, 2.0, 8) == pytest.approx(8 / (2 * 4.0))
+    # Subsampling amplifies privacy; more rounds and less noise cost more.
+    assert rdp_sampled_gaussian(0.1, 1.0, 8) < rdp_sampled_gaussian(1.0, 1.0, 8)
+    eps, _ = epsilon(0.2, 1.0, 20, 1e-5)
+    assert 0 < eps < epsilon(0.2, 1.0, 40, 1e-5)[0] and eps < epsilon(0.2, 0.7, 20, 1e-5)[0]
+    # One release of the Gaussian mechanism (q = 1): the RDP bound is an upper bound of the exact ε
+    # (Balle & Wang 2018: δ(ε) = Φ(1/2z − εz) − e^ε Φ(−1/2z − εz)) and close to it.
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+    z, delta = 5.0, 1e-5
+    exact = brentq(lambda e: norm.cdf(1 / (2 * z) - e * z) - math.exp(e) * norm.cdf(-1 / (2 * z) - e * z) - delta, 1e-6, 10)
+    assert exact <= epsilon(1.0, z, 1, delta)[0] <= 1.2 * exact
+    assert math.isinf(epsilon(0.5, 0.0, 1, 1e-5)[0])
+
+
+def test_updates_that_do_not_fit_are_explained():
+    ref = {"a": torch.zeros(2, 3)}
+    assert "shape" in check_update(ref, {"a": torch.zeros(3, 3)})
+    assert "names differ" in check_update(ref, {"b": torch.zeros(2, 3)})
+    assert "non-finite" in check_update(ref, {"a": torch.full((2, 3), float("nan"))})
+    assert "example count" in check_update(ref, {"a": torch.zeros(2, 3)}, examples=0)
+    assert check_update(ref, {"a": torch.ones(2, 3)}, examples=5) is None
+
+
+def test_bad_jobs_are_refused():
+    with pytest.raises(ConfigError, match="fraction"):
+        FedJob(fraction=0)
+    with pytest.raises(ConfigError, match="faults"):
+        FedJob(clients=2, faults={5: "drop"})
+    with pytest.raises(ConfigError, match="unknown federated settings"):
+        FedJob.from_dict({"rounds": 2, "round": 3})
+
+
+# ------------------------------------------------------------------ Flower simulation (real MiniLM)
+
+
+@pytest.mark.real
+def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
+    """5 simulated clients, 1 round: 0 and 1 train normally, 2 fails mid-round, 3 sends another
+    adapter's keys, 4 sends NaNs. The round completes; the new global adapter is exactly the
+    example-weighted mean of what clients 0 and 1 trained (recomputed here, outside Flower)."""
+    pytest.importorskip("flwr")
+    from petkit.data import DatasetNotFound, load_dataset
+    from petkit.fed.client import local_update, setup
+    from petkit.fed.run import run_federated
+
+    try:
+        load_dataset("trec")
+    except DatasetNotFound as exc:
+        pytest.skip(f"trec is not on disk ({exc}); ../shared/data is expected beside the repo")
+    job = FedJob(data="trec", clients=5, rounds=1, local_steps=2, batch_size=4, max_train=60, max_eval=16,
+                 faults={2: "drop", 3: "wrong_keys", 4: "nan"})
+    report = run_federated(job)
+    (record,) = report["rounds"]
+    assert record["sampled"] == 5 and record["accepted"] == 2
+    assert len(record["dropped"]) == 1 and "dropped out" in record["dropped"][0]["reason"]
+    reasons = sorted(r["reason"] for r in record["rejected"])
+    assert len(reasons) == 2 and "non-finite" in reasons[0] and "names differ" in reasons[1]
+
+    _, _, parts = setup(job.to_json())
+    mine = [local_update(job, c, 1, report["initial_state"])[0] for c in (0, 1)]
+    expected = fedavg([(mine[0], len(parts[0])), (mine[1], len(parts[1]))])
+    for name, value in expected.items():
+        torch.testing.assert_close(report["final_state"][name], value, rtol=1e-5, atol=1e-6)
+    # Only adapter and head travel: far below full-model FedAvg.
+    assert report["bytes_ratio"] < 0.01 and record["bytes_down"] > 0 and record["bytes_up"] > 0
+
+
+# ------------------------------------------------------------------ pFedPG's server
+
+
+def test_pfedpg_free_prompts_with_sgd_lr1_land_on_the_clients_prompts():
+    """The spec's sign check: one server step moves P_n exactly to P̃_n = P_n + ΔP_n (not away from it)."""
+    from petkit.fed.pfedpg import FreePrompts, PromptServer
+    server = PromptServer(FreePrompts(clients=3, length=2, width=4), lr=1.0, optimizer="sgd")
+    before = server.prompts([0, 2])
+    deltas = [torch.randn(2, 4), torch.randn(2, 4)]
+    server.step([0, 2], deltas)
+    after = server.prompts([0, 1, 2])
+    torch.testing.assert_close(after[[0, 2]], before + torch.stack(deltas))
+    torch.testing.assert_close(after[1], FreePrompts(3, 2, 4).prompts[1].detach())  # client 1 did not report
+
+
+def test_pfedpg_generator_moves_prompts_towards_the_clients_updates():
+    from petkit.fed.pfedpg import PromptGenerator, PromptServer
+    server = PromptServer(PromptGenerator(clients=4, length=3, width=8, heads=2), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    targets = [torch.randn(3, 8, generator=g) for _ in range(4)]
+    distance = lambda: sum(float(((server.prompts([n])[0] - targets[n]) ** 2).sum()) for n in range(4))  # noqa: E731
+    start = distance()
+    for _ in range(200):  # clients report where their local tuning took the prompt
+        now = server.prompts(list(range(4)))
+        server.step(list(range(4)), [0.5 * (targets[n] - now[n]) for n in range(4)])
+    # Not to zero: every prompt token is a mix of the shared basis's values (the generator's design).
+    assert distance() < 0.4 * start  # 0.14-0.28 over six seeds
+    # Different clients end with different prompts (personalisation).
+    p = server.prompts([0, 1])
+    assert float(torch.nn.functional.cosine_similarity(p[0].flatten(), p[1].flatten(), dim=0)) < 0.9
+
+
+def test_pfedpg_refuses_mismatched_reports():
+    from petkit.fed.pfedpg import FreePrompts, PromptGenerator, PromptServer
+    with pytest.raises(ConfigError, match="one prompt change per client"):
+        PromptServer(FreePrompts(2, 1, 4)).step([0, 1], [torch.zeros(1, 4)])
+    with pytest.raises(ConfigError, match="divisible"):
+        PromptGenerator(2, 1, 6, heads=4)
+
+
+# ------------------------------------------------------------------ SFPrompt's split
+
+
+def _prompted_bert():
+    import copy
+
+    import petkit
+    from petkit.models.structure import layer_stacks
+    from petkit.testing import tiny_bert
+    model = tiny_bert(dropout=0.0)
+    # 4 layers so head | body | tail each get one or two.
+    stack = layer_stacks(model)[0][1]
+    stack.append(copy.deepcopy(stack[0]))
+    stack.append(copy.deepcopy(stack[1]))
+    model.config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    return petkit.adapt(model, petkit.PromptTuningConfig(num_virtual_tokens=3, init="random"))
+
+
+def test_split_step_gives_the_end_to_end_gradients():
+    from petkit.fed.split import Split
+    from petkit.testing import tiny_batch
+    am = _prompted_bert()
+    batch = tiny_batch(am)
+    am(**batch).loss.backward()
+    reference = {n: p.grad.clone() for n, p in am.named_parameters() if p.requires_grad}
+    am.zero_grad(set_to_none=True)
+    loss, sent = Split(am, head_layers=1, tail_layers=1).step(batch)
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(am.named_parameters())[name].grad, grad, msg=name)
+    # Up: activations + the body-output gradient; down: body output + activation gradient (4 x 11 x 32 fp32 each).
+    assert sent["up"] == sent["down"] == 2 * 4 * (8 + 3) * 32 * 4
+
+
+def test_without_body_skips_exactly_the_middle_layers():
+    from petkit.fed.split import Split, el2n_scores, keep_hardest
+    from petkit.models.structure import layer_stacks
+    from petkit.testing import tiny_batch
+    am = _prompted_bert().eval()
+    split = Split(am, head_layers=1, tail_layers=2)
+    batch = tiny_batch(am)
+    stack = layer_stacks(am)[0][1]
+    with split.without_body() as local:
+        assert len(layer_stacks(am)[0][1]) == 3
+        skipped = local(**batch).logits
+    assert layer_stacks(am)[0][1] is stack  # restored
+    stack[1].forward = lambda hidden, *a, **k: hidden
+    torch.testing.assert_close(skipped, am(**batch).logits)
+    scores = el2n_scores(split, [batch])
+    assert len(scores) == 4 and all(0 <= s <= 2 ** 0.5 + 1e-6 for s in scores)
+    assert keep_hardest([0.1, 0.9, 0.5, 0.3], 0.5) == [1, 2]
+
+
+def test_a_cut_without_a_body_is_refused():
+    from petkit.fed.split import Split
+    with pytest.raises(ConfigError, match="at least one body layer"):
+        Split(_prompted_bert(), head_layers=2, tail_layers=2)
