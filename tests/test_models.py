@@ -221,3 +221,48 @@ def test_smollm2_loads_via_cache():
     enc = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:])
+
+
+# --------------------------------------------------------------------------------- truncation
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_truncated_model_equals_running_the_kept_layers(family):
+    from petkit.models.structure import layer_stacks, truncated
+
+    model = TINY_MODELS[family]().eval()
+    small = truncated(model, [1])
+    assert len(layer_stacks(small)[0][1]) == 1 and len(layer_stacks(model)[0][1]) == 2  # original untouched
+    assert small.config.num_hidden_layers == 1
+    # The reference: the full model with its first layer replaced by the identity.
+    stack = layer_stacks(model)[0][1]
+    stack[0].forward = lambda hidden, *args, **kwargs: hidden
+    batch = {k: v for k, v in tiny_batch(model).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(small(**batch).logits, model(**batch).logits)
+
+
+def test_truncated_decoder_generates_with_its_cache():
+    from petkit.models.structure import truncated
+
+    model = TINY_MODELS["llama"]().eval()
+    small = truncated(model, [1])
+    assert small.model.layers[0].self_attn.layer_idx == 0
+    ids = torch.tensor([[3, 7, 11, 5]])
+    out = small.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    step = ids
+    with torch.no_grad():
+        for _ in range(5):  # recompute without a cache
+            step = torch.cat([step, small(input_ids=step).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(out, step)
+
+
+def test_truncated_refuses_bad_indices_and_two_stacks():
+    from petkit.core.errors import TargetError
+    from petkit.models.structure import truncated
+
+    for keep in ([], [2], [1, 0], [0, 0], ["0"]):
+        with pytest.raises(TargetError, match="keep must"):
+            truncated(TINY_MODELS["llama"](), keep)
+    with pytest.raises(TargetError, match="one stack"):
+        truncated(TINY_MODELS["t5"](), [0])

@@ -95,3 +95,38 @@ def encoder_stack(hf: nn.Module, method: str) -> nn.ModuleList:
                           f"({type(hf).__name__}) would let a position see later tokens: use it on encoders "
                           "(BERT-style, ViT), or prefix/LoRA on decoders")
     return stack
+
+
+def truncated(model: nn.Module, keep) -> nn.Module:
+    """A copy of a one-stack model (decoders, encoders) that keeps only the layers at the indices in
+    keep, in order: the layer-dropped small model used to start a distillation (the original is left
+    as it was). Cache slots (``layer_idx``) and the config's layer count follow the new numbering."""
+    import copy
+
+    hf = hf_model(model, "truncation")
+    stacks = layer_stacks(hf)
+    if len(stacks) != 1:
+        raise TargetError(f"truncation needs a model with one stack of layers; {type(hf).__name__} has "
+                          f"{len(stacks)} ({', '.join(n for n, _ in stacks)})")
+    name, stack = stacks[0]
+    keep = list(keep)
+    if not keep or any(not isinstance(i, int) or isinstance(i, bool) for i in keep):
+        raise TargetError(f"keep must be a non-empty list of layer indices, got {keep!r}")
+    if sorted(set(keep)) != keep or not 0 <= keep[0] <= keep[-1] < len(stack):
+        raise TargetError(f"keep must be increasing, distinct layer indices in 0..{len(stack) - 1} "
+                          f"({name} has {len(stack)} layers), got {keep}")
+    small = copy.deepcopy(model)
+    small_hf = hf_model(small, "truncation")
+    parent_name, _, attr = name.rpartition(".")
+    parent = small_hf.get_submodule(parent_name) if parent_name else small_hf
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList(old[i] for i in keep))
+    for new_index, layer in enumerate(getattr(parent, attr)):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = new_index
+    config = small_hf.config
+    config.num_hidden_layers = len(keep)  # GPT-2's n_layer is an alias of it
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    return small
