@@ -28,11 +28,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/petkit demo
 
+# Tests marked serial (Flower's Ray simulation: its raylet must start within 30 s) run alone, after the rest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 -m "not serial" tests
+	$(BIN)/python -m pytest -q -m serial tests
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "slow or not slow" --run-slow tests
+	$(BIN)/python -m pytest -q -n 2 -m "not serial" --run-slow tests
+	$(BIN)/python -m pytest -q -m serial --run-slow tests
 
 # The LoRA overhead benchmark, then the README table regenerated from its results.
 bench: $(STAMP)

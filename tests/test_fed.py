@@ -106,6 +106,7 @@ def test_bad_jobs_are_refused():
 
 
 @pytest.mark.real
+@pytest.mark.serial
 def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
     """5 simulated clients, 1 round: 0 and 1 train normally, 2 fails mid-round, 3 sends another
     adapter's keys, 4 sends NaNs. The round completes; the new global adapter is exactly the
