@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from petkit.fed import FedJob, run_federated  # noqa: E402
-from petkit.fed.report import public  # noqa: E402
+from petkit.fed.report import plot_accuracy, public  # noqa: E402
 
 VARIANTS = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}}
 
@@ -72,28 +72,16 @@ def centralised(args) -> dict:
 
 
 def render(results: dict, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lines = ["| variant | test accuracy after the last round | best round | MB sent (both ways) | "
              "× full-model FedAvg | wall time |", "|---|---|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for name, r in results.items():
-        if name == "settings":
-            continue
+    runs = {name: r for name, r in results.items() if name != "settings"}
+    for name, r in runs.items():
         accs = [100 * x["test"]["accuracy"] for x in r["rounds"]]
-        ax.plot(range(len(accs) + 1), [100 * r["initial_test"]["accuracy"]] + accs, marker="o", ms=3, label=name)
         sent = f"{r['bytes_total'] / 1e6:.1f}" if "bytes_total" in r else "–"
         ratio = f"{100 * r['bytes_ratio']:.2f}%" if "bytes_ratio" in r else "–"
         lines.append(f"| {name} | {accs[-1]:.1f} | {max(accs):.1f} | {sent} | {ratio} | {r['seconds']:.0f} s |")
-    ax.set_xlabel("round (centralised: the same number of examples seen)")
-    ax.set_ylabel("TREC test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
+    plot_accuracy(runs, out / "accuracy.png", "TREC test accuracy (%)",
+                  "round (centralised: the same number of examples seen)")
     s = results["settings"]
     head = (f"## Federated LoRA on MiniLM: TREC over {s['clients']} clients (Dirichlet α = 0.5), {s['rounds']} rounds "
             f"of {s['local_steps']} local steps\n\n")

@@ -235,3 +235,26 @@ def test_a_cut_without_a_body_is_refused():
     from petkit.fed.split import Split
     with pytest.raises(ConfigError, match="at least one body layer"):
         Split(_prompted_bert(), head_layers=2, tail_layers=2)
+
+
+def test_fedprox_adds_half_mu_times_the_squared_distance_to_the_global_state():
+    from petkit.fed.client import Proximal
+    from petkit.fed.payload import trainable_state
+    from petkit.testing import tiny_lora_family
+    am, batch = tiny_lora_family(1)
+    anchor = {k: v - 0.1 for k, v in trainable_state(am).items()}  # every trainable entry 0.1 away
+    entries = sum(v.numel() for v in anchor.values())
+    plain = am(**batch).loss
+    assert float(Proximal(am, anchor, mu=0.5)(**batch).loss) == pytest.approx(float(plain) + 0.25 * entries * 0.01, rel=1e-5)
+
+
+def test_the_report_tables_and_plots_a_run(tmp_path):
+    from petkit.fed.report import write
+    rounds = [{"round": r, "sampled": 3, "accepted": 2, "rejected": [{"node": 1, "reason": "x"}], "dropped": [],
+               "bytes_up": 2_000_000, "bytes_down": 3_000_000, "test": {"accuracy": 0.5 + 0.1 * r}} for r in (1, 2)]
+    report = {"rounds": rounds, "initial_test": {"accuracy": 0.2}, "bytes_total": 10_000_000,
+              "full_model_bytes_total": 1_000_000_000, "bytes_ratio": 0.01, "final_state": {"w": torch.zeros(1)}}
+    write(report, tmp_path)
+    table = (tmp_path / "rounds.md").read_text()
+    assert "| 2 | 3 | 2 | 1 | 0 | 70.0 | 2.00 | 3.00 |" in table and "1.00% of full-model" in table
+    assert "final_state" not in (tmp_path / "report.json").read_text() and (tmp_path / "accuracy.png").stat().st_size > 0

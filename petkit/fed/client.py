@@ -43,12 +43,13 @@ class Proximal(nn.Module):
 
     def __init__(self, model: nn.Module, anchor: State, mu: float):
         super().__init__()
-        self.model, self.anchor, self.mu = model, anchor, mu
+        self.model, self.mu = model, mu
+        params = dict(model.named_parameters())
+        self._pairs = [(params[name], value) for name, value in anchor.items()]  # matched once, not per forward
 
     def forward(self, **batch):
         out = self.model(**batch)
-        params = dict(self.model.named_parameters())
-        prox = sum(((params[k] - v) ** 2).sum() for k, v in self.anchor.items())
+        prox = sum(((p - anchor) ** 2).sum() for p, anchor in self._pairs)
         out.loss = out.loss + 0.5 * self.mu * prox
         return out
 

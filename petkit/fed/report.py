@@ -30,24 +30,29 @@ def rounds_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(report: dict, out: Path, curves: dict[str, dict] | None = None) -> None:
-    """report.json, rounds.md and accuracy.png (this run, plus any other named runs' reports in curves)."""
+def write(report: dict, out: Path) -> None:
+    """report.json, rounds.md and accuracy.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(public(report), indent=1, default=str) + "\n")
+    (out / "rounds.md").write_text(rounds_table(report))
+    plot_accuracy({"global adapter": report}, out / "accuracy.png", "test accuracy of the global model (%)")
+
+
+def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = "round") -> None:
+    """Test accuracy per round (round 0: before training) of one or more runs' reports, one line each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(public(report), indent=1, default=str) + "\n")
-    (out / "rounds.md").write_text(rounds_table(report))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, run in {"this run": report, **(curves or {})}.items():
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, run in runs.items():
         points = [(0, run["initial_test"])] + [(r["round"], r.get("test")) for r in run["rounds"]]
-        xs = [x for x, t in points if t and "accuracy" in t]
-        ax.plot(xs, [100 * t["accuracy"] for _, t in points if t and "accuracy" in t], marker="o", ms=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy of the global model (%)")
+        points = [(x, 100 * t["accuracy"]) for x, t in points if t and "accuracy" in t]
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -34,10 +34,6 @@ class Split:
         self.stack_name = next(name for name, stack in layer_stacks(hf) if stack is self.stack)
         self.hf = hf
 
-    @property
-    def body(self) -> list[nn.Module]:
-        return list(self.stack)[self.head_layers : len(self.stack) - self.tail_layers]
-
     def step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Forward and backward of one batch across the cut; returns (loss, bytes each way)."""
         sent: dict[str, torch.Tensor] = {}

@@ -31,16 +31,18 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     ranks = world()
     if isinstance(data, Dataset):
         dataset, collate = unpack(data, collate_fn)
-        every = batch_indices(range(len(dataset)), batch_size)
-        ours = [lambda idx=idx: collate([dataset[i] for i in idx]) for idx in every[ranks.rank :: ranks.size]]
-        spare = (lambda: collate([dataset[0]])) if len(dataset) else None
+        mine = batch_indices(range(len(dataset)), batch_size)[ranks.rank :: ranks.size]
+        batches = (collate([dataset[i] for i in idx]) for idx in mine)
+        count, spare = len(mine), lambda: collate([dataset[0]])
+    elif ranks.size == 1:
+        batches, count, spare = data, 0, None  # read lazily, as given
     else:
         every = list(data)
-        ours = [lambda b=b: b for b in every[ranks.rank :: ranks.size]]
-        spare = (lambda: every[0]) if every else None
+        batches = every[ranks.rank :: ranks.size]
+        count, spare = len(batches), lambda: every[0]
     # Sharded models (FSDP) gather weights inside every forward, so every rank runs as many forwards
-    # as the busiest one; the extra ones score nothing.
-    rounds = max(ranks.gather(len(ours))) if ranks.size > 1 else len(ours)
+    # as the busiest one: the extra ones score nothing.
+    padding = max(ranks.gather(count)) - count if ranks.size > 1 else 0
     device = next(model.parameters()).device
 
     was_training = model.training
@@ -48,19 +50,19 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     loss_sum, weight, predictions, labels = 0.0, 0, [], []
     try:
         with torch.no_grad():
-            for k in range(rounds):
-                batch = to_device((ours[k] if k < len(ours) else spare)(), device)
+            for batch in batches:
+                batch = to_device(batch, device)
                 if "labels" not in batch:
                     raise ValueError(f"evaluation batches need 'labels'; got keys {sorted(batch)}")
                 out = model(**batch)
-                if k >= len(ours):
-                    continue
                 n = loss_weight(batch["labels"], task)
                 loss_sum += out.loss.item() * n  # HF losses are means: weight them back to sums
                 weight += n
                 if task == "classification":
                     predictions += out.logits.argmax(-1).tolist()
                     labels += batch["labels"].tolist()
+            for _ in range(padding):
+                model(**to_device(spare(), device))
     finally:
         model.train(was_training)
 
