@@ -6,7 +6,8 @@ Variants (each a separate run; results are kept per variant in fed.json, so re-r
 - `fedavg`: FedPEFT with FedAvg, all 10 clients every round, 5 local steps of batch 16 each;
 - `fedprox`: the same with FedProx μ = 0.01;
 - `centralised`: one LoRA trained on the union of the clients' data for as many steps as one client
-  takes in the whole federated run times the number of clients (the same examples seen).
+  takes in the whole federated run times the number of clients (the same examples seen), with 10%
+  warm-up and linear decay of the rate (a constant rate overshoots over that many steps).
 Every variant: LoRA r = 8 on attn.q/attn.v, lr 5e-3, 64 tokens; test accuracy of the global adapter
 after every round. Bytes: what Flower's messages carried (ArrayRecord.count_bytes), against full-model
 FedAvg moving every weight both ways for every sampled client.
@@ -64,7 +65,9 @@ def centralised(args) -> dict:
             curve.append({"round": info.step // per_round, "test": evaluate(am, prep.test, prep.task, batch_size=64)})
 
     started = time.perf_counter()
-    cfg = TrainConfig(lr=5e-3, max_steps=per_round * args.rounds, batch_size=16, schedule="constant",
+    # A decaying rate (10% warm-up, linear decay, as in the zoo bench): 1000 steps at the clients'
+    # constant 5e-3 overshoot (77.8% after the last round, 90.8 at best in the first run).
+    cfg = TrainConfig(lr=5e-3, max_steps=per_round * args.rounds, batch_size=16, schedule="linear", warmup=0.1,
                       eval_every_epoch=False)
     train(am, prep.train, cfg, task=prep.task, progress=False, on_step=log_round)
     return {"initial_test": curve[0]["test"], "rounds": curve[1:], "final_test": curve[-1]["test"],

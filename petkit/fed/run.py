@@ -1,4 +1,5 @@
-"""``run_federated``: a FedJob on Flower's simulation engine (one virtual SuperNode per client)."""
+"""Running a FedJob: ``serve`` is the ServerApp's work (the rounds and the report) wherever it runs;
+``run_federated`` runs it on Flower's simulation engine, one virtual SuperNode per client."""
 
 from __future__ import annotations
 
@@ -11,56 +12,42 @@ from .job import FedJob
 from .payload import load_trainable, nbytes, trainable_state
 
 
-def run_federated(job: FedJob, *, verbose: bool = False) -> dict:
-    """Run the job; returns per-round records (test metrics of the global adapter, accepted, rejected
-    and dropped clients, bytes each way) and the totals, with full-model FedAvg's bytes for scale."""
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
+def serve(grid, job: FedJob) -> dict:
+    """Run the job's rounds over `grid`; returns per-round records (test metrics of the global adapter,
+    accepted, rejected and dropped clients, bytes each way) and the totals, with full-model FedAvg's
+    bytes for scale."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
     from petkit.train import evaluate
 
-    from .client import client_app, setup
+    from .client import setup
     from .privacy import epsilon
     from .server import make_strategy
 
+    started = time.perf_counter()
     prep, am, parts = setup(job.to_json())  # the server's own copy: initial state and evaluation
     initial = trainable_state(am)
     strategy = make_strategy(job)
-    outcome: dict = {}
+    tests: dict = {}
 
     def evaluate_global(server_round: int, arrays) -> MetricRecord:
         load_trainable(am, dict(arrays.to_torch_state_dict()))
         metrics = evaluate(am, prep.test, prep.task, batch_size=64)
-        outcome.setdefault("test", {})[server_round] = metrics
+        tests[server_round] = metrics
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        random.seed(job.seed)  # Flower samples clients with the random module
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=job.rounds,
-                                train_config=ConfigRecord({"petkit-job": job.to_json()}), evaluate_fn=evaluate_global)
-        outcome["final"] = dict(result.arrays.to_torch_state_dict()) if len(result.arrays) else initial
-
-    started = time.perf_counter()
-    torch.set_num_threads(1)
-    run_simulation(server_app=server, client_app=client_app(), num_supernodes=job.clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-                   verbose_logging=verbose)
+    random.seed(job.seed)  # Flower samples clients with the random module
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=job.rounds,
+                            train_config=ConfigRecord({"petkit-job": job.to_json()}), evaluate_fn=evaluate_global)
     rounds = strategy.rounds
     for record in rounds:
-        record["test"] = outcome.get("test", {}).get(record["round"])
+        record["test"] = tests.get(record["round"])
     full_model = sum(p.numel() * p.element_size() for p in am.parameters())
-    adapter = nbytes(initial)
     report = {
         "job": job.to_json(), "seconds": round(time.perf_counter() - started, 1), "rounds": rounds,
-        "initial_test": outcome.get("test", {}).get(0), "final_test": rounds[-1]["test"] if rounds else None,
-        "initial_state": initial, "final_state": outcome.get("final", initial), "client_examples": [len(p) for p in parts],
-        "adapter_bytes": adapter, "full_model_bytes": full_model,
+        "initial_test": tests.get(0), "final_test": rounds[-1]["test"] if rounds else None,
+        "initial_state": initial, "final_state": dict(result.arrays.to_torch_state_dict()) if len(result.arrays) else initial,
+        "client_examples": [len(p) for p in parts], "adapter_bytes": nbytes(initial), "full_model_bytes": full_model,
         "bytes_total": sum(r["bytes_up"] + r["bytes_down"] for r in rounds),
         # Full-model FedAvg moves every weight both ways for every sampled client.
         "full_model_bytes_total": sum(2 * full_model * r["sampled"] for r in rounds),
@@ -71,3 +58,30 @@ def run_federated(job: FedJob, *, verbose: bool = False) -> dict:
         report["dp"] = {"epsilon": eps, "delta": job.dp_delta, "order": order, "noise_multiplier": job.dp_noise,
                         "clip": job.dp_clip, "sampling_rate": job.per_round / job.clients}
     return report
+
+
+def run_federated(job: FedJob, *, verbose: bool = False) -> dict:
+    """Run the job on Flower's simulation engine; returns ``serve``'s report."""
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    import torch
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from .client import client_app
+
+    out: dict = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        out["report"] = serve(grid, job)
+
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    run_simulation(server_app=server, client_app=client_app(), num_supernodes=job.clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+                   verbose_logging=verbose)
+    if "report" not in out:
+        raise RuntimeError("the federated run ended without a report (see Flower's log above)")
+    return {**out["report"], "seconds": round(time.perf_counter() - started, 1)}
