@@ -5,6 +5,10 @@ simulation engine, against centralised LoRA on the same training data.
 Variants (each a separate run; results are kept per variant in fed.json, so re-running resumes):
 - `fedavg`: FedPEFT with FedAvg, all 10 clients every round, 5 local steps of batch 16 each;
 - `fedprox`: the same with FedProx μ = 0.01;
+- `fedpeft-prompt`: FedAvg of one shared soft prompt (10 tokens) and head (pFedPG's baseline);
+- `pfedpg`: a prompt per client from the server's generator, private heads;
+- `sfprompt`: split training (client: embeddings, prompts, layer 1; server: layers 2-5; client: layer 6,
+  pooler, head), EL2N pruning keeping half of each client's data, 5 split + 5 local-loss steps;
 - `centralised`: one LoRA trained on the union of the clients' data for as many steps as one client
   takes in the whole federated run times the number of clients (the same examples seen), with 10%
   warm-up and linear decay of the rate (a constant rate overshoots over that many steps).
@@ -36,9 +40,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from petkit.fed import FedJob, run_federated  # noqa: E402
-from petkit.fed.report import plot_accuracy, public  # noqa: E402
+from petkit.fed.report import personal_mean, plot_accuracy, public  # noqa: E402
 
-VARIANTS = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}}
+PROMPT = {"name": "prompt", "num_virtual_tokens": 10}
+VARIANTS = {
+    "fedavg": {},
+    "fedprox": {"proximal_mu": 0.01},
+    # Prompt systems: 10 soft tokens; lr 3e-2 is the zoo bench's dev choice for prompt tuning on MiniLM.
+    "fedpeft-prompt": {"method": PROMPT, "lr": 3e-2},
+    "pfedpg": {"system": "pfedpg", "method": PROMPT, "lr": 3e-2, "server_lr": 1e-2},
+    # SFPrompt also trains the tail layer (and pooler, head) in place: the unofficial code's lr 1e-3.
+    "sfprompt": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 0.5, "local_loss_steps": 5},
+}
 
 
 def base_job(args) -> dict:
@@ -75,16 +88,26 @@ def centralised(args) -> dict:
 
 
 def render(results: dict, out: Path) -> None:
-    lines = ["| variant | test accuracy after the last round | best round | MB sent (both ways) | "
-             "× full-model FedAvg | wall time |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | test accuracy after the last round | best round | personalised accuracy (mean of clients) "
+             "| MB sent (both ways) | × full-model FedAvg | client GFLOPs per round | × FedAvg LoRA client | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     runs = {name: r for name, r in results.items() if name != "settings"}
+    lora_flops = runs.get("fedavg", {}).get("client_flops_total")
     for name, r in runs.items():
-        accs = [100 * x["test"]["accuracy"] for x in r["rounds"]]
+        accs = [100 * x["test"]["accuracy"] for x in r["rounds"] if x.get("test")]
+        last, best = (f"{accs[-1]:.1f}", f"{max(accs):.1f}") if accs else ("–", "–")
+        personal = personal_mean(r["rounds"][-1]) if "personal" in r["rounds"][-1] else None
         sent = f"{r['bytes_total'] / 1e6:.1f}" if "bytes_total" in r else "–"
         ratio = f"{100 * r['bytes_ratio']:.2f}%" if "bytes_ratio" in r else "–"
-        lines.append(f"| {name} | {accs[-1]:.1f} | {max(accs):.1f} | {sent} | {ratio} | {r['seconds']:.0f} s |")
-    plot_accuracy(runs, out / "accuracy.png", "TREC test accuracy (%)",
+        flops = r.get("client_flops_total")
+        per_client = f"{flops / 1e9 / len(r['rounds']) / results['settings']['clients']:.0f}" if flops else "–"
+        vs_lora = f"{flops / lora_flops:.2f}×" if flops and lora_flops else "–"
+        lines.append(f"| {name} | {last} | {best} | {'–' if personal is None else f'{100 * personal:.1f}'} | {sent} "
+                     f"| {ratio} | {per_client} | {vs_lora} | {r['seconds']:.0f} s |")
+    plot_accuracy(runs, out / "accuracy.png", "TREC test accuracy of the global model (%)",
                   "round (centralised: the same number of examples seen)")
+    plot_accuracy({k: v for k, v in runs.items() if k != "centralised"}, out / "personalised.png",
+                  "personalised accuracy, mean over clients (%)", metric="personal")
     s = results["settings"]
     head = (f"## Federated LoRA on MiniLM: TREC over {s['clients']} clients (Dirichlet α = 0.5), {s['rounds']} rounds "
             f"of {s['local_steps']} local steps\n\n")

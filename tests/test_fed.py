@@ -129,7 +129,7 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
     reasons = sorted(r["reason"] for r in record["rejected"])
     assert len(reasons) == 2 and "non-finite" in reasons[0] and "names differ" in reasons[1]
 
-    _, _, parts = setup(job.to_json())
+    _, _, parts, _ = setup(job.to_json())
     mine = [local_update(job, c, 1, report["initial_state"])[0] for c in (0, 1)]
     expected = fedavg([(mine[0], len(parts[0])), (mine[1], len(parts[1]))])
     for name, value in expected.items():

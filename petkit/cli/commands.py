@@ -212,7 +212,7 @@ def fed(args) -> int:
     job = FedJob.from_dict(settings)
     report = run_federated(job)
     out = Path(args.output)
-    _, am, _ = setup(job.to_json())
+    _, am, _, _ = setup(job.to_json())
     load_trainable(am, report["final_state"])
     am.save(out / "adapter")
     write(report, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,23 +20,32 @@ from .job import FedJob
 from .payload import State, load_trainable, trainable_state
 
 
+class Setup(NamedTuple):
+    prep: object          # petkit.pipeline.Prepared: data, task, the base model
+    am: nn.Module         # the adapted model every client of this process trains in turn
+    parts: list           # each client's example indices
+    initial: State        # the trainable state before any training (a new client's private head)
+
+
 @lru_cache(maxsize=2)
-def setup(job_json: str):
-    """(prepared data and model, the adapted model, each client's example indices) for a job."""
+def setup(job_json: str) -> Setup:
+    """The data, model and partition of a job, prepared once per process."""
     import petkit
     from petkit.pipeline import RunSpec, prepare
 
     from .partition import dirichlet, iid
+    from .sfprompt import adapted
 
     job = FedJob.from_dict(json.loads(job_json))
     spec = RunSpec(model=job.model, data=job.data, method=job.method, max_length=job.max_length,
                    max_train=job.max_train, max_eval=job.max_eval, seed=job.seed)
     prep = prepare(spec)
-    am = petkit.adapt(prep.model, spec.method_config())
+    am = (adapted(prep.model, spec.method_config(), job.tail_layers) if job.system == "sfprompt"
+          else petkit.adapt(prep.model, spec.method_config()))
     labels = [f["labels"] for f in prep.train.features]
     parts = (dirichlet(labels, job.clients, job.alpha, seed=job.seed) if job.split == "dirichlet"
              else iid(len(labels), job.clients, seed=job.seed))
-    return prep, am, parts
+    return Setup(prep, am, parts, trainable_state(am))
 
 
 class Proximal(nn.Module):
@@ -54,18 +64,29 @@ class Proximal(nn.Module):
         return out
 
 
-def local_update(job: FedJob, partition: int, server_round: int, global_state: State) -> tuple[State, int, float]:
-    """Train one client's copy from the global state; returns (its state, its examples, its last loss)."""
-    from petkit.train import TrainConfig, train
-
-    prep, am, parts = setup(job.to_json())
+def local_update(job: FedJob, partition: int, server_round: int, global_state: State) -> tuple[State, int, float, dict]:
+    """Train one client's copy from the global state; returns (its state, its examples, its last loss, metrics)."""
+    prep, am, parts, _ = setup(job.to_json())
     load_trainable(am, global_state)
     model = Proximal(am, global_state, job.proximal_mu) if job.proximal_mu else am
+    loss, metrics = train_locally(job, model, partition, server_round)
+    return trainable_state(am), len(parts[partition]), loss, metrics
+
+
+def train_locally(job: FedJob, model: nn.Module, partition: int, server_round: int) -> tuple[float, dict]:
+    """`local_steps` steps of the trainer on the client's data; (last loss, the client's FLOPs)."""
+    from petkit.train import TrainConfig, train
+
+    from .compute import whole_model_flops
+
+    prep, _, parts, _ = setup(job.to_json())
     cfg = TrainConfig(lr=job.lr, max_steps=job.local_steps, batch_size=job.batch_size, schedule="constant",
                       seed=job.seed * 100_003 + server_round * 1_009 + partition, eval_every_epoch=False)
     result = train(model, Subset(prep.train, parts[partition]), cfg, task=prep.task,
                    collate_fn=prep.train.collate, progress=False)
-    return trainable_state(am), len(parts[partition]), result.train_loss
+    # Examples trained: local_steps full batches (a short last batch of an epoch counts as full).
+    flops = whole_model_flops(job.to_json()) * job.local_steps * min(job.batch_size, len(parts[partition]))
+    return result.train_loss, {"client-flops": flops}
 
 
 def misbehave(kind: str, state: State) -> State:
@@ -84,6 +105,8 @@ def client_app():
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
+    from . import personal, sfprompt
+
     app = ClientApp()
 
     @app.train()
@@ -91,13 +114,28 @@ def client_app():
         torch.set_num_threads(1)
         config = msg.content["config"]
         job = FedJob.from_dict(json.loads(config["petkit-job"]))
-        partition = int(context.node_config["partition-id"])
-        state, examples, loss = local_update(job, partition, int(config["server-round"]),
-                                             dict(msg.content["arrays"].to_torch_state_dict()))
+        partition, server_round = int(context.node_config["partition-id"]), int(config["server-round"])
+        received = dict(msg.content["arrays"].to_torch_state_dict())
+        if job.system == "pfedpg":
+            state, examples, loss, metrics = personal.client_round(job, partition, server_round, received, context.state)
+        else:
+            update = sfprompt.client_round if job.system == "sfprompt" else local_update
+            state, examples, loss, metrics = update(job, partition, server_round, received)
         if partition in job.faults:
             state = misbehave(job.faults[partition], state)
         reply = RecordDict({"arrays": ArrayRecord(state),
-                            "metrics": MetricRecord({"num-examples": examples, "train_loss": loss})})
+                            "metrics": MetricRecord({"num-examples": examples, "train_loss": loss, **metrics})})
         return Message(reply, reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        """pFedPG's personalised evaluation: the generated prompt with this client's private head."""
+        torch.set_num_threads(1)
+        job = FedJob.from_dict(json.loads(msg.content["config"]["petkit-job"]))
+        partition = int(context.node_config["partition-id"])
+        accuracy = personal.evaluate_client(job, partition, dict(msg.content["arrays"].to_torch_state_dict()),
+                                            context.state)
+        return Message(RecordDict({"metrics": MetricRecord({"personal-accuracy": accuracy, "partition": partition,
+                                                            "num-examples": 1})}), reply_to=msg)
 
     return app

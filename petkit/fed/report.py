@@ -11,14 +11,21 @@ def public(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.endswith("_state")}
 
 
+def personal_mean(record: dict) -> float | None:
+    """Mean personalised accuracy over the clients scored in a round (None if none were)."""
+    values = [v for v in record.get("personal") or [] if v is not None and v == v]
+    return sum(values) / len(values) if values else None
+
+
 def rounds_table(report: dict) -> str:
-    lines = ["| round | clients | accepted | rejected | dropped | test accuracy | up MB | down MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| round | clients | accepted | rejected | dropped | test accuracy | personalised (mean) | up MB | down MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in report["rounds"]:
         test = r.get("test") or {}
-        acc = f"{100 * test['accuracy']:.1f}" if "accuracy" in test else "–"
         lines.append(f"| {r['round']} | {r['sampled']} | {r['accepted']} | {len(r['rejected'])} | {len(r['dropped'])} "
-                     f"| {acc} | {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} |")
+                     f"| {pct(test.get('accuracy'))} | {pct(personal_mean(r))} "
+                     f"| {r['bytes_up'] / 1e6:.2f} | {r['bytes_down'] / 1e6:.2f} |")
     lines.append("")
     lines.append(f"Sent both ways: {report['bytes_total'] / 1e6:.1f} MB, {100 * report['bytes_ratio']:.2f}% of "
                  f"full-model FedAvg's {report['full_model_bytes_total'] / 1e6:.0f} MB for the same rounds.")
@@ -35,19 +42,31 @@ def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(public(report), indent=1, default=str) + "\n")
     (out / "rounds.md").write_text(rounds_table(report))
-    plot_accuracy({"global adapter": report}, out / "accuracy.png", "test accuracy of the global model (%)")
+    if report.get("system") == "pfedpg":  # personal models only: no global test accuracy
+        plot_accuracy({"pFedPG": report}, out / "accuracy.png", "personalised accuracy, mean over clients (%)",
+                      metric="personal")
+    else:
+        plot_accuracy({"global adapter": report}, out / "accuracy.png", "test accuracy of the global model (%)")
 
 
-def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = "round") -> None:
-    """Test accuracy per round (round 0: before training) of one or more runs' reports, one line each."""
+def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = "round",
+                  metric: str = "accuracy") -> None:
+    """Accuracy per round (round 0: before training) of one or more runs' reports, one line each:
+    the global model's test accuracy, or (metric="personal") the mean personalised accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for label, run in runs.items():
-        points = [(0, run["initial_test"])] + [(r["round"], r.get("test")) for r in run["rounds"]]
-        points = [(x, 100 * t["accuracy"]) for x, t in points if t and "accuracy" in t]
+        if metric == "personal":
+            points = [(r["round"], personal_mean(r)) for r in run["rounds"]]
+        else:
+            points = [(0, run.get("initial_test"))] + [(r["round"], r.get("test")) for r in run["rounds"]]
+            points = [(x, t.get("accuracy")) for x, t in points if t]
+        points = [(x, 100 * y) for x, y in points if y is not None]
+        if not points:
+            continue
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -21,34 +21,46 @@ def serve(grid, job: FedJob) -> dict:
     from petkit.train import evaluate
 
     from .client import setup
+    from .personal import class_accuracy, label_shares, personal_accuracy
     from .privacy import epsilon
     from .server import make_strategy
 
     started = time.perf_counter()
-    prep, am, parts = setup(job.to_json())  # the server's own copy: initial state and evaluation
-    initial = trainable_state(am)
+    prep, am, parts, _ = setup(job.to_json())  # the server's own copy: initial state and evaluation
     strategy = make_strategy(job)
+    # pFedPG's global state is the server's generator; its models are personal and scored on the clients.
+    personal_models = job.system == "pfedpg"
+    initial = strategy.server.generator.state_dict() if personal_models else trainable_state(am)
+    shares = [label_shares(prep, part) for part in parts]
     tests: dict = {}
 
     def evaluate_global(server_round: int, arrays) -> MetricRecord:
         load_trainable(am, dict(arrays.to_torch_state_dict()))
         metrics = evaluate(am, prep.test, prep.task, batch_size=64)
-        tests[server_round] = metrics
+        per_class = class_accuracy(am, prep.test)
+        tests[server_round] = {**metrics, "personal": [personal_accuracy(per_class, s) for s in shares]}
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
     random.seed(job.seed)  # Flower samples clients with the random module
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=job.rounds,
-                            train_config=ConfigRecord({"petkit-job": job.to_json()}), evaluate_fn=evaluate_global)
+    config = ConfigRecord({"petkit-job": job.to_json()})
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=job.rounds, train_config=config,
+                            evaluate_config=config, evaluate_fn=None if personal_models else evaluate_global)
     rounds = strategy.rounds
     for record in rounds:
-        record["test"] = tests.get(record["round"])
+        test = tests.get(record["round"])
+        record["test"] = test and {k: v for k, v in test.items() if k != "personal"}
+        if test:
+            record["personal"] = test["personal"]
     full_model = sum(p.numel() * p.element_size() for p in am.parameters())
     report = {
         "job": job.to_json(), "seconds": round(time.perf_counter() - started, 1), "rounds": rounds,
-        "initial_test": tests.get(0), "final_test": rounds[-1]["test"] if rounds else None,
+        "initial_test": tests.get(0), "system": job.system, "final_test": rounds[-1]["test"] if rounds else None,
         "initial_state": initial, "final_state": dict(result.arrays.to_torch_state_dict()) if len(result.arrays) else initial,
         "client_examples": [len(p) for p in parts], "adapter_bytes": nbytes(initial), "full_model_bytes": full_model,
-        "bytes_total": sum(r["bytes_up"] + r["bytes_down"] for r in rounds),
+        # Flower's messages, and for SFPrompt the activations and gradients across the cut.
+        "bytes_total": sum(r["bytes_up"] + r["bytes_down"] + r.get("split_bytes_up", 0) + r.get("split_bytes_down", 0)
+                           for r in rounds),
+        "client_flops_total": sum(r.get("client_flops", 0) for r in rounds),
         # Full-model FedAvg moves every weight both ways for every sampled client.
         "full_model_bytes_total": sum(2 * full_model * r["sampled"] for r in rounds),
     }

@@ -1,14 +1,16 @@
-"""The server side: Flower's FedAvg strategy with petkit's checks, DP and byte accounting.
+"""The server side: Flower's FedAvg strategy with petkit's checks, DP and byte accounting, and
+pFedPG's strategy (per-client prompts from the generator, personalised evaluation on the clients).
 
-Flower samples the clients, sends the global state and collects the replies; petkit decides what is
-averaged. A reply is rejected (logged with the reason, never averaged) when its tensor names, shapes
-or values do not fit the global adapter; a client that fails or times out is logged as dropped. The
-round completes with the accepted replies; with none, the global state stays as it was.
+Flower samples the clients, sends the messages and collects the replies; petkit decides what is
+averaged. A reply is rejected (logged with the reason, never used) when its tensor names, shapes or
+values do not fit what was sent; a client that fails or times out is logged as dropped. The round
+completes with the accepted replies; with none, the global state stays as it was.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -19,29 +21,34 @@ from .payload import check_update
 
 log = logging.getLogger("petkit.fed")
 
+# Client metrics summed over a round's accepted replies into the round's record.
+SUMMED = {"client-flops": "client_flops", "split-bytes-up": "split_bytes_up", "split-bytes-down": "split_bytes_down"}
+
 
 def make_strategy(job: FedJob):
     from flwr.app import ArrayRecord, MetricRecord
     from flwr.serverapp.strategy import FedAvg
 
     class PetkitFedAvg(FedAvg):
-        def __init__(self):
-            super().__init__(fraction_train=job.fraction, fraction_evaluate=0.0,
-                             min_train_nodes=job.per_round, min_available_nodes=job.clients)
+        def __init__(self, fraction_evaluate: float = 0.0):
+            super().__init__(fraction_train=job.fraction, fraction_evaluate=fraction_evaluate,
+                             min_train_nodes=job.per_round, min_available_nodes=job.clients,
+                             min_evaluate_nodes=job.clients if fraction_evaluate else 2)
             self.rounds: list[dict] = []
             self.noise = torch.Generator().manual_seed(job.seed)
-            self._global: dict | None = None
+            self._sent: dict[int, dict] = {}  # what each node was sent this round, to check its reply against
 
         def configure_train(self, server_round, arrays, config, grid):
             messages = list(super().configure_train(server_round, arrays, config, grid))
-            self._global = dict(arrays.to_torch_state_dict())
+            self._sent = {m.metadata.dst_node_id: dict(m.content["arrays"].to_torch_state_dict()) for m in messages}
             self._sent_at = time.perf_counter()
             self.rounds.append({"round": server_round, "sampled": len(messages),
-                                "bytes_down": arrays.count_bytes() * len(messages), "bytes_up": 0,
+                                "bytes_down": sum(m.content["arrays"].count_bytes() for m in messages), "bytes_up": 0,
                                 "accepted": 0, "rejected": [], "dropped": []})
             return messages
 
-        def aggregate_train(self, server_round, replies):
+        def checked_replies(self, server_round, replies, reference=None) -> list[tuple[int, dict, float, dict]]:
+            """(node, state, examples, metrics) of every reply that fits; logs the others."""
             record, accepted = self.rounds[-1], []
             record["seconds"] = round(time.perf_counter() - self._sent_at, 2)  # send to last reply
             for msg in replies:
@@ -52,24 +59,92 @@ def make_strategy(job: FedJob):
                     continue
                 arrays, metrics = msg.content.array_records, msg.content.metric_records
                 record["bytes_up"] += sum(a.count_bytes() for a in arrays.values())
-                examples = metrics["metrics"].get("num-examples") if "metrics" in metrics else None
+                metrics = dict(metrics["metrics"]) if "metrics" in metrics else {}
                 state = dict(arrays["arrays"].to_torch_state_dict()) if "arrays" in arrays else {}
-                problem = check_update(self._global, state, examples)
+                expected = reference(node) if reference else self._sent.get(node, {})
+                problem = check_update(expected, state, metrics.get("num-examples"))
                 if problem:
                     record["rejected"].append({"node": node, "reason": problem})
                     log.warning("round %d: rejected the update of node %d: %s", server_round, node, problem)
                     continue
-                accepted.append((state, float(examples), metrics["metrics"].get("train_loss", float("nan"))))
+                accepted.append((node, state, float(metrics["num-examples"]), metrics))
             record["accepted"] = len(accepted)
+            for key, name in SUMMED.items():
+                if any(key in m for *_, m in accepted):
+                    record[name] = sum(m.get(key, 0) for *_, m in accepted)
+            if accepted:
+                total = sum(n for _, _, n, _ in accepted)
+                record["train_loss"] = sum(n * m.get("train_loss", math.nan) for _, _, n, m in accepted) / total
+            return accepted
+
+        def aggregate_train(self, server_round, replies):
+            accepted = self.checked_replies(server_round, replies)
             if not accepted:
                 return None, None
+            states = [(s, n) for _, s, n, _ in accepted]
             if job.dp_clip is not None:
-                new = dp_fedavg(self._global, [s for s, _, _ in accepted], job.dp_clip, job.dp_noise, self.noise)
+                new = dp_fedavg(next(iter(self._sent.values())), [s for s, _ in states], job.dp_clip, job.dp_noise,
+                                self.noise)
             else:
-                new = fedavg([(s, n) for s, n, _ in accepted])
-            total = sum(n for _, n, _ in accepted)
-            loss = sum(n * l for _, n, l in accepted) / total
-            record["train_loss"] = loss
-            return ArrayRecord(new), MetricRecord({"train_loss": loss, "num-examples": total})
+                new = fedavg(states)
+            return ArrayRecord(new), MetricRecord({"train_loss": self.rounds[-1]["train_loss"],
+                                                   "num-examples": sum(n for _, n in states)})
 
-    return PetkitFedAvg()
+    if job.system != "pfedpg":
+        return PetkitFedAvg()
+    return _pfedpg_strategy(job, PetkitFedAvg)
+
+
+def _pfedpg_strategy(job: FedJob, base):
+    """pFedPG: each sampled client gets its own generated prompt; replies are prompt changes ΔP_n, one
+    generator step per round; every client evaluates its personal model after the round."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from .client import setup
+    from .personal import prompt_key
+    from .pfedpg import PromptGenerator, PromptServer
+
+    am = setup(job.to_json()).am
+    length, width = dict(am.named_parameters())[prompt_key(am)].shape
+    generator = PromptGenerator(job.clients, length, width, heads=job.generator_heads, seed=job.seed)
+
+    class PFedPG(base):
+        def __init__(self):
+            super().__init__(fraction_evaluate=1.0)
+            self.server = PromptServer(generator, lr=job.server_lr)
+            self.index: dict[int, int] = {}  # node id → its descriptor (in order of node ids)
+
+        def _construct_messages(self, record, node_ids, message_type):
+            if not self.index:
+                self.index = {node: i for i, node in enumerate(sorted(node_ids))}
+            prompts = self.server.prompts([self.index[n] for n in node_ids])
+            return [Message(RecordDict({"arrays": ArrayRecord({"prompt": p}), "config": record["config"]}),
+                            message_type=message_type, dst_node_id=n) for n, p in zip(node_ids, prompts)]
+
+        def aggregate_train(self, server_round, replies):
+            shape = lambda node: {"delta": self._sent[node]["prompt"]}  # noqa: E731 — ΔP has the prompt's shape
+            accepted = self.checked_replies(server_round, replies, reference=shape)
+            if not accepted:
+                return None, None
+            loss = self.server.step([self.index[node] for node, *_ in accepted], [s["delta"] for _, s, _, _ in accepted])
+            self.rounds[-1]["generator_loss"] = loss
+            return ArrayRecord(generator.state_dict()), MetricRecord({"generator_loss": loss})
+
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+            self.rounds[-1]["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in messages)
+            return messages
+
+        def aggregate_evaluate(self, server_round, replies):
+            personal = {}
+            for msg in replies:
+                if msg.has_error():
+                    log.warning("round %d: node %d failed its evaluation: %s", server_round,
+                                msg.metadata.src_node_id, msg.error.reason[-200:])
+                    continue
+                metrics = msg.content["metrics"]
+                personal[int(metrics["partition"])] = float(metrics["personal-accuracy"])
+            self.rounds[-1]["personal"] = [personal.get(i) for i in range(job.clients)]
+            return MetricRecord({"personal-accuracy": sum(personal.values()) / len(personal)}) if personal else None
+
+    return PFedPG()
