@@ -111,7 +111,22 @@ def render(results: dict, out: Path) -> None:
     s = results["settings"]
     head = (f"## Federated LoRA on MiniLM: TREC over {s['clients']} clients (Dirichlet α = 0.5), {s['rounds']} rounds "
             f"of {s['local_steps']} local steps\n\n")
-    (out / "fed.md").write_text(head + "\n".join(lines) + "\n")
+    (out / "fed.md").write_text(head + "\n".join(lines) + "\n\n" + per_client(runs) + "\n")
+
+
+def per_client(runs: dict) -> str:
+    """Each client's personalised accuracy after the last round, system by system."""
+    names = [n for n, r in runs.items() if "personal" in r["rounds"][-1]]
+    if not names:
+        return ""
+    any_run = runs[names[0]]
+    lines = ["### Personalised accuracy per client after the last round (%)", "",
+             "| client | examples | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for c, examples in enumerate(any_run["client_examples"]):
+        cells = [runs[n]["rounds"][-1]["personal"][c] for n in names]
+        lines.append(f"| {c} | {examples} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+    lines.append("| mean | | " + " | ".join(f"{100 * personal_mean(runs[n]['rounds'][-1]):.1f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -93,6 +93,71 @@ def test_updates_that_do_not_fit_are_explained():
     assert check_update(ref, {"a": torch.ones(2, 3)}, examples=5) is None
 
 
+def test_prompt_systems_need_prompt_tuning_and_sane_settings():
+    with pytest.raises(ConfigError, match="system must be one of"):
+        FedJob(system="fedsgd")
+    with pytest.raises(ConfigError, match="method must be prompt tuning"):
+        FedJob(system="sfprompt")  # the default method is LoRA
+    with pytest.raises(ConfigError, match="FedProx and DP apply"):
+        FedJob(system="pfedpg", method={"name": "prompt"}, proximal_mu=0.1)
+    with pytest.raises(ConfigError, match="keep"):
+        FedJob(system="sfprompt", method={"name": "prompt"}, keep=0.0)
+    with pytest.raises(ConfigError, match="local_loss_steps"):
+        FedJob(system="sfprompt", method={"name": "prompt"}, local_loss_steps=-1)
+
+
+def test_personalised_accuracy_weights_classes_by_the_clients_share():
+    from petkit.fed.personal import personal_accuracy
+    assert personal_accuracy([1.0, 0.5, 0.0], [0.5, 0.5, 0.0]) == pytest.approx(0.75)
+    # A class the test set lacks (NaN) drops out and the shares are renormalised.
+    assert personal_accuracy([1.0, float("nan"), 0.0], [0.25, 0.5, 0.25]) == pytest.approx(0.5)
+    assert math.isnan(personal_accuracy([float("nan")], [1.0]))
+
+
+def test_class_accuracy_counts_each_class_on_its_own():
+    from types import SimpleNamespace
+
+    from petkit.fed.personal import class_accuracy
+
+    class Data(list):
+        def collate(self, items):
+            return {"x": torch.tensor([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
+
+    class Predict(torch.nn.Module):  # predicts class x
+        def forward(self, x, labels):
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(x, 3).float())
+
+    data = Data([(0, 0), (1, 0), (1, 1), (2, 2), (0, 2), (2, 2)])
+    assert class_accuracy(Predict(), data, batch_size=4) == pytest.approx([0.5, 1.0, 2 / 3])
+
+
+def test_sfprompt_trains_the_prompt_and_the_tail_only():
+    from petkit.fed.sfprompt import adapted
+    from petkit.models.structure import layer_stacks
+    model = _prompted_bert().base  # 4 layers
+    am = adapted(model, __import__("petkit").PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
+    trainable = {n for n, p in am.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if ".layer." in n} == {n for n in trainable if ".layer.3." in n} != set()
+    assert any("model_deltas.prompt" in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert not any("embeddings" in n for n in trainable)
+    assert len(layer_stacks(model)[0][1]) == 4
+
+
+def test_sfprompt_model_saves_and_reloads_with_both_adapters(tmp_path):
+    import petkit
+    from petkit.fed.sfprompt import adapted
+    from petkit.testing import tiny_batch, tiny_bert
+    am = adapted(tiny_bert(dropout=0.0), petkit.PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
+    with torch.no_grad():
+        for p in am.trainable_parameters():
+            p.add_(0.1)
+    batch = tiny_batch(am.base)
+    am.eval()
+    am.save(tmp_path / "adapter")
+    again = petkit.load(tiny_bert(dropout=0.0), tmp_path / "adapter").eval()
+    torch.testing.assert_close(again(**batch).logits, am(**batch).logits)
+
+
 def test_bad_jobs_are_refused():
     with pytest.raises(ConfigError, match="fraction"):
         FedJob(fraction=0)
@@ -136,6 +201,69 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
         torch.testing.assert_close(report["final_state"][name], value, rtol=1e-5, atol=1e-6)
     # Only adapter and head travel: far below full-model FedAvg.
     assert report["bytes_ratio"] < 0.01 and record["bytes_down"] > 0 and record["bytes_up"] > 0
+
+
+def _trec_or_skip():
+    pytest.importorskip("flwr")
+    from petkit.data import DatasetNotFound, load_dataset
+    try:
+        load_dataset("trec")
+    except DatasetNotFound as exc:
+        pytest.skip(f"trec is not on disk ({exc}); ../shared/data is expected beside the repo")
+
+
+PROMPT = {"name": "prompt", "num_virtual_tokens": 4}
+
+
+@pytest.mark.real
+@pytest.mark.serial
+def test_an_sfprompt_round_averages_prompts_and_tail_and_counts_the_link():
+    """2 clients, 1 round of SFPrompt: the global (prompt, tail) is the mean of the two clients' rounds
+    recomputed outside Flower; the cut's traffic and the clients' FLOPs are reported."""
+    _trec_or_skip()
+    from petkit.fed.client import setup
+    from petkit.fed.run import run_federated
+    from petkit.fed.sfprompt import client_round
+
+    job = FedJob(system="sfprompt", method=PROMPT, data="trec", clients=2, rounds=1, local_steps=2, batch_size=4,
+                 max_train=40, max_eval=16, keep=0.5, local_loss_steps=2, lr=1e-3)
+    report = run_federated(job)
+    (record,) = report["rounds"]
+    assert record["accepted"] == 2 and not record["rejected"] and not record["dropped"]
+    mine = [client_round(job, c, 1, report["initial_state"]) for c in (0, 1)]
+    expected = fedavg([(state, kept) for state, kept, _, _ in mine])
+    assert set(expected) == set(report["final_state"])
+    for name, value in expected.items():
+        torch.testing.assert_close(report["final_state"][name], value, rtol=1e-5, atol=1e-6)
+    # What trains: the prompt and the last layer (+ pooler, head); nothing of layers 0-4.
+    assert any(n.startswith("model_deltas.prompt") for n in expected)
+    assert not any(f"layer.{i}." in n for n in expected for i in range(5))
+    parts = setup(job.to_json()).parts
+    assert [kept for _, kept, _, _ in mine] == [round(0.5 * len(p)) for p in parts]  # pruning kept half
+    # Each split step sends the head's activations and the body-output gradient up (same shape):
+    assert record["split_bytes_up"] == record["split_bytes_down"] == sum(m["split-bytes-up"] for *_, m in mine) > 0
+    assert record["client_flops"] == pytest.approx(sum(m["client-flops"] for *_, m in mine))
+
+
+@pytest.mark.real
+@pytest.mark.serial
+def test_a_pfedpg_round_sends_each_client_its_own_prompt_and_keeps_heads_private():
+    _trec_or_skip()
+    from petkit.fed.run import run_federated
+
+    job = FedJob(system="pfedpg", method=PROMPT, data="trec", clients=2, rounds=1, local_steps=2, batch_size=4,
+                 max_train=40, max_eval=16, lr=3e-2, server_lr=1e-2)
+    report = run_federated(job)
+    (record,) = report["rounds"]
+    assert record["accepted"] == 2 and not record["rejected"]
+    # Up: one prompt change per client (4 tokens × 384 floats), no head; down: a prompt to train, one to evaluate.
+    prompt_bytes = 4 * 384 * 4
+    assert prompt_bytes <= record["bytes_up"] / 2 < prompt_bytes + 1024
+    assert prompt_bytes <= record["bytes_down"] / 4 < prompt_bytes + 1024
+    # The generator learned from the changes, and both clients scored their personal model.
+    changed = [n for n, v in report["final_state"].items() if not torch.equal(v, report["initial_state"][n])]
+    assert changed and record["generator_loss"] > 0
+    assert len(record["personal"]) == 2 and all(0 <= p <= 1 for p in record["personal"])
 
 
 # ------------------------------------------------------------------ pFedPG's server
@@ -251,10 +379,12 @@ def test_fedprox_adds_half_mu_times_the_squared_distance_to_the_global_state():
 def test_the_report_tables_and_plots_a_run(tmp_path):
     from petkit.fed.report import write
     rounds = [{"round": r, "sampled": 3, "accepted": 2, "rejected": [{"node": 1, "reason": "x"}], "dropped": [],
-               "bytes_up": 2_000_000, "bytes_down": 3_000_000, "test": {"accuracy": 0.5 + 0.1 * r}} for r in (1, 2)]
+               "bytes_up": 2_000_000, "bytes_down": 3_000_000, "test": {"accuracy": 0.5 + 0.1 * r},
+               "personal": [0.8, None, 0.6]} for r in (1, 2)]
     report = {"rounds": rounds, "initial_test": {"accuracy": 0.2}, "bytes_total": 10_000_000,
               "full_model_bytes_total": 1_000_000_000, "bytes_ratio": 0.01, "final_state": {"w": torch.zeros(1)}}
     write(report, tmp_path)
     table = (tmp_path / "rounds.md").read_text()
-    assert "| 2 | 3 | 2 | 1 | 0 | 70.0 | 2.00 | 3.00 |" in table and "1.00% of full-model" in table
+    # personalised: the mean over the clients that were scored (0.8 and 0.6)
+    assert "| 2 | 3 | 2 | 1 | 0 | 70.0 | 70.0 | 2.00 | 3.00 |" in table and "1.00% of full-model" in table
     assert "final_state" not in (tmp_path / "report.json").read_text() and (tmp_path / "accuracy.png").stat().st_size > 0

@@ -75,34 +75,29 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
     params = [p for p in am.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
 
-    def update(step) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = step()
+    def step() -> None:  # after a backward
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # as the trainer does for FedPEFT's clients
         optimizer.step()
-        return loss
+        optimizer.zero_grad(set_to_none=True)
 
     am.train()
+    torch.manual_seed(seed)  # dropout: a client's round is a function of its inputs, as with the trainer
     sent, trained, loss = {"up": 0, "down": 0}, 0, float("nan")
     for batch in batches(kept, collate, job.batch_size, job.local_steps, seed):
-        def split_step():
-            value, link = split.step(batch)
-            sent["up"], sent["down"] = sent["up"] + link["up"], sent["down"] + link["down"]
-            return float(value)
-        loss, trained = update(split_step), trained + len(batch["labels"])
+        loss, link = split.step(batch)  # forward and backward across the cut
+        step()
+        sent = {way: sent[way] + link[way] for way in sent}
+        trained += len(batch["labels"])
     with split.without_body() as model:
         for batch in batches(kept, collate, job.batch_size, job.local_loss_steps, seed + 1):
-            def local_step():
-                value = model(**batch).loss
-                value.backward()
-                return float(value.detach())
-            update(local_step)
+            model(**batch).loss.backward()
+            step()
             trained += len(batch["labels"])
 
     per_example = client_flops(job.to_json())
     metrics = {"split-bytes-up": sent["up"], "split-bytes-down": sent["down"], "scored": len(local),
                "client-flops": per_example["scoring"] * len(local) + per_example["training"] * trained}
-    return trainable_state(am), len(kept), loss, metrics
+    return trainable_state(am), len(kept), float(loss), metrics
 
 
 @lru_cache(maxsize=2)
