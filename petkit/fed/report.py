@@ -1,4 +1,5 @@
-"""What a federated run leaves behind: report.json, a per-round table and an accuracy-per-round plot."""
+"""What a federated run leaves behind: the global adapter, report.json, a per-round table and an
+accuracy-per-round plot."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def write(report: dict, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(public(report), indent=1, default=str) + "\n")
     (out / "rounds.md").write_text(rounds_table(report))
     plot_accuracy({"global adapter": report}, out / "accuracy.png", "test accuracy of the global model (%)")
+
+
+def save(report: dict, job, out: Path) -> None:
+    """The global adapter under out/adapter, then ``write``'s files."""
+    from .client import setup
+    from .payload import load_trainable
+
+    _, am, _ = setup(job.to_json())  # cached: the process that served the job reuses its model
+    load_trainable(am, report["final_state"])
+    am.save(out / "adapter")
+    write(report, out)
 
 
 def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = "round") -> None:
