@@ -204,20 +204,20 @@ def soup(args) -> int:
 
 def fed(args) -> int:
     from petkit.fed import FedJob, run_federated
-    from petkit.fed.client import setup
-    from petkit.fed.payload import load_trainable
-    from petkit.fed.report import rounds_table, write
+    from petkit.fed.report import rounds_table, save
     settings = read_settings(args.config, "federated job") if args.config else {}
     settings.update(parse_pairs(args.set, "federated"))
     job = FedJob.from_dict(settings)
-    report = run_federated(job)
     out = Path(args.output)
-    _, am, _, _ = setup(job.to_json())
-    load_trainable(am, report["final_state"])
-    am.save(out / "adapter")
-    write(report, out)
+    if args.write_app:
+        from petkit.fed.deploy import recipe, write_app
+        write_app(args.write_app, job, out)
+        print(recipe(args.write_app, job), end="")  # plain print: rich would eat [superlink.petkit]
+        return 0
+    report = run_federated(job)
+    where = save(report, job, out)
     console.print(rounds_table(report))
-    console.print(f"global adapter: {out / 'adapter'}; report: {out / 'report.json'}")
+    console.print(f"{'generator' if job.system == 'pfedpg' else 'global adapter'}: {where}; report: {out / 'report.json'}")
     return 0
 
 

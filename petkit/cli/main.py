@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting, e.g. -s clients=10 -s rounds=20 -s alpha=0.5 (repeatable)")
     p.add_argument("--output", default="runs/fed", help="folder for the global adapter, report.json, rounds.md, accuracy.png")
+    p.add_argument("--write-app", metavar="DIR", help="instead of simulating: write a Flower app for a real deployment "
+                   "(SuperLink + SuperNodes) to DIR and print the commands that run it")
     p.set_defaults(func=commands.fed)
 
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")

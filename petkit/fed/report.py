@@ -1,4 +1,5 @@
-"""What a federated run leaves behind: report.json, a per-round table and an accuracy-per-round plot."""
+"""What a federated run leaves behind: the global adapter, report.json, a per-round table and an
+accuracy-per-round plot."""
 
 from __future__ import annotations
 
@@ -47,6 +48,29 @@ def write(report: dict, out: Path) -> None:
                       metric="personal")
     else:
         plot_accuracy({"global adapter": report}, out / "accuracy.png", "test accuracy of the global model (%)")
+
+
+def save(report: dict, job, out: Path) -> Path:
+    """What the server ends with, then ``write``'s files; returns where the former went. FedPEFT and
+    SFPrompt: the global adapter under out/adapter (SFPrompt's: the prompt and the tail, two named
+    adapters); pFedPG: the prompt generator, out/generator.safetensors (the heads stay with the clients)."""
+    from safetensors.torch import save_file
+
+    from .client import setup
+    from .payload import load_trainable
+
+    out.mkdir(parents=True, exist_ok=True)
+    if job.system == "pfedpg":
+        where = out / "generator.safetensors"
+        save_file({k: v.contiguous() for k, v in report["final_state"].items()}, where,
+                  metadata={"petkit-job": job.to_json()})
+    else:
+        am = setup(job.to_json()).am  # cached: the process that served the job reuses its model
+        load_trainable(am, report["final_state"])
+        where = out / "adapter"
+        am.save(where)
+    write(report, out)
+    return where
 
 
 def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = "round",

@@ -98,24 +98,3 @@ def run_federated(job: FedJob, *, verbose: bool = False) -> dict:
         raise RuntimeError("the federated run ended without a report (see Flower's log above)")
     return {**out["report"], "seconds": round(time.perf_counter() - started, 1)}
 
-
-def save_result(report: dict, job: FedJob, out) -> str:
-    """Save what the server ends with; returns where. FedPEFT and SFPrompt: the global adapter (SFPrompt's
-    is the prompt and the tail, two named adapters); pFedPG: the prompt generator (the private heads
-    stay with the clients)."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from .client import setup
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if job.system == "pfedpg":
-        save_file({k: v.contiguous() for k, v in report["final_state"].items()}, out / "generator.safetensors",
-                  metadata={"petkit-job": job.to_json()})
-        return str(out / "generator.safetensors")
-    am = setup(job.to_json()).am
-    load_trainable(am, report["final_state"])
-    am.save(out / "adapter")
-    return str(out / "adapter")
