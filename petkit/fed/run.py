@@ -30,7 +30,8 @@ def serve(grid, job: FedJob) -> dict:
     strategy = make_strategy(job)
     # pFedPG's global state is the server's generator; its models are personal and scored on the clients.
     personal_models = job.system == "pfedpg"
-    initial = strategy.server.generator.state_dict() if personal_models else trainable_state(am)
+    initial = ({k: v.detach().clone() for k, v in strategy.server.generator.state_dict().items()} if personal_models
+               else trainable_state(am))
     shares = [label_shares(prep, part) for part in parts]
     tests: dict = {}
 
