@@ -9,6 +9,8 @@ Variants (each a separate run; results are kept per variant in fed.json, so re-r
 - `pfedpg`: a prompt per client from the server's generator, private heads;
 - `sfprompt`: split training (client: embeddings, prompts, layer 1; server: layers 2-5; client: layer 6,
   pooler, head), EL2N pruning keeping half of each client's data, 5 split + 5 local-loss steps;
+- `sfprompt-random`, `sfprompt-no-local-loss`, `sfprompt-keep-all`: its ablations (random pruning, no
+  local-loss phase, no pruning);
 - `centralised`: one LoRA trained on the union of the clients' data for as many steps as one client
   takes in the whole federated run times the number of clients (the same examples seen), with 10%
   warm-up and linear decay of the rate (a constant rate overshoots over that many steps).
@@ -51,6 +53,11 @@ VARIANTS = {
     "pfedpg": {"system": "pfedpg", "method": PROMPT, "lr": 3e-2, "server_lr": 1e-2},
     # SFPrompt also trains the tail layer (and pooler, head) in place: the unofficial code's lr 1e-3.
     "sfprompt": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 0.5, "local_loss_steps": 5},
+    # SFPrompt's ablations (the spec's checks): random instead of EL2N pruning, no local-loss phase, no pruning.
+    "sfprompt-random": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 0.5, "local_loss_steps": 5,
+                        "prune": "random"},
+    "sfprompt-no-local-loss": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 0.5, "local_loss_steps": 0},
+    "sfprompt-keep-all": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 1.0, "local_loss_steps": 5},
 }
 
 

@@ -102,6 +102,8 @@ def test_prompt_systems_need_prompt_tuning_and_sane_settings():
         FedJob(system="pfedpg", method={"name": "prompt"}, proximal_mu=0.1)
     with pytest.raises(ConfigError, match="keep"):
         FedJob(system="sfprompt", method={"name": "prompt"}, keep=0.0)
+    with pytest.raises(ConfigError, match="prune"):
+        FedJob(system="sfprompt", method={"name": "prompt"}, prune="hardest")
     with pytest.raises(ConfigError, match="local_loss_steps"):
         FedJob(system="sfprompt", method={"name": "prompt"}, local_loss_steps=-1)
 

@@ -37,11 +37,13 @@ class FedJob:
     max_train: int | None = None
     max_eval: int | None = None
     seed: int = 0
-    # SFPrompt: the cut (client layers at each end), the share of each client's examples kept by EL2N
-    # pruning, and the local-loss steps (body skipped) after the `local_steps` split steps.
+    # SFPrompt: the cut (client layers at each end), the share of each client's examples kept by
+    # pruning ("el2n": the hardest; "random": the ablation), and the local-loss steps (body skipped)
+    # after the `local_steps` split steps.
     head_layers: int = 1
     tail_layers: int = 1
     keep: float = 0.5
+    prune: str = "el2n"
     local_loss_steps: int = 5
     # pFedPG: the server's prompt generator (AdamW learning rate, attention heads).
     server_lr: float = 1e-3
@@ -62,6 +64,8 @@ class FedJob:
                 raise ConfigError(f"FedProx and DP apply to system fedpeft, not {self.system}")
         if not 0 < self.keep <= 1:
             raise ConfigError(f"keep (the share of examples SFPrompt's pruning keeps) must be in (0, 1], got {self.keep}")
+        if self.prune not in ("el2n", "random"):
+            raise ConfigError(f"prune must be 'el2n' or 'random', got {self.prune!r}")
         if self.server_lr <= 0:
             raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
         for name in ("head_layers", "tail_layers", "generator_heads"):

@@ -5,7 +5,7 @@ The client holds the head (embeddings, soft prompts, the first ``head_layers`` l
 client trains and FedAvg averages: the prompts and the tail. Each round, on the client:
 
 1. pruning (local): EL2N scores ‖softmax(tail(head(x))) − onehot(y)‖₂ of every local example with the
-   body skipped; the hardest ``keep`` share is kept;
+   body skipped; the hardest ``keep`` share is kept (``prune="random"``: a random share, the ablation);
 2. split training: ``local_steps`` steps on the kept examples across the cut (``Split.step``): the
    head's activations go to the server, the body's output comes back, the gradient at the body's
    output goes up and the gradient at the head's output comes back;
@@ -69,7 +69,11 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
     local, collate = Subset(prep.train, parts[partition]), prep.train.collate
     seed = job.seed * 100_003 + server_round * 1_009 + partition
 
-    scores = el2n_scores(split, iter_batches(local, batch_indices(range(len(local)), 64), collate))
+    scored = len(local) if job.prune == "el2n" and job.keep < 1 else 0  # keep = 1: nothing to rank
+    if scored:
+        scores = el2n_scores(split, iter_batches(local, batch_indices(range(len(local)), 64), collate))
+    else:  # the ablation: the same number of examples, drawn at random
+        scores = torch.rand(len(local), generator=torch.Generator().manual_seed(seed)).tolist()
     kept = Subset(local, keep_hardest(scores, job.keep))
 
     params = [p for p in am.parameters() if p.requires_grad]
@@ -95,8 +99,8 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
             trained += len(batch["labels"])
 
     per_example = client_flops(job.to_json())
-    metrics = {"split-bytes-up": sent["up"], "split-bytes-down": sent["down"], "scored": len(local),
-               "client-flops": per_example["scoring"] * len(local) + per_example["training"] * trained}
+    metrics = {"split-bytes-up": sent["up"], "split-bytes-down": sent["down"],
+               "client-flops": per_example["scoring"] * scored + per_example["training"] * trained}
     return trainable_state(am), len(kept), float(loss), metrics
 
 
