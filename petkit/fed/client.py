@@ -1,9 +1,11 @@
 """The client side of federated tuning: a Flower ClientApp around petkit's adapter and trainer.
 
-Each simulated client (a Flower SuperNode with a partition id) receives the global trainable state,
-loads it into its own copy of the adapted model, trains ``local_steps`` steps on its partition of the
-data and replies with its new trainable state and its example count. The base model and the data
-are prepared once per worker process and reused by every client that runs there.
+Each client (a Flower SuperNode with a partition id) receives the global trainable state, loads it
+into its own copy of the adapted model, trains on its partition of the data and replies with its new
+trainable state, its example count and its compute. How it trains depends on the job's system:
+FedPEFT ``local_steps`` steps of the trainer (here), SFPrompt's split round (sfprompt.py), pFedPG's
+personal round (personal.py, which also answers evaluation messages). The base model and the data are
+prepared once per worker process and reused by every client that runs there.
 """
 
 from __future__ import annotations
