@@ -112,11 +112,13 @@ def _pfedpg_strategy(job: FedJob, base):
         def __init__(self):
             super().__init__(fraction_evaluate=1.0)
             self.server = PromptServer(generator, lr=job.server_lr)
-            self.index: dict[int, int] = {}  # node id → its descriptor (in order of node ids)
+            self.index: dict[int, int] = {}  # node id → its descriptor
 
         def _construct_messages(self, record, node_ids, message_type):
-            if not self.index:
-                self.index = {node: i for i, node in enumerate(sorted(node_ids))}
+            for node in sorted(node_ids):  # a node keeps the descriptor it is first given
+                if node not in self.index and len(self.index) == job.clients:
+                    raise RuntimeError(f"more nodes than the job's {job.clients} clients joined: no descriptor left")
+                self.index.setdefault(node, len(self.index))
             prompts = self.server.prompts([self.index[n] for n in node_ids])
             return [Message(RecordDict({"arrays": ArrayRecord({"prompt": p}), "config": record["config"]}),
                             message_type=message_type, dst_node_id=n) for n, p in zip(node_ids, prompts)]
