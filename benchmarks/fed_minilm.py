@@ -107,10 +107,10 @@ def render(results: dict, out: Path) -> None:
         sent = f"{r['bytes_total'] / 1e6:.1f}" if "bytes_total" in r else "–"
         ratio = f"{100 * r['bytes_ratio']:.2f}%" if "bytes_ratio" in r else "–"
         flops = r.get("client_flops_total")
-        per_client = f"{flops / 1e9 / len(r['rounds']) / results['settings']['clients']:.0f}" if flops else "–"
+        gflops = f"{flops / 1e9 / len(r['rounds']) / results['settings']['clients']:.0f}" if flops else "–"
         vs_lora = f"{flops / lora_flops:.2f}×" if flops and lora_flops else "–"
         lines.append(f"| {name} | {last} | {best} | {'–' if personal is None else f'{100 * personal:.1f}'} | {sent} "
-                     f"| {ratio} | {per_client} | {vs_lora} | {r['seconds']:.0f} s |")
+                     f"| {ratio} | {gflops} | {vs_lora} | {r['seconds']:.0f} s |")
     plot_accuracy(runs, out / "accuracy.png", "TREC test accuracy of the global model (%)",
                   "round (centralised: the same number of examples seen)")
     plot_accuracy({k: v for k, v in runs.items() if k != "centralised"}, out / "personalised.png",
