@@ -7,6 +7,8 @@ Variants (each a separate run; results are kept per variant in fed.json, so re-r
 - `fedprox`: the same with FedProx μ = 0.01;
 - `fedpeft-prompt`: FedAvg of one shared soft prompt (10 tokens) and head (pFedPG's baseline);
 - `pfedpg`: a prompt per client from the server's generator, private heads;
+- `pfedpg-fixed-generator`: the same, the generator's learning rate ~0 (private heads and the
+  clients' own prompt tuning each round, nothing learned across clients);
 - `sfprompt`: split training (client: embeddings, prompts, layer 1; server: layers 2-5; client: layer 6,
   pooler, head), EL2N pruning keeping half of each client's data, 5 split + 5 local-loss steps;
 - `sfprompt-random`, `sfprompt-no-local-loss`, `sfprompt-keep-all`: its ablations (random pruning, no
@@ -51,6 +53,8 @@ VARIANTS = {
     # Prompt systems: 10 soft tokens; lr 3e-2 is the zoo bench's dev choice for prompt tuning on MiniLM.
     "fedpeft-prompt": {"method": PROMPT, "lr": 3e-2},
     "pfedpg": {"system": "pfedpg", "method": PROMPT, "lr": 3e-2, "server_lr": 1e-2},
+    # The same with a generator that does not learn: what private heads and local prompt tuning alone give.
+    "pfedpg-fixed-generator": {"system": "pfedpg", "method": PROMPT, "lr": 3e-2, "server_lr": 1e-12},
     # SFPrompt also trains the tail layer (and pooler, head) in place: the unofficial code's lr 1e-3.
     "sfprompt": {"system": "sfprompt", "method": PROMPT, "lr": 1e-3, "keep": 0.5, "local_loss_steps": 5},
     # SFPrompt's ablations (the spec's checks): random instead of EL2N pruning, no local-loss phase, no pruning.
