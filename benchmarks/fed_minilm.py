@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from petkit.fed import FedJob, run_federated  # noqa: E402
 from petkit.fed.report import personal_mean, plot_accuracy, public  # noqa: E402
 
+MAIN = ("fedavg", "centralised", "fedprox", "fedpeft-prompt", "sfprompt", "pfedpg")  # the main plots' lines
 PROMPT = {"name": "prompt", "num_virtual_tokens": 10}
 VARIANTS = {
     "fedavg": {},
@@ -115,10 +116,17 @@ def render(results: dict, out: Path) -> None:
         vs_lora = f"{flops / lora_flops:.2f}×" if flops and lora_flops else "–"
         lines.append(f"| {name} | {last} | {best} | {'–' if personal is None else f'{100 * personal:.1f}'} | {sent} "
                      f"| {ratio} | {gflops} | {vs_lora} | {r['seconds']:.0f} s |")
-    plot_accuracy(runs, out / "accuracy.png", "TREC test accuracy of the global model (%)",
+    main = {k: v for k, v in runs.items() if k in MAIN}
+    plot_accuracy(main, out / "accuracy.png", "TREC test accuracy of the global model (%)",
                   "round (centralised: the same number of examples seen)")
-    plot_accuracy({k: v for k, v in runs.items() if k != "centralised"}, out / "personalised.png",
-                  "personalised accuracy, mean over clients (%)", metric="personal")
+    plot_accuracy(main, out / "personalised.png", "personalised accuracy, mean over clients (%)", metric="personal")
+    ablations = {k: v for k, v in runs.items() if k.startswith("sfprompt")}
+    if len(ablations) > 1:
+        plot_accuracy(ablations, out / "sfprompt-ablations.png", "TREC test accuracy of the global model (%)")
+    pfedpg = {k: v for k, v in runs.items() if k.startswith("pfedpg") or k == "fedpeft-prompt"}
+    if len(pfedpg) > 2:
+        plot_accuracy(pfedpg, out / "pfedpg-ablation.png", "personalised accuracy, mean over clients (%)",
+                      metric="personal")
     s = results["settings"]
     head = (f"## Federated LoRA on MiniLM: TREC over {s['clients']} clients (Dirichlet α = 0.5), {s['rounds']} rounds "
             f"of {s['local_steps']} local steps\n\n")

@@ -82,7 +82,7 @@ def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for label, run in runs.items():
+    for i, (label, run) in enumerate(runs.items()):  # a run keeps its colour (C<i>) in every plot of the same runs
         if metric == "personal":
             points = [(r["round"], personal_mean(r)) for r in run["rounds"]]
         else:
@@ -91,7 +91,7 @@ def plot_accuracy(runs: dict[str, dict], path: Path, ylabel: str, xlabel: str = 
         points = [(x, 100 * y) for x, y in points if y is not None]
         if not points:
             continue
-        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3, label=label)
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3, label=label, color=f"C{i}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
