@@ -56,7 +56,7 @@ class FedJob:
         if self.system not in SYSTEMS:
             raise ConfigError(f"system must be one of {', '.join(SYSTEMS)}, got {self.system!r}")
         if self.system != "fedpeft":
-            method = self.method.get("name", self.method.get("method")) if isinstance(self.method, dict) else None
+            method = self.method.get("name") if isinstance(self.method, dict) else None
             if method != "prompt":
                 raise ConfigError(f"{self.system} tunes soft prompts: method must be prompt tuning "
                                   f"({{name: prompt, num_virtual_tokens: ...}}), got {self.method!r}")
