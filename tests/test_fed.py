@@ -248,6 +248,16 @@ def test_an_sfprompt_round_averages_prompts_and_tail_and_counts_the_link():
 
 
 @pytest.mark.real
+def test_a_cut_minilm_cannot_take_fails_before_any_round():
+    _trec_or_skip()
+    from petkit.fed.run import serve
+    job = FedJob(system="sfprompt", method=PROMPT, data="trec", clients=2, max_train=20, max_eval=8,
+                 head_layers=3, tail_layers=3)  # MiniLM has 6 layers: no body left
+    with pytest.raises(ConfigError, match="at least one body layer"):
+        serve(grid=None, job=job)
+
+
+@pytest.mark.real
 @pytest.mark.serial
 def test_a_pfedpg_round_sends_each_client_its_own_prompt_and_keeps_heads_private():
     _trec_or_skip()

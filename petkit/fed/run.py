@@ -24,9 +24,12 @@ def serve(grid, job: FedJob) -> dict:
     from .personal import class_accuracy, label_shares, personal_accuracy
     from .privacy import epsilon
     from .server import make_strategy
+    from .split import Split
 
     started = time.perf_counter()
     prep, am, parts, _ = setup(job.to_json())  # the server's own copy: initial state and evaluation
+    if job.system == "sfprompt":
+        Split(am, job.head_layers, job.tail_layers)  # a cut the model cannot take fails here, not in every client
     strategy = make_strategy(job)
     # pFedPG's global state is the server's generator; its models are personal and scored on the clients.
     personal_models = job.system == "pfedpg"
