@@ -116,21 +116,28 @@ def test_personalised_accuracy_weights_classes_by_the_clients_share():
     assert math.isnan(personal_accuracy([float("nan")], [1.0]))
 
 
-def test_class_accuracy_counts_each_class_on_its_own():
+def test_evaluate_gives_each_classs_accuracy_on_request():
     from types import SimpleNamespace
 
-    from petkit.fed.personal import class_accuracy
-
-    class Data(list):
-        def collate(self, items):
-            return {"x": torch.tensor([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
+    from petkit.train import evaluate
+    from petkit.train.metrics import class_accuracy
 
     class Predict(torch.nn.Module):  # predicts class x
-        def forward(self, x, labels):
-            return SimpleNamespace(logits=torch.nn.functional.one_hot(x, 3).float())
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # evaluate reads the device from a parameter
 
-    data = Data([(0, 0), (1, 0), (1, 1), (2, 2), (0, 2), (2, 2)])
-    assert class_accuracy(Predict(), data, batch_size=4) == pytest.approx([0.5, 1.0, 2 / 3])
+        def forward(self, x, labels):
+            logits = torch.nn.functional.one_hot(x, 4).float()
+            return SimpleNamespace(logits=logits, loss=torch.nn.functional.cross_entropy(logits, labels))
+
+    pairs = [(0, 0), (1, 0), (1, 1), (2, 2), (0, 2), (2, 2)]  # class 3 has no example
+    batches = [{"x": torch.tensor([x for x, _ in pairs[i:i + 4]]), "labels": torch.tensor([y for _, y in pairs[i:i + 4]])}
+               for i in (0, 4)]
+    metrics = evaluate(Predict(), batches, per_class=True)
+    assert metrics["class_accuracy"] == pytest.approx([0.5, 1.0, 2 / 3])
+    assert metrics["accuracy"] == pytest.approx(4 / 6) and "class_accuracy" not in evaluate(Predict(), batches)
+    assert math.isnan(class_accuracy([1, 3], [1, 3])[0]) and class_accuracy([], []) == []
 
 
 def test_sfprompt_trains_the_prompt_and_the_tail_only():

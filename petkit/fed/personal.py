@@ -9,7 +9,6 @@ shared global model is scored per client the same way).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
@@ -53,9 +52,12 @@ def client_round(job: FedJob, partition: int, server_round: int, received: State
 
 
 def evaluate_client(job: FedJob, partition: int, received: State, node_state) -> float:
+    from petkit.train import evaluate
+
     am, _, _ = _load_personal(job, received, node_state)
     prep, _, parts, _ = setup(job.to_json())
-    return personal_accuracy(class_accuracy(am, prep.test), label_shares(prep, parts[partition]))
+    per_class = evaluate(am, prep.test, prep.task, batch_size=64, per_class=True)["class_accuracy"]
+    return personal_accuracy(per_class, label_shares(prep, parts[partition]))
 
 
 def label_shares(prep, indices) -> list[float]:
@@ -63,24 +65,6 @@ def label_shares(prep, indices) -> list[float]:
     for i in indices:
         counts[prep.train.features[i]["labels"]] += 1
     return [c / len(indices) for c in counts]
-
-
-@torch.no_grad()
-def class_accuracy(model: nn.Module, data, batch_size: int = 64) -> list[float]:
-    """Accuracy on each class's test examples (NaN for a class with none)."""
-    was_training = model.training
-    model.eval()
-    right, seen = {}, {}
-    try:
-        for start in range(0, len(data), batch_size):
-            batch = data.collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
-            predicted = model(**batch).logits.argmax(-1)
-            for y, p in zip(batch["labels"].tolist(), predicted.tolist()):
-                seen[y], right[y] = seen.get(y, 0) + 1, right.get(y, 0) + int(y == p)
-    finally:
-        model.train(was_training)
-    classes = max(seen) + 1 if seen else 0
-    return [right[c] / seen[c] if c in seen else float("nan") for c in range(classes)]
 
 
 def personal_accuracy(per_class: list[float], shares: list[float]) -> float:

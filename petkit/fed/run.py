@@ -21,7 +21,7 @@ def serve(grid, job: FedJob) -> dict:
     from petkit.train import evaluate
 
     from .client import setup
-    from .personal import class_accuracy, label_shares, personal_accuracy
+    from .personal import label_shares, personal_accuracy
     from .privacy import epsilon
     from .server import make_strategy
     from .split import Split
@@ -40,8 +40,8 @@ def serve(grid, job: FedJob) -> dict:
 
     def evaluate_global(server_round: int, arrays) -> MetricRecord:
         load_trainable(am, dict(arrays.to_torch_state_dict()))
-        metrics = evaluate(am, prep.test, prep.task, batch_size=64)
-        per_class = class_accuracy(am, prep.test)
+        metrics = evaluate(am, prep.test, prep.task, batch_size=64, per_class=True)
+        per_class = metrics.pop("class_accuracy")
         tests[server_round] = {**metrics, "personal": [personal_accuracy(per_class, s) for s in shares]}
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
-from petkit.models.structure import encoder_stack, hf_model, layer_stacks
+from petkit.models.structure import encoder_stack, hf_model, layer_stacks, replace_stack
 
 
 class Split:
@@ -65,15 +65,12 @@ class Split:
     @contextmanager
     def without_body(self):
         """The model with the body's layers removed while inside the block (head output → tail)."""
-        parent_name, _, attr = self.stack_name.rpartition(".")
-        parent = self.hf.get_submodule(parent_name) if parent_name else self.hf
-        original = getattr(parent, attr)
-        kept = list(original)[: self.head_layers] + list(original)[len(original) - self.tail_layers :]
-        setattr(parent, attr, nn.ModuleList(kept))
+        n = len(self.stack)
+        replace_stack(self.hf, self.stack_name, list(self.stack)[: self.head_layers] + list(self.stack)[n - self.tail_layers :])
         try:
             yield self.model
         finally:
-            setattr(parent, attr, original)
+            replace_stack(self.hf, self.stack_name, self.stack)
 
 
 @torch.no_grad()

@@ -97,6 +97,16 @@ def encoder_stack(hf: nn.Module, method: str) -> nn.ModuleList:
     return stack
 
 
+def replace_stack(hf: nn.Module, name: str, layers) -> nn.ModuleList:
+    """Put `layers` (a ModuleList) where the layer stack `name` (a path from layer_stacks) is; returns
+    the stack that was there."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = hf.get_submodule(parent_name) if parent_name else hf
+    old = getattr(parent, attr)
+    setattr(parent, attr, layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers))
+    return old
+
+
 def truncated(model: nn.Module, keep) -> nn.Module:
     """A copy of a one-stack model (decoders, encoders) that keeps only the layers at the indices in
     keep, in order: the layer-dropped small model used to start a distillation (the original is left
@@ -117,11 +127,10 @@ def truncated(model: nn.Module, keep) -> nn.Module:
                           f"({name} has {len(stack)} layers), got {keep}")
     small = copy.deepcopy(model)
     small_hf = hf_model(small, "truncation")
-    parent_name, _, attr = name.rpartition(".")
-    parent = small_hf.get_submodule(parent_name) if parent_name else small_hf
-    old = getattr(parent, attr)
-    setattr(parent, attr, nn.ModuleList(old[i] for i in keep))
-    for new_index, layer in enumerate(getattr(parent, attr)):
+    copied = dict(layer_stacks(small_hf))[name]
+    kept = nn.ModuleList(copied[i] for i in keep)
+    replace_stack(small_hf, name, kept)
+    for new_index, layer in enumerate(kept):
         for m in layer.modules():
             if isinstance(getattr(m, "layer_idx", None), int):
                 m.layer_idx = new_index

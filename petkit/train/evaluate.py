@@ -8,19 +8,20 @@ from torch.utils.data import Dataset
 
 from .batching import batch_indices, to_device, unpack
 from .distributed import world
-from .metrics import accuracy, macro_f1, perplexity
+from .metrics import accuracy, class_accuracy, macro_f1, perplexity
 
 TASKS = ("classification", "causal_lm", "seq2seq")
 
 
 def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size: int = 32,
-             collate_fn=None) -> dict[str, float]:
+             collate_fn=None, per_class: bool = False) -> dict:
     """Metrics of ``model`` on ``data``, in eval mode and without gradients (the mode is restored).
 
     ``data`` is a map-style Dataset (batched here in order, with ``collate_fn`` or its ``collate``
     method) or any iterable of ready batches, e.g. a DataLoader. Every batch must carry ``labels``.
 
-    Classification: ``loss``, ``accuracy``, ``macro_f1``. Language modelling (``causal_lm``,
+    Classification: ``loss``, ``accuracy``, ``macro_f1`` (and with per_class=True ``class_accuracy``,
+    a list: each class's accuracy, NaN for a class the data lacks). Language modelling (``causal_lm``,
     ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``.
 
     In a multi-process run (torchrun) every rank must call it: each scores every world-size-th batch
@@ -72,7 +73,8 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
         predictions, labels = [x for p in parts for x in p[2]], [x for p in parts for x in p[3]]
     mean_loss = loss_sum / weight if weight else float("nan")
     if task == "classification":
-        return {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
+        metrics = {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
+        return {**metrics, "class_accuracy": class_accuracy(predictions, labels)} if per_class else metrics
     return {"loss": mean_loss, "perplexity": perplexity(mean_loss), "tokens": weight}
 
 

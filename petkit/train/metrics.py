@@ -17,6 +17,16 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     return sum(int(p == y) for p, y in zip(predictions, labels)) / len(labels)
 
 
+def class_accuracy(predictions: Sequence[int], labels: Sequence[int]) -> list[float]:
+    """Accuracy on each class's examples, classes 0..max(label) (NaN for a class with none)."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
+    right, seen = [0] * (max(labels, default=-1) + 1), [0] * (max(labels, default=-1) + 1)
+    for p, y in zip(predictions, labels):
+        seen[y], right[y] = seen[y] + 1, right[y] + int(p == y)
+    return [r / n if n else float("nan") for r, n in zip(right, seen)]
+
+
 def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Unweighted mean of per-class F1 over every class seen in labels or predictions
     (scikit-learn's ``f1_score(average="macro")``). A class never predicted scores 0."""
