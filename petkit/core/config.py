@@ -38,8 +38,10 @@ class AdapterConfig:
         (`"attn.q"`, `"mlp.out"`; see `petkit.core.roles`) or `"all-linear"` (every linear layer but
         the output head).
     exclude: the same kinds of patterns; a module matching any of them is left alone.
-    train_head: train (and save with the adapter) the task head of a classification model: `"auto"`
-        trains it when the model has a freshly added head (`classifier`, `score`), True/False force it.
+    train_head: train (and save with the adapter) the task head of a classification model, whole (e.g.
+        RoBERTa's classifier.dense and classifier.out_proj, DistilBERT's pre_classifier and classifier):
+        `"auto"` trains it when the model has a freshly added head (`classifier`, `score`, ...),
+        True/False force it, a list of module names trains those parts of the head only.
     """
 
     method: ClassVar[str] = ""
@@ -50,8 +52,10 @@ class AdapterConfig:
     def __post_init__(self):
         object.__setattr__(self, "targets", _as_tuple(self.targets, "targets"))
         object.__setattr__(self, "exclude", _as_tuple(self.exclude, "exclude"))
-        if self.train_head not in ("auto", True, False):
-            raise ConfigError(f"train_head must be 'auto', True or False, got {self.train_head!r}")
+        if isinstance(self.train_head, (list, tuple)):
+            object.__setattr__(self, "train_head", _as_tuple(self.train_head, "train_head"))
+        elif self.train_head not in ("auto", True, False):
+            raise ConfigError(f"train_head must be 'auto', True, False or a list of head modules, got {self.train_head!r}")
         self.validate()
 
     def validate(self) -> None:

@@ -22,7 +22,7 @@ from petkit.core.layer import AdaptedLayer
 from petkit.core.model_delta import refuse_routing
 from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
-from petkit.core.targeting import named_base_modules, resolve_targets, task_head_names
+from petkit.core.targeting import HEAD_NAMES, method_targets, named_base_modules, resolve_targets, task_head_names
 from petkit.methods.head import HeadDelta
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -52,11 +52,11 @@ class AdaptedModel(nn.Module):
             raise ConfigError(f"an adapter named {name!r} already exists; delete it or pick another name")
         paths: list[str] = []
         try:
+            heads = self._heads_for(config, method)
             if method.kind == "model":
                 self._add_model_delta(method, config, name, init)
             elif method.kind in ("weight", "output"):
-                targets = config.targets or method.default_targets
-                paths = resolve_targets(self.base, targets, config.exclude, method.layer_types)
+                paths = method_targets(self.base, config, method, protected=heads)  # the head trains whole
                 modules = dict(named_base_modules(self.base))
                 built = {}
                 try:
@@ -70,7 +70,6 @@ class AdaptedModel(nn.Module):
                     self._attach(p, name, delta)
             elif method.kind == "selection":
                 self._select(name, config)
-            heads = self._heads_for(config, method)
             paths += heads  # before attaching, so a failure below is rolled back too
             for p in heads:
                 self._attach(p, name, HeadDelta(self._wrap(p).base_layer))
@@ -103,7 +102,13 @@ class AdaptedModel(nn.Module):
     def _heads_for(self, config, method) -> list[str]:
         heads = task_head_names(self.base)
         if config.train_head is True and not heads:
-            raise TargetError("train_head=True, but the model has no task head named classifier/score/qa_outputs")
+            raise TargetError(f"train_head=True, but the model has no task head named {'/'.join(HEAD_NAMES)}")
+        if isinstance(config.train_head, tuple):  # these parts of the head only (as a PEFT file saved them)
+            stray = [h for h in config.train_head if h not in heads]
+            if stray:
+                raise TargetError(f"train_head names {stray}, which are not parts of the model's task head "
+                                  f"({', '.join(heads) or 'none'})")
+            return list(config.train_head)
         wanted = config.train_head is True or (config.train_head == "auto" and method.kind != "selection")
         return heads if wanted else []
 

@@ -17,7 +17,9 @@ class Method:
 
     build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
     build(model, config, init=...) -> ModelDelta       (model kind: see petkit/core/model_delta.py)
-    default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning)
+    default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning); a tuple, or
+                     a function model -> tuple (LoRA: PEFT's default for the architecture). Patterns
+                     the model lacks (a role it does not have) are skipped.
     select(model, config) -> paths   (selection kind, optional) the module or parameter paths to train,
                                      chosen by the method instead of from the config's targets
     """
@@ -30,7 +32,7 @@ class Method:
     mergeable: bool
     spec: str
     summary: str
-    default_targets: tuple[str, ...] = ()
+    default_targets: tuple[str, ...] | Callable = ()
     peft_type: str | None = None
     select: Callable | None = None
 

@@ -1,84 +1,78 @@
 """Role names: "attention q and v" instead of `encoder.layer.3.attention.self.query`.
 
-A role maps to a regex searched at the end of a module's full name, per model family. The family
-comes from `model.config.model_type`. Families not listed fall back to names and regexes.
+A role is a union of parts (core/role_structure.py PARTS). Where a model's parts are is read from
+the role table of its family (`model.config.model_type`, core/role_tables.py) or, for any other
+model type, found from its structure; `roles_of(model).source` says which, and so does
+`AdaptedModel.summary()`. Self- and cross-attention both answer to attn.*; xattn.* is
+cross-attention only. attn.kv on a model that fuses q, k and v is the fused layer (as PEFT's IA³
+default for GPT-2 is).
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import weakref
+from dataclasses import dataclass
+
+from torch import nn
+
 from petkit.core.errors import TargetError
+from petkit.core.role_tables import FAMILIES, LORA_DEFAULT_EXCEPTIONS
 
-_BERT = {
-    "attn.q": r"attention\.self\.query",
-    "attn.k": r"attention\.self\.key",
-    "attn.v": r"attention\.self\.value",
-    "attn.qkv": r"attention\.self\.(query|key|value)",
-    "attn.kv": r"attention\.self\.(key|value)",
-    "attn.out": r"attention\.output\.dense",
-    "mlp.in": r"intermediate\.dense",
-    "mlp.out": r"layer\.\d+\.output\.dense",
-    "norm": r"(LayerNorm)",
-}
-_GPT2 = {
-    "attn.qkv": r"attn\.c_attn",
-    "attn.kv": r"attn\.c_attn",  # fused with q: the closest GPT-2 has (PEFT's IA3 default does the same)
-    "attn.out": r"attn\.c_proj",
-    "mlp.in": r"mlp\.c_fc",
-    "mlp.out": r"mlp\.c_proj",
-    "norm": r"(ln_1|ln_2|ln_f)",
-}
-_LLAMA = {
-    "attn.q": r"self_attn\.q_proj",
-    "attn.k": r"self_attn\.k_proj",
-    "attn.v": r"self_attn\.v_proj",
-    "attn.qkv": r"self_attn\.(q|k|v)_proj",
-    "attn.kv": r"self_attn\.(k|v)_proj",
-    "attn.out": r"self_attn\.o_proj",
-    "mlp.gate": r"mlp\.gate_proj",
-    "mlp.up": r"mlp\.up_proj",
-    "mlp.in": r"mlp\.(gate|up)_proj",
-    "mlp.out": r"mlp\.down_proj",
-    "norm": r"(input_layernorm|post_attention_layernorm|model\.norm)",
-}
-_T5 = {  # self- and cross-attention both answer to attn.*; xattn.* is cross-attention only
-    "attn.q": r"(SelfAttention|EncDecAttention)\.q",
-    "attn.k": r"(SelfAttention|EncDecAttention)\.k",
-    "attn.v": r"(SelfAttention|EncDecAttention)\.v",
-    "attn.qkv": r"(SelfAttention|EncDecAttention)\.(q|k|v)",
-    "attn.kv": r"(SelfAttention|EncDecAttention)\.(k|v)",
-    "attn.out": r"(SelfAttention|EncDecAttention)\.o",
-    "xattn.q": r"EncDecAttention\.q",
-    "xattn.k": r"EncDecAttention\.k",
-    "xattn.v": r"EncDecAttention\.v",
-    "xattn.out": r"EncDecAttention\.o",
-    "mlp.in": r"DenseReluDense\.wi(_0|_1)?",
-    "mlp.out": r"DenseReluDense\.wo",
-    "norm": r"layer_norm",
-}
-_VIT = {  # transformers >= 5 names (attention.q_proj, mlp.fc1) and the 4.x ones (attention.attention.query)
-    "attn.q": r"attention\.(attention\.query|q_proj)",
-    "attn.k": r"attention\.(attention\.key|k_proj)",
-    "attn.v": r"attention\.(attention\.value|v_proj)",
-    "attn.qkv": r"attention\.(attention\.(query|key|value)|(q|k|v)_proj)",
-    "attn.kv": r"attention\.(attention\.(key|value)|(k|v)_proj)",
-    "attn.out": r"attention\.(output\.dense|o_proj)",
-    "mlp.in": r"(intermediate\.dense|mlp\.fc1)",
-    "mlp.out": r"(layer\.\d+\.output\.dense|mlp\.fc2)",
-    "norm": r"(layernorm_before|layernorm_after|layernorm)",
-}
+log = logging.getLogger("petkit")
 
-FAMILIES: dict[str, dict[str, str]] = {
-    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
-    "gpt2": _GPT2,
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
-    "t5": _T5, "mt5": _T5,
-    "vit": _VIT,
+ROLE_PARTS: dict[str, tuple[str, ...]] = {
+    "attn.q": ("q", "xq"), "attn.k": ("k", "xk"), "attn.v": ("v", "xv"), "attn.out": ("out", "xout"),
+    "attn.qkv": ("q", "k", "v", "qkv", "xq", "xk", "xv", "xqkv"),
+    "attn.kv": ("k", "v", "qkv", "xk", "xv", "xqkv"),
+    "xattn.q": ("xq",), "xattn.k": ("xk",), "xattn.v": ("xv",), "xattn.out": ("xout",),
+    "mlp.gate": ("gate",), "mlp.up": ("up",), "mlp.in": ("gate", "up", "gate_up", "in"), "mlp.out": ("down",),
+    "norm": ("norm",),
 }
+ALL_ROLES = sorted(ROLE_PARTS)
+# A role whose own parts are missing while the fused layer that holds them is there.
+_FUSED_INTO = {"attn.q": ("qkv", "attn.qkv"), "attn.k": ("qkv", "attn.qkv"), "attn.v": ("qkv", "attn.qkv"),
+               "xattn.q": ("xqkv", "attn.qkv"), "xattn.k": ("xqkv", "attn.qkv"), "xattn.v": ("xqkv", "attn.qkv"),
+               "mlp.gate": ("gate_up", "mlp.in"), "mlp.up": ("gate_up", "mlp.in")}
 
-# Roles a family cannot express, with the reason (GPT-2 fuses q, k and v in one Conv1D).
-_UNSPLIT = {"gpt2": {"attn.q", "attn.k", "attn.v"}}
 
-ALL_ROLES = sorted({role for table in FAMILIES.values() for role in table})
+class MissingRole(TargetError):
+    """The model has no module playing this role (e.g. the MLP of a mixture-of-experts model whose
+    experts are not Linear layers)."""
+
+
+@dataclass(frozen=True)
+class RoleMap:
+    """Module paths per part of one model, and where they came from ("table" or "structure")."""
+
+    family: str | None
+    source: str
+    parts: dict[str, frozenset]
+
+    def paths(self, role: str) -> frozenset:
+        found = frozenset().union(*(self.parts.get(p, ()) for p in ROLE_PARTS[role]))
+        if found:
+            return found
+        fused = _FUSED_INTO.get(role)
+        if fused and self.parts.get(fused[0]):
+            example = sorted(self.parts[fused[0]])[0]
+            raise TargetError(f"{self.name} fuses these projections into one layer ({example}); target {fused[1]!r} "
+                              f"instead of {role!r}")
+        raise MissingRole(f"{self.name} has no role {role!r}; its roles are {', '.join(self.roles()) or 'none'}")
+
+    def roles(self) -> list[str]:
+        return [r for r in ALL_ROLES if any(self.parts.get(p) for p in ROLE_PARTS[r])]
+
+    @property
+    def name(self) -> str:
+        return f"{self.family or 'this model'} ({'role table' if self.source == 'table' else 'roles found from its structure'})"
+
+    def describe(self) -> str:
+        if not self.roles():
+            return f"roles of {self.family or 'the model'}: none found (target module names or regexes)"
+        how = "from the table" if self.source == "table" else "derived from structure"
+        return f"roles of {self.family or 'the model'}: {how}"
 
 
 def family_of(model) -> str | None:
@@ -86,19 +80,59 @@ def family_of(model) -> str | None:
     return getattr(config, "model_type", None)
 
 
-def role_regex(role: str, family: str | None) -> str | None:
-    """The regex for `role` in `family`, or None when `role` is not a role name at all."""
-    if role not in ALL_ROLES:
-        return None
-    if family in _UNSPLIT and role in _UNSPLIT[family]:
-        raise TargetError(f"{family} fuses q, k and v into one layer (attn.c_attn); target 'attn.qkv' instead of {role!r}")
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def roles_of(model: nn.Module) -> RoleMap:
+    """The model's role map: from its family's table, else from its structure (cached per model while
+    its module tree keeps the same size; petkit's wrappers do not change what the roles are)."""
+    size = sum(1 for _ in model.modules())
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    roles = _build(model)
+    if cached is None:
+        log.info(roles.describe())
+    _CACHE[model] = (size, roles)
+    return roles
+
+
+def _build(model: nn.Module) -> RoleMap:
+    from petkit.core.role_structure import derive_parts, norm_paths
+    from petkit.core.targeting import named_base_modules
+
+    family = family_of(model)
+    norms = frozenset(norm_paths(model))
     table = FAMILIES.get(family or "")
-    if table is None:
-        known = ", ".join(sorted(FAMILIES))
-        raise TargetError(
-            f"role name {role!r} needs a known model family ({known}), but this model is {family or 'unknown'}; "
-            "target module names or 're:<regex>' instead"
-        )
-    if role not in table:
-        raise TargetError(f"{family} models have no role {role!r}; their roles are {', '.join(sorted(table))}")
-    return table[role]
+    if table is not None:
+        names = [n for n, _ in named_base_modules(model) if n]
+        parts = {}
+        for part, regex in table.items():
+            rx = re.compile(rf"(^|.*\.){regex}")
+            parts[part] = frozenset(n for n in names if rx.fullmatch(n))
+        if any(parts.get(p) for p in ("q", "k", "v", "qkv")):  # else: a variant the table does not fit
+            return RoleMap(family, "table", {**parts, "norm": norms})
+    parts = {p: frozenset(v) for p, v in derive_parts(model).items()}
+    return RoleMap(family, "structure", {**parts, "norm": norms})
+
+
+def role_paths(role: str, model: nn.Module) -> frozenset | None:
+    """The module paths playing `role` in `model`, or None when `role` is not a role name at all."""
+    if role not in ROLE_PARTS:
+        return None
+    return roles_of(model).paths(role)
+
+
+def lora_default_targets(model: nn.Module) -> tuple[str, ...]:
+    """PEFT's default LoRA targets for the model's type: attention q and v (the fused qkv where they
+    are one layer) unless its table says otherwise; the same rule for model types it does not list."""
+    exception = LORA_DEFAULT_EXCEPTIONS.get(family_of(model) or "")
+    if exception:
+        return exception
+    parts = roles_of(model).parts
+    if parts.get("q") or parts.get("v"):
+        return ("attn.q", "attn.v")
+    if parts.get("qkv"):
+        return ("attn.qkv",)
+    raise TargetError(f"no targets given, and petkit found no attention projections in {type(model).__name__} to "
+                      "default to; name the modules to adapt, e.g. targets=['query', 'value'] or 'all-linear'")

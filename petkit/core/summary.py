@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from petkit.core.roles import roles_of
+
 
 def _base_count(am) -> int:
     return sum(p.numel() for n, p in am.base.named_parameters() if ".deltas." not in n)
@@ -44,6 +46,7 @@ def render_summary(am, print_it: bool = True) -> str:
     table = Table(title=f"{type(am.base).__name__}: {base_total:,} base parameters")
     for col in ("adapter", "method", "kind", "params", "% of base", "head params", "active", "merged"):
         table.add_column(col, justify="right" if "param" in col or "%" in col else "left")
+    table.caption = roles_of(am.base).describe()
     tree = Tree("modified modules")
     for name in am.adapters:
         method = am.method_of(name)

@@ -13,7 +13,7 @@ import re
 from torch import nn
 
 from petkit.core.errors import TargetError
-from petkit.core.roles import family_of, role_regex
+from petkit.core.roles import MissingRole, role_paths
 
 try:  # GPT-2's Conv1D is a linear layer with a transposed weight
     from transformers.pytorch_utils import Conv1D
@@ -21,20 +21,25 @@ except ImportError:  # pragma: no cover - transformers is a dependency
     Conv1D = ()
 
 LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
-HEAD_NAMES = ("classifier", "score", "qa_outputs")  # freshly initialised task heads
+HEAD_NAMES = ("classifier", "score", "qa_outputs", "classification_head")  # freshly initialised task heads
 
 
 def named_base_modules(model: nn.Module):
-    """named_modules() as if no petkit wrapper were there: a wrapped layer shows as its base layer."""
-    skip: list[str] = []
-    for name, module in model.named_modules():
-        if any(name == s or name.startswith(s + ".") for s in skip):
-            continue
+    """named_modules() as if no petkit wrapper were there: a wrapped layer shows as its base layer,
+    and what is inside it (a task head trained whole) under the names it had."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str):
         if getattr(module, "_petkit_wrapper", False):
-            skip.append(name)
-            yield name, module.base_layer
-            continue
-        yield name, module
+            module = module.base_layer
+        if id(module) in seen:  # a module at several paths (tied embeddings) shows once, as named_modules does
+            return
+        seen.add(id(module))
+        yield prefix, module
+        for name, child in module.named_children():
+            yield from walk(child, f"{prefix}.{name}" if prefix else name)
+
+    yield from walk(model, "")
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -43,57 +48,91 @@ def is_norm(module: nn.Module) -> bool:
 
 
 def output_head_names(model: nn.Module) -> set[str]:
-    """Modules that produce the model's outputs: excluded from "all-linear"."""
+    """Modules that produce the model's outputs (the LM head, the whole task head): "all-linear"
+    and "all-bias" leave them and everything inside them out."""
     names = {n for n, _ in named_base_modules(model) if n.split(".")[-1] in HEAD_NAMES + ("lm_head",)}
+    out = _output_embeddings(model)
+    if out is not None:
+        names |= {n for n, m in named_base_modules(model) if m is out}
+    return names | set(task_head_names(model))
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
     get_out = getattr(model, "get_output_embeddings", None)
     out = get_out() if callable(get_out) else None
-    if out is not None:
-        out = getattr(out, "base_layer", out)
-        names |= {n for n, m in named_base_modules(model) if m is out}
-    return names
+    return getattr(out, "base_layer", out)
 
 
 def task_head_names(model: nn.Module) -> list[str]:
-    """Freshly initialised classification heads (trained along with an adapter when train_head='auto')."""
+    """The freshly initialised task head, whole (trained along with an adapter when train_head='auto').
+
+    In a transformers model with a head named classifier/score/qa_outputs/classification_head, that
+    is every child with parameters beside the base model and the output embeddings: RoBERTa's
+    classifier (dense + out_proj), DistilBERT's pre_classifier and classifier, DeBERTa's pooler and
+    classifier. Elsewhere, the modules with one of those names.
+    """
+    for path, m in named_base_modules(model):
+        prefix = getattr(m, "base_model_prefix", None)
+        if not isinstance(prefix, str) or getattr(m, "config", None) is None:
+            continue
+        out = _output_embeddings(m)
+        children = [(n, c) for n, c in m.named_children() if n != prefix and any(True for _ in c.parameters())]
+        if not any(n in HEAD_NAMES for n, _ in children):
+            break  # no task head of its own: perhaps the model around it has one
+        return [f"{path}.{n}" if path else n for n, c in children
+                if out is None or not any(x is out or getattr(x, "base_layer", None) is out for x in c.modules())]
     return [n for n, m in named_base_modules(model) if n.split(".")[-1] in HEAD_NAMES and any(True for _ in m.parameters())]
 
 
-def pattern_matcher(pattern: str, model: nn.Module):
-    """A predicate name -> bool for one target pattern (exact/suffix, regex, role)."""
+def inside(name: str, modules) -> bool:
+    """Whether module `name` is one of `modules` or sits inside one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def pattern_matcher(pattern: str, model: nn.Module, strict: bool = True):
+    """A predicate name -> bool for one target pattern (exact/suffix, regex, role). With strict=False a
+    role the model does not have matches nothing instead of raising."""
     if pattern.startswith("re:"):
         try:
             rx = re.compile(pattern[3:])
         except re.error as exc:
             raise TargetError(f"target {pattern!r} is not a valid regex: {exc}") from None
         return lambda name: rx.fullmatch(name) is not None
-    role = role_regex(pattern, family_of(model))
-    if role is not None:
-        rx = re.compile(rf"(^|.*\.){role}$")
-        return lambda name: rx.fullmatch(name) is not None
+    try:
+        paths = role_paths(pattern, model)
+    except MissingRole:
+        if strict:
+            raise
+        paths = frozenset()
+    if paths is not None:
+        return lambda name: name in paths
     return lambda name: name == pattern or name.endswith("." + pattern)
 
 
 def _keyword_matches(keyword: str, model: nn.Module) -> list[str]:
     if keyword == "all-linear":
         heads = output_head_names(model)
-        return [n for n, m in named_base_modules(model) if isinstance(m, LINEAR_TYPES) and n not in heads]
+        return [n for n, m in named_base_modules(model) if isinstance(m, LINEAR_TYPES) and not inside(n, heads)]
     if keyword == "all-norm":
         return [n for n, m in named_base_modules(model) if is_norm(m)]
     if keyword == "all-bias":
         heads = output_head_names(model)
         return [n for n, m in named_base_modules(model) if isinstance(getattr(m, "bias", None), nn.Parameter)
-                and isinstance(m, LINEAR_TYPES + (nn.Conv2d, nn.LayerNorm)) and n not in heads]
+                and isinstance(m, LINEAR_TYPES + (nn.Conv2d, nn.LayerNorm)) and not inside(n, heads)]
     return []
 
 
 KEYWORDS = ("all-linear", "all-norm", "all-bias")
 
 
-def resolve_targets(model: nn.Module, targets, exclude=(), allowed_types: tuple = ()) -> list[str]:
+def resolve_targets(model: nn.Module, targets, exclude=(), allowed_types: tuple = (), protected=(),
+                    optional: bool = False) -> list[str]:
     """Module names matched by `targets` minus `exclude`, in model order.
 
-    Raises TargetError when a pattern matches nothing (naming the closest module names) or matches a
-    module whose type is not in `allowed_types`.
+    Modules inside `protected` (a task head trained whole) are left out, as PEFT leaves out targets
+    inside modules_to_save. Raises TargetError when a pattern matches nothing (naming the closest
+    module names), only protected modules, or a module whose type is not in `allowed_types`. With
+    optional=True (a method's default targets) a pattern the model lacks is skipped instead.
     """
     if not targets:
         raise TargetError("no targets given; name the modules to adapt, e.g. targets=['query', 'value'] or 'all-linear'")
@@ -104,14 +143,18 @@ def resolve_targets(model: nn.Module, targets, exclude=(), allowed_types: tuple 
         if pattern in KEYWORDS:
             hits = _keyword_matches(pattern, model)
         else:
-            match = pattern_matcher(pattern, model)
+            match = pattern_matcher(pattern, model, strict=not optional)
             hits = [n for n in names if match(n)]
-        if not hits:
-            raise TargetError(_no_match_message(pattern, names))
-        chosen.update(hits)
+        kept = [n for n in hits if not inside(n, protected)]
+        if not kept and not optional:
+            raise TargetError(_head_message(pattern, hits) if hits else _no_match_message(pattern, names))
+        chosen.update(kept)
     excluders = [pattern_matcher(p, model) for p in exclude]
     chosen = {n for n in chosen if not any(m(n) for m in excluders)}
     if not chosen:
+        if optional:
+            raise TargetError(f"none of the default targets {list(targets)} is in {type(model).__name__}; name the "
+                              "modules to adapt, e.g. targets=['query', 'value'] or 'all-linear'")
         raise TargetError(f"every module matched by {list(targets)} is excluded by {list(exclude)}")
     ordered = [n for n in names if n in chosen]
     if allowed_types:
@@ -120,6 +163,20 @@ def resolve_targets(model: nn.Module, targets, exclude=(), allowed_types: tuple 
                 kinds = ", ".join(sorted({t.__name__ for t in allowed_types}))
                 raise TargetError(f"target {n!r} is a {type(modules[n]).__name__}, which this method cannot wrap; it wraps {kinds}")
     return ordered
+
+
+def method_targets(model: nn.Module, config, method, protected=()) -> list[str]:
+    """The modules a weight/output method adapts: the config's targets, or else the method's defaults
+    (a tuple, or a function of the model: LoRA's are PEFT's choice for the architecture)."""
+    if config.targets:
+        return resolve_targets(model, config.targets, config.exclude, method.layer_types, protected)
+    defaults = method.default_targets(model) if callable(method.default_targets) else method.default_targets
+    return resolve_targets(model, defaults, config.exclude, method.layer_types, protected, optional=True)
+
+
+def _head_message(pattern: str, hits: list[str]) -> str:
+    return (f"target {pattern!r} matches only modules of the task head ({', '.join(hits[:3])}), which is trained whole "
+            "along with the adapter (PEFT's modules_to_save); pass train_head=False to adapt it with the method instead")
 
 
 def _no_match_message(pattern: str, names: list[str]) -> str:
@@ -131,8 +188,9 @@ def _no_match_message(pattern: str, names: list[str]) -> str:
 
 
 def matches_any(name: str, patterns, model: nn.Module) -> str | None:
-    """The first pattern in `patterns` that matches `name` (used by rank/alpha patterns)."""
+    """The first pattern in `patterns` that matches `name` (used by rank/alpha patterns); a role the
+    model does not have matches nothing."""
     for p in patterns:
-        if pattern_matcher(p, model)(name):
+        if pattern_matcher(p, model, strict=False)(name):
             return p
     return None

@@ -31,11 +31,18 @@ EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt", "prefix", "deep_prompt")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
+# The heads PEFT's task types add to modules_to_save by name (peft_model.py, classifier_module_names).
+_PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                    "QUESTION_ANS": ("qa_outputs",)}
+
+
 def peft_task_type(am: AdaptedModel, heads: list[str]) -> str | None:
     """PEFT's task_type for an adapter that trained `heads`. PEFT's classification task types always
-    restore the task head (modules_to_save), so an adapter without a trained head must not claim one,
-    or PEFT fails looking for its weights."""
-    return _task_type(am.base) if heads or not task_head_names(am.base) else None
+    restore the heads they name (modules_to_save), so an adapter that did not train those must not
+    claim one, or PEFT fails looking for their weights."""
+    task = _task_type(am.base)
+    named = [h for h in task_head_names(am.base) if h.split(".")[-1] in _PEFT_TASK_HEADS.get(task, ())]
+    return task if all(h in heads for h in named) else None
 
 
 def _task_type(model: nn.Module) -> str | None:
@@ -171,8 +178,8 @@ def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bo
     adapter, heads, base_copies = _sort_tensors(tensors, _names(config.get("modules_to_save")), file)
     if not adapter:
         raise AdapterFileError(f"{file} holds no adapter tensors")
-    _check_heads(am, heads, _names(config.get("modules_to_save")), file)
-    cfg = _petkit_config(config, peft_type, adapter, bool(heads), folder)
+    train_head = check_heads(am, heads, _names(config.get("modules_to_save")), file)
+    cfg = _petkit_config(config, peft_type, adapter, train_head, folder)
     am.add(cfg, name, init=init == "pissa")  # PiSSA: recompute the initial factors from the base
     expected, saved = {}, {}
     for path, layer, delta in am.layers(name):
@@ -239,15 +246,21 @@ def _head_of(key: str, names: list[str]) -> str | None:
     return None
 
 
-def _check_heads(am: AdaptedModel, heads: dict, names: list[str], file: Path) -> None:
+def check_heads(am: AdaptedModel, heads: dict, names: list[str], file: Path):
+    """The train_head setting that restores the head modules a file saved (modules_to_save): True for
+    the whole task head, the list of its parts for some of them (PEFT saves DistilBERT's classifier,
+    not its pre_classifier), False for none."""
     task_heads = task_head_names(am.base)
     for h in heads:
         if h not in task_heads:
-            raise AdapterFileError(f"{file} saves module {h!r} (modules_to_save), but petkit restores only task heads "
-                                   f"named {', '.join(HEAD_NAMES)}")
+            raise AdapterFileError(f"{file} saves module {h!r} (modules_to_save), but petkit restores only the task "
+                                   f"head ({', '.join(task_heads) or f'none here; heads are named {HEAD_NAMES}'})")
     for h in task_heads:
         if h not in heads and any(h == n or h.endswith("." + n) for n in names):
             raise AdapterFileError(f"{file} lists the task head {h!r} in modules_to_save but holds no weights for it")
+    if not heads:
+        return False
+    return True if set(heads) == set(task_heads) else tuple(h for h in task_heads if h in heads)
 
 
 def _check_base_copies(am: AdaptedModel, copies: dict, force: bool, file: Path) -> None:
@@ -281,7 +294,7 @@ def _literal(path: str) -> str:
     return "re:" + re.escape(path)  # a petkit target matching exactly this module path
 
 
-def _petkit_config(config: dict, peft_type: str, adapter: dict, head: bool, folder: Path):
+def _petkit_config(config: dict, peft_type: str, adapter: dict, head, folder: Path):
     file = folder / CONFIG_NAME
     targets = list(adapter)
     try:
@@ -326,7 +339,7 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head: bool, fold
         raise AdapterFileError(f"{file}: {exc}") from None
 
 
-def _miss_config(config: dict, targets: list[str], head: bool, file: Path) -> MissConfig:
+def _miss_config(config: dict, targets: list[str], head, file: Path) -> MissConfig:
     init = config.get("init_weights", True)
     if init not in (True, False, "bat", "mini") or not isinstance(init, (bool, str)):
         raise AdapterFileError(f"{file}: MiSS init_weights={_short(init)} is unknown; petkit reads true, false, 'bat' and 'mini'")

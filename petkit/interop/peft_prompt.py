@@ -76,7 +76,7 @@ def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
 
 def load_prompt(am: AdaptedModel, folder: Path, config: dict, name: str):
     """Add the adapter and return (expected, saved) tensors for the caller's checks and copy."""
-    from petkit.interop.peft import _check_heads, _head_of, _names, _short
+    from petkit.interop.peft import _head_of, _names, _short, check_heads
 
     file = folder / WEIGHTS_NAME
     tensors, metadata = read_tensors(file)
@@ -96,13 +96,13 @@ def load_prompt(am: AdaptedModel, folder: Path, config: dict, name: str):
         if head is None:
             raise AdapterFileError(f"{file}: tensor {_short(key)} is neither the prompt nor a task head's")
         heads.setdefault(head, {})[key[len(HEAD_PREFIX) + len(head) + 1:]] = value
-    _check_heads(am, heads, names, file)
+    train_head = check_heads(am, heads, names, file)
     if config.get("peft_type") == "PREFIX_TUNING":
-        am.add(PrefixTuningConfig(num_virtual_tokens=m, projection=False, train_head=bool(heads)), name, init=False)
+        am.add(PrefixTuningConfig(num_virtual_tokens=m, projection=False, train_head=train_head), name, init=False)
         _check_prefix_shape(am.model_deltas[name], config, folder)
         saved = {f"{MODEL_KEY}.table": prompt}
     else:
-        am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=bool(heads)), name, init=False)
+        am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=train_head), name, init=False)
         saved = {f"{MODEL_KEY}.embedding": prompt}
     saved.update({f"{h}.module.{k}": v for h, leaves in heads.items() for k, v in leaves.items()})
     return am.adapter_parameters(name), saved, metadata

@@ -38,7 +38,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.registry import Method, config_from_dict, method_for, register
-from petkit.core.targeting import LINEAR_TYPES, named_base_modules, resolve_targets
+from petkit.core.targeting import LINEAR_TYPES, method_targets, named_base_modules, resolve_targets
 from petkit.methods.sparse import SparseDelta
 
 LEVELS = ("element", "tensor")
@@ -78,7 +78,7 @@ def reference_count(model: nn.Module, reference: dict) -> int:
     """Trainable parameters the reference method would add to `model` (its deltas, no task head)."""
     cfg = config_from_dict(reference)
     method = method_for(cfg)
-    paths = resolve_targets(model, cfg.targets or method.default_targets, cfg.exclude, method.layer_types)
+    paths = method_targets(model, cfg, method)
     modules = dict(named_base_modules(model))
     return sum(p.numel() for path in paths for p in method.build(modules[path], cfg, path, model, init=False).parameters())
 

@@ -22,6 +22,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.registry import Method, register
+from petkit.core.roles import lora_default_targets
 from petkit.core.targeting import LINEAR_TYPES, matches_any
 from petkit.methods.lora_kernel import lora_linear, lora_linear_routed
 
@@ -202,6 +203,7 @@ register(Method(
     layer_types=LINEAR_TYPES + (nn.Embedding, nn.Conv2d), mergeable=True,
     spec="Hu et al. 2021 (arXiv 2106.09685); rsLoRA arXiv 2312.03732; PiSSA arXiv 2404.02948",
     summary="low-rank weight update s·BA; rsLoRA, PiSSA init, rank patterns", peft_type="LORA",
+    default_targets=lora_default_targets,
 ))
 
 
@@ -270,5 +272,5 @@ register(Method(
     name="dora", config=DoraConfig, kind="weight", build=build_dora,
     layer_types=LINEAR_TYPES, mergeable=True,
     spec="Liu et al. 2024, DoRA (arXiv 2402.09353)",
-    summary="LoRA direction + trained per-row magnitude", peft_type="LORA",
+    summary="LoRA direction + trained per-row magnitude", peft_type="LORA", default_targets=lora_default_targets,
 ))

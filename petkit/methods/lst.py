@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 import weakref
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.core.roles import role_regex
+from petkit.core.roles import role_paths
 from petkit.models.calls import cache_argument, call_inputs, find_cache
 from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
@@ -123,9 +122,10 @@ class LstDelta(ModelDelta):
         embedding = self.backbone.get_input_embeddings().weight
         keep_d = _top(importance("embedding", embedding).sum(0), embedding.shape[1] // self.r)
         heads, (kv_heads, head_dim) = config.num_attention_heads, attention_shape(config)
+        playing = {role: role_paths(role, self.backbone) for role in _ROLES}
         for side_layer, i in zip(self._side_stack(), self.side_layers):
             prefix = f"{self.stack_name}.{i}."
-            roles = {role: [n for n in params if n.startswith(prefix) and _plays(n, role, config.model_type)
+            roles = {role: [n for n in params if n.startswith(prefix) and _plays(n, playing[role])
                             and n.endswith("weight")] for role in _ROLES}
             score = None  # per head dim: the product of q, k and v importance, kv heads under their q heads
             for role, count in (("attn.q", heads), ("attn.k", kv_heads), ("attn.v", kv_heads)):
@@ -146,7 +146,7 @@ class LstDelta(ModelDelta):
                       "norm": (keep_d, None)}
             side_params = dict(side_layer.named_parameters())
             for n, value in params.items():
-                role = next((r for r in _ROLES if n.startswith(prefix) and _plays(n, r, config.model_type)), None)
+                role = next((r for r in _ROLES if n.startswith(prefix) and _plays(n, playing[r])), None)
                 if role is not None:  # weights and their biases alike: rows, then columns of a matrix
                     rows, cols = slices[role]
                     value = value[rows] if value.dim() == 1 or cols is None else value[rows][:, cols]
@@ -291,9 +291,9 @@ def _per_head(keep: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return (torch.arange(heads)[:, None] * head_dim + keep[None, :]).flatten()
 
 
-def _plays(name: str, role: str, family: str | None) -> bool:
-    module = name.rsplit(".", 1)[0]
-    return re.search(f"(^|\\.)({role_regex(role, family)})$", module) is not None
+def _plays(name: str, modules) -> bool:
+    """Whether parameter `name` belongs to one of `modules` (the paths playing a role)."""
+    return name.rsplit(".", 1)[0] in modules
 
 
 register(Method(

@@ -27,6 +27,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.registry import Method, register
+from petkit.core.roles import lora_default_targets
 from petkit.core.targeting import LINEAR_TYPES
 
 VARIANTS = ("miss", "bat", "mini")
@@ -128,4 +129,5 @@ register(Method(
                                                                   config.dropout),
     layer_types=LINEAR_TYPES, mergeable=True, spec="Kang 2024, Bone/MiSS (arXiv 2409.15371); PEFT tuners/miss",
     summary="shared shard block B: ΔW = Bᵀ tiled over input shards; bat and mini variants", peft_type="MISS",
+    default_targets=lora_default_targets,  # PEFT's MiSS defaults are its LoRA ones
 ))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from petkit.core.blocks import layer_stacks  # noqa: F401  (methods read stacks from here)
 from petkit.core.errors import TargetError
 from petkit.core.targeting import named_base_modules
 
@@ -19,17 +20,6 @@ def hf_model(model: nn.Module, method: str) -> nn.Module:
         if isinstance(module, PreTrainedModel):
             return module
     raise TargetError(f"{method} needs a Hugging Face transformers model; {type(model).__name__} holds none")
-
-
-def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """The outermost ModuleLists of identical blocks that have submodules (transformer layers):
-    BERT `encoder.layer`, GPT-2 `h`, Llama and ViT `layers`/`layer`, T5 `encoder.block` and `decoder.block`."""
-    stacks: list[tuple[str, nn.ModuleList]] = []
-    for name, m in named_base_modules(model):
-        if (isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1
-                and any(True for _ in m[0].children()) and not any(name.startswith(s + ".") for s, _ in stacks)):
-            stacks.append((name, m))
-    return stacks
 
 
 def embedding_modules(model: nn.Module, stacks) -> list[str]:
