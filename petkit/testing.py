@@ -80,6 +80,57 @@ def tiny_vit(num_labels: int = 3, seed: int = 0, dropout: float | None = None) -
 
 TINY_MODELS = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama, "t5": tiny_t5, "vit": tiny_vit}
 
+# Tiny configs of common architectures by model_type (hidden 16, 2 layers, 2 heads, FFN 32), for the
+# architecture matrix: fused q/k/v (GPT-NeoX, BLOOM, Falcon, MPT, Phi-3), grouped-query attention,
+# encoder-decoders, and classification heads with Linear layers inside (RoBERTa, DistilBERT, BART).
+_ENCODER = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+_DECODER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=8)
+_GPT = dict(n_embd=16, n_layer=2, n_head=2)
+ARCHITECTURES: dict[str, dict] = {
+    "bert": _ENCODER, "roberta": _ENCODER, "xlm-roberta": _ENCODER, "electra": {**_ENCODER, "embedding_size": 16},
+    "albert": {**_ENCODER, "embedding_size": 16},
+    "distilbert": dict(dim=16, n_layers=2, n_heads=2, hidden_dim=32),
+    "deberta-v2": {**_ENCODER, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 8,
+                   "max_relative_positions": 16, "share_att_key": True},
+    "gpt2": _GPT, "gpt_bigcode": _GPT,
+    "gptj": {**_GPT, "rotary_dim": 4, "n_inner": 32}, "codegen": {**_GPT, "rotary_dim": 4, "n_inner": 32},
+    "gpt_neo": dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, window_size=8,
+                    attention_types=[[["global", "local"], 1]]),
+    "gpt_neox": {k: v for k, v in _DECODER.items() if k not in ("num_key_value_heads", "head_dim")},
+    "opt": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32, word_embed_proj_dim=16),
+    "bloom": dict(hidden_size=16, n_layer=2, n_head=2),
+    "falcon": dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_hidden_size=32),
+    "mpt": dict(d_model=16, n_heads=2, n_layers=2, expansion_ratio=2, max_seq_len=64),
+    "llama": _DECODER, "mistral": _DECODER, "qwen2": _DECODER, "qwen3": _DECODER, "gemma": _DECODER,
+    "gemma2": _DECODER, "stablelm": _DECODER, "starcoder2": _DECODER, "olmo2": _DECODER,
+    "mixtral": {**_DECODER, "num_local_experts": 2, "num_experts_per_tok": 1},
+    "phi": {k: v for k, v in _DECODER.items() if k != "head_dim"},
+    "phi3": {k: v for k, v in _DECODER.items() if k != "head_dim"},
+    "t5": dict(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=2,
+               relative_attention_num_buckets=8, decoder_start_token_id=0),
+    "bart": dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=32, decoder_ffn_dim=32),
+    "vit": dict(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=32),
+}
+TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
+                "seq2seq": "AutoModelForSeq2SeqLM", "image-classification": "AutoModelForImageClassification"}
+
+
+def tiny_model(model_type: str, task: str = "causal-lm", num_labels: int = 3, seed: int = 0) -> nn.Module:
+    """A tiny random model of any architecture in ARCHITECTURES for a task in TASK_CLASSES (eager
+    attention, eval mode, global RNG untouched, like the tiny_* builders)."""
+    import transformers
+
+    if model_type not in ARCHITECTURES:
+        raise KeyError(f"no tiny config for {model_type!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    sizes = ARCHITECTURES[model_type]
+    tokens = {} if model_type == "vit" else dict(vocab_size=VOCAB_SIZE, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    positions = {} if model_type == "vit" else {"max_position_embeddings": 64, "n_positions": 64}
+    config = transformers.AutoConfig.for_model(model_type, num_labels=num_labels, **_COMMON, **positions, **tokens, **sizes)
+    return _build(getattr(transformers, TASK_CLASSES[task]).from_config, config, seed)
+
 
 def find_hf_model(model: nn.Module) -> nn.Module:
     """The first (outermost) submodule that carries a Hugging Face config — the model itself, or the
@@ -116,6 +167,9 @@ def tiny_batch(model: nn.Module, batch_size: int = 4, seq_len: int = 8, seed: in
 
     if kind.endswith("ForSequenceClassification"):
         batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+        if getattr(config, "is_encoder_decoder", False):  # BART/T5 classify the last token, an EOS (one per row)
+            last = attention_mask.sum(dim=1) - 1
+            batch["input_ids"][torch.arange(batch_size), last] = config.eos_token_id
     elif kind.endswith("ForCausalLM") or kind.endswith("LMHeadModel"):
         batch["labels"] = input_ids.masked_fill(attention_mask == 0, -100)
     elif getattr(config, "is_encoder_decoder", False):

@@ -73,6 +73,27 @@ def test_dropout():
     print("2. dropout path = plain autograd with the same mask; no-graph path gives the identical output")
 
 
+def test_output_takes_in_place_additions():
+    # Model code adds into a layer's output in place (Falcon: mlp_output += attention_output); the
+    # output must not be a view made inside the autograd Function, which autograd refuses to modify.
+    d = torch.float64
+    for shape, p in itertools.product([(3, 5, 7), (6, 7)], [0.0, 0.3]):
+        x = torch.randn(*shape, dtype=d, requires_grad=True)
+        W, b = torch.randn(4, 7, dtype=d), torch.randn(4, dtype=d)
+        A = torch.randn(3, 7, dtype=d, requires_grad=True)
+        B = torch.randn(4, 3, dtype=d, requires_grad=True)
+        other = torch.randn(*shape[:-1], 4, dtype=d)
+        torch.manual_seed(5)
+        y = lora_linear(x, W, b, A, B, 0.9, p)
+        y += other
+        grads = torch.autograd.grad(y.square().sum(), (x, A, B))
+        torch.manual_seed(5)
+        mask = torch.empty(x.numel() // 7, 7, dtype=d).bernoulli_(1 - p).div_(1 - p).view(x.shape) if p else None
+        want = ref(x, W, b, A, B, 0.9, mask) + other
+        assert rel(y, want) < 1e-12
+        assert all(rel(a, c) < 1e-12 for a, c in zip(grads, torch.autograd.grad(want.square().sum(), (x, A, B))))
+
+
 def test_fp32_against_the_plain_formula():
     for in_f, out_f in [(384, 384), (384, 1536), (1536, 384)]:
         x = torch.randn(8, 64, in_f, requires_grad=True)

@@ -237,11 +237,12 @@ def _sort_tensors(tensors: dict, head_names: list[str], file: Path):
 
 
 def _head_of(key: str, names: list[str]) -> str | None:
-    """The module in modules_to_save that holds `key` (PEFT matches names as dotted suffixes)."""
+    """The module in modules_to_save that holds `key`. PEFT matches names as plain string suffixes, so
+    "classifier" also saves DistilBERT's pre_classifier."""
     parts = key.split(".")
     for i in range(1, len(parts)):
         prefix = ".".join(parts[:i])
-        if any(prefix == n or prefix.endswith("." + n) for n in names):
+        if any(prefix.endswith(n) for n in names):
             return prefix
     return None
 
@@ -256,7 +257,7 @@ def check_heads(am: AdaptedModel, heads: dict, names: list[str], file: Path):
             raise AdapterFileError(f"{file} saves module {h!r} (modules_to_save), but petkit restores only the task "
                                    f"head ({', '.join(task_heads) or f'none here; heads are named {HEAD_NAMES}'})")
     for h in task_heads:
-        if h not in heads and any(h == n or h.endswith("." + n) for n in names):
+        if h not in heads and any(h.endswith(n) for n in names):
             raise AdapterFileError(f"{file} lists the task head {h!r} in modules_to_save but holds no weights for it")
     if not heads:
         return False

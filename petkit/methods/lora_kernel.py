@@ -22,6 +22,7 @@ W may be a transposed view (GPT-2 Conv1D); matmul takes it without a copy.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _merged(weight, A, B, scale):
@@ -33,29 +34,34 @@ def _dropout_mask(x2, p):
     return torch.empty_like(x2).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
+def _lora_forward(x, weight, bias, A, B, scale: float, p: float, keep_u: bool):
+    """y = x W^T + b + s · drop(x) A^T B^T, and (u = drop(x) A^T if kept, the dropout mask)."""
+    x2 = x.reshape(-1, weight.shape[1])
+    mask = u = None
+    # F.linear on the N-D input returns the output itself (a 2-D result reshaped as a view would be
+    # read-only to model code that adds into a layer's output in place, as Falcon's MLP does: autograd
+    # forbids in-place changes to a view made inside a custom Function).
+    if p > 0.0:
+        # Dropout only on the adapter branch, so the base GEMM cannot absorb the low-rank term.
+        mask = _dropout_mask(x2, p)
+        u = (x2 * mask) @ A.t()
+        y = F.linear(x, weight, bias)
+        y.view(-1, y.shape[-1]).addmm_(u, B.t(), alpha=scale)
+    else:
+        if keep_u:
+            u = x2 @ A.t()  # before the big GEMM, while x is still warm from whatever produced it
+        y = F.linear(x, _merged(weight, A, B, scale), bias)
+    return y, u, mask
+
+
 class LoraLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, scale: float, p: float):
-        in_f = weight.shape[1]
-        shape = x.shape
-        x2 = x.reshape(-1, in_f)
-        need_B = ctx.needs_input_grad[4]
-        mask = u = None
-        if p > 0.0:
-            # Dropout only on the adapter branch, so the base GEMM cannot absorb the low-rank term.
-            mask = _dropout_mask(x2, p)
-            u = (x2 * mask) @ A.t()
-            y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-            y.addmm_(u, B.t(), alpha=scale)
-        else:
-            if need_B:
-                u = x2 @ A.t()  # before the big GEMM, while x is still warm from whatever produced it
-            merged = _merged(weight, A, B, scale)
-            y = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
+        y, u, mask = _lora_forward(x, weight, bias, A, B, scale, p, keep_u=ctx.needs_input_grad[4])
         ctx.scale, ctx.p = scale, p
         ctx.save_for_backward(x, weight, A, B, u, mask)
         ctx.has_bias = bias is not None
-        return y.view(*shape[:-1], y.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -93,17 +99,7 @@ def _needs_graph(*tensors) -> bool:
 def lora_linear(x, weight, bias, A, B, scale: float, p: float = 0.0) -> torch.Tensor:
     if _needs_graph(x, weight, bias, A, B):
         return LoraLinearFn.apply(x, weight, bias, A, B, scale, p)
-    # No graph: the same arithmetic as LoraLinearFn.forward, minus what only backward needs.
-    in_f = weight.shape[1]
-    x2 = x.reshape(-1, in_f)
-    if p > 0.0:
-        u = (x2 * _dropout_mask(x2, p)) @ A.t()
-        y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-        y.addmm_(u, B.t(), alpha=scale)
-    else:
-        merged = _merged(weight, A, B, scale)
-        y = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
-    return y.view(*x.shape[:-1], y.shape[-1])
+    return _lora_forward(x, weight, bias, A, B, scale, p, keep_u=False)[0]  # no graph: nothing kept for backward
 
 
 def lora_linear_routed(x, weight, bias, As, Bs, scales) -> torch.Tensor:

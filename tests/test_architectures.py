@@ -1,0 +1,231 @@
+"""Every architecture, not twelve: roles, defaults, the generic method checks and the PEFT round trip
+(both directions) on tiny random models of 30 transformers architectures.
+
+Which families must work comes from PEFT's own default-target tables (peft/utils/constants.py):
+petkit's roles and LoRA defaults are checked against them, and against roles derived from structure.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import petkit  # noqa: E402
+from method_cases._matrix import check_method, outputs  # noqa: E402
+from petkit.core.role_structure import derive_parts  # noqa: E402
+from petkit.core.role_tables import FAMILIES, LORA_DEFAULT_EXCEPTIONS  # noqa: E402
+from petkit.core.roles import roles_of  # noqa: E402
+from petkit.core.targeting import resolve_targets, task_head_names  # noqa: E402
+from petkit.testing import ARCHITECTURES, tiny_batch, tiny_model  # noqa: E402
+
+peft = pytest.importorskip("peft")
+from peft.utils import constants as peft_tables  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta-v2")
+SEQ2SEQ = ("t5", "bart")
+DECODERS = tuple(a for a in ARCHITECTURES if a not in ENCODERS + SEQ2SEQ + ("vit",))
+# (architecture, task): every architecture once, decoders with a classification head too
+VARIANTS = ([(a, "classification") for a in ENCODERS] + [("vit", "image-classification")]
+            + [(a, "causal-lm") for a in DECODERS] + [("t5", "seq2seq"), ("bart", "classification")])
+CLASSIFYING_DECODERS = [(a, "classification") for a in ("gpt2", "gpt_neox", "bloom", "falcon", "mpt", "phi3", "llama", "opt")]
+ALL_VARIANTS = VARIANTS + CLASSIFYING_DECODERS
+# PEFT-table model types with no class in transformers (remote code) or whose class is multimodal: no tiny model here
+NOT_BUILT = {"blip-2", "llama4", "gemma4", "gemma3_text", "mt5", "chatglm", "btlm", "RefinedWeb", "RefinedWebModel",
+             "layoutlm", "deberta", "nemotron_h", "rwkv", "rwkv7"}
+
+METHODS = {
+    "lora-all-linear": lambda: petkit.LoraConfig(r=2, alpha=4, targets="all-linear"),
+    "lora-default": lambda: petkit.LoraConfig(r=2, alpha=4),
+    "dora": lambda: petkit.DoraConfig(r=2, alpha=4, targets=["attn.qkv", "attn.out"]),
+    "ia3-default": lambda: petkit.IA3Config(),
+}
+PEFT_TASKS = {"classification": "SEQ_CLS", "image-classification": None, "causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached(arch: str, task: str):
+    return tiny_model(arch, task)
+
+
+def build(arch: str, task: str):
+    return copy.deepcopy(_cached(arch, task))
+
+
+def ids(variants):
+    return [f"{a}-{t}" for a, t in variants]
+
+
+def _peft_model_types() -> set[str]:
+    return (set(peft_tables.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+            | set(peft_tables.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING)
+            | set(peft_tables.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING))
+
+
+# -- which families: PEFT's tables --------------------------------------------------------------------
+
+def test_every_family_of_peft_tables_has_roles_or_is_derived():
+    # A PEFT family without a petkit role table must be one whose roles come from structure.
+    missing = _peft_model_types() - set(FAMILIES)
+    assert missing <= {"blip-2", "llama4", "gemma4", "btlm", "rwkv7"}, missing
+    assert set(LORA_DEFAULT_EXCEPTIONS) <= set(peft_tables.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+
+
+def test_the_matrix_covers_twenty_architectures_with_fused_qkv_and_linear_heads():
+    archs = {a for a, _ in ALL_VARIANTS}
+    assert len(archs) >= 20
+    assert {"phi3", "gpt_neox", "falcon", "bloom", "roberta", "distilbert", "electra", "bart"} <= archs
+    assert set(_peft_model_types()) - NOT_BUILT <= archs | {"gemma3_text"}
+
+
+# -- roles ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,task", VARIANTS, ids=ids(VARIANTS))
+def test_roles_from_the_table_match_roles_derived_from_structure(arch, task):
+    model = build(arch, task)
+    roles = roles_of(model)
+    assert roles.source == ("table" if arch in FAMILIES else "structure")
+    assert {"attn.qkv", "attn.kv", "attn.out", "mlp.in"} <= set(roles.roles()) or arch == "mixtral"
+    derived = derive_parts(model)
+    for part, paths in roles.parts.items():
+        if part not in ("norm", "gate", "up", "in"):  # a gated MLP's names may not say which is the gate
+            assert set(paths) == set(derived[part]), (part, sorted(paths), sorted(derived[part]))
+
+
+@pytest.mark.parametrize("arch,task", VARIANTS, ids=ids(VARIANTS))
+def test_default_targets_resolve_and_summary_says_where_roles_came_from(arch, task):
+    model = build(arch, task)
+    am = petkit.adapt(model, petkit.IA3Config())
+    am.add(petkit.LoraConfig(r=2), "lora")
+    kv = resolve_targets(model, ["attn.kv"])
+    assert kv and all(p in am._modules_of["default"] for p in kv)
+    how = "from the table" if arch in FAMILIES else "derived from structure"
+    assert f"roles of {model.config.model_type}: {how}" in am.summary(print_it=False)
+
+
+@pytest.mark.parametrize("arch,task", VARIANTS, ids=ids(VARIANTS))
+def test_lora_defaults_are_pefts(arch, task):
+    # PEFT's choice for the model type; for types its table lacks, the same rule (q and v, or fused qkv).
+    model = build(arch, task)
+    am = petkit.adapt(model, petkit.LoraConfig(r=2), copy=True)
+    ours = {p for p in am._modules_of["default"] if p not in task_head_names(model)}
+    if model.config.model_type not in peft_tables.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        with pytest.raises(ValueError, match="target_modules"):
+            peft.get_peft_model(model, peft.LoraConfig(r=2, task_type=PEFT_TASKS[task]))
+        fused = bool(roles_of(model).parts.get("qkv"))
+        assert ours == set(resolve_targets(model, ["attn.qkv"] if fused else ["attn.q", "attn.v"]))
+        return
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=2, task_type=PEFT_TASKS[task]))
+    theirs = {n.removeprefix("base_model.model.") for n, m in pm.named_modules() if hasattr(m, "lora_A")}
+    assert ours == theirs
+
+
+# -- the generic method checks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch,task", VARIANTS, ids=ids(VARIANTS))
+def test_generic_checks(arch, task, method, tmp_path):
+    model = build(arch, task)
+    check_method(METHODS[method](), lambda: build(arch, task), tiny_batch(model, seed=1), tmp_path)
+
+
+# -- the task head: trained whole, never targeted -----------------------------------------------------
+
+HEADS = {"roberta": ["classifier"], "electra": ["classifier"], "distilbert": ["pre_classifier", "classifier"],
+         "deberta-v2": ["pooler", "classifier"], "bart": ["classification_head"], "llama": ["score"]}
+
+
+@pytest.mark.parametrize("arch", HEADS)
+def test_all_linear_trains_the_head_whole_and_leaves_it_out_of_targets(arch):
+    model = build(arch, "classification")
+    assert task_head_names(model) == HEADS[arch]
+    am = petkit.adapt(model, petkit.LoraConfig(r=2, targets="all-linear"))
+    heads = [p for p, _, d in am.layers("default") if type(d).__name__ == "HeadDelta"]
+    assert heads == HEADS[arch]
+    assert not [p for p in am._modules_of["default"] if any(p.startswith(h + ".") for h in heads)]
+
+
+def test_a_target_inside_the_head_is_an_error_unless_the_head_is_left_alone():
+    model = build("roberta", "classification")
+    with pytest.raises(petkit.TargetError, match=r"only modules of the task head \(classifier.out_proj\).*train_head=False"):
+        petkit.adapt(model, petkit.LoraConfig(r=2, targets=["out_proj"]))
+    assert not any(hasattr(m, "deltas") for m in model.modules())
+    am = petkit.adapt(model, petkit.LoraConfig(r=2, targets=["query", "out_proj"]))  # PEFT drops the head's
+    assert am._modules_of["default"][-1] == "classifier" and "classifier.out_proj" not in am._modules_of["default"]
+    am = petkit.adapt(build("roberta", "classification"), petkit.LoraConfig(r=2, targets=["out_proj"], train_head=False))
+    assert am._modules_of["default"] == ["classifier.out_proj"]
+
+
+# -- the PEFT round trip, both directions -------------------------------------------------------------
+
+ROUND_TRIP = ("lora-all-linear", "dora", "ia3-default")
+
+
+def _perturb(params, seed: int = 2) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _peft_config(am: petkit.AdaptedModel, task: str):
+    """The PEFT config of the same adapter: petkit's targets and head, by full module name."""
+    cfg = am.config()
+    layers = [(p, d) for p, _, d in am.layers("default") if type(d).__name__ != "HeadDelta"]
+    heads = [p for p, _, d in am.layers("default") if type(d).__name__ == "HeadDelta"]
+    common = dict(target_modules=[p for p, _ in layers], modules_to_save=heads or None, task_type=PEFT_TASKS[task])
+    if isinstance(cfg, petkit.IA3Config):
+        return peft.IA3Config(feedforward_modules=[p for p, d in layers if d.feedforward], **common)
+    return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, use_dora=isinstance(cfg, petkit.DoraConfig), **common)
+
+
+def _assert_changed_and_equal(got, want, base):
+    assert (want - base).abs().max() > 1e-3, "the adapter does not change the model"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ROUND_TRIP)
+@pytest.mark.parametrize("arch,task", ALL_VARIANTS, ids=ids(ALL_VARIANTS))
+def test_petkit_to_peft(arch, task, method, tmp_path):
+    batch = tiny_batch(build(arch, task), seed=1)
+    am = petkit.adapt(build(arch, task), METHODS[method]())
+    _perturb(am.trainable_parameters())
+    want = outputs(am, batch)
+    am.save(tmp_path, format="peft")
+    pm = peft.PeftModel.from_pretrained(build(arch, task), tmp_path).eval()
+    _assert_changed_and_equal(outputs(pm, batch), want, outputs(build(arch, task), batch))
+
+
+@pytest.mark.parametrize("method", ROUND_TRIP)
+@pytest.mark.parametrize("arch,task", ALL_VARIANTS, ids=ids(ALL_VARIANTS))
+def test_peft_to_petkit(arch, task, method, tmp_path):
+    batch = tiny_batch(build(arch, task), seed=1)
+    reference = petkit.adapt(build(arch, task), METHODS[method]())
+    pm = peft.get_peft_model(build(arch, task), _peft_config(reference, task)).eval()
+    _perturb(p for p in pm.parameters() if p.requires_grad)
+    want = outputs(pm, batch)
+    pm.save_pretrained(tmp_path)
+    am = petkit.load(build(arch, task), tmp_path)
+    _assert_changed_and_equal(outputs(am, batch), want, outputs(build(arch, task), batch))
+
+
+def test_a_peft_file_with_part_of_the_head_restores_that_part(tmp_path):
+    # PEFT's SEQ_CLS saves DeBERTa's classifier but not its (freshly initialised) pooler: petkit
+    # restores the same and leaves the pooler as the base has it.
+    pm = peft.get_peft_model(build("deberta-v2", "classification"),
+                             peft.LoraConfig(r=2, target_modules=["query_proj", "value_proj"], task_type="SEQ_CLS")).eval()
+    _perturb(p for p in pm.parameters() if p.requires_grad)
+    batch = tiny_batch(build("deberta-v2", "classification"), seed=1)
+    want = outputs(pm, batch)
+    pm.save_pretrained(tmp_path)
+    am = petkit.load(build("deberta-v2", "classification"), tmp_path)
+    assert am.config().train_head == ("classifier",)
+    torch.testing.assert_close(outputs(am, batch), want, atol=1e-5, rtol=1e-4)
