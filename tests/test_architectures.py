@@ -123,7 +123,12 @@ def test_lora_defaults_are_pefts(arch, task):
         fused = bool(roles_of(model).parts.get("qkv"))
         assert ours == set(resolve_targets(model, ["attn.qkv"] if fused else ["attn.q", "attn.v"]))
         return
-    pm = peft.get_peft_model(model, peft.LoraConfig(r=2, task_type=PEFT_TASKS[task]))
+    try:
+        pm = peft.get_peft_model(model, peft.LoraConfig(r=2, task_type=PEFT_TASKS[task]))
+    except peft.utils.error.NoMatchingPeftModuleError:  # PEFT 0.21 on Mixtral: its table's entry, matched as PEFT does
+        keys = peft_tables.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model.config.model_type]
+        assert ours == {n for n, _ in model.named_modules() if any(n == k or n.endswith("." + k) for k in keys)}
+        return
     theirs = {n.removeprefix("base_model.model.") for n, m in pm.named_modules() if hasattr(m, "lora_A")}
     assert ours == theirs
 
@@ -134,7 +139,8 @@ def test_lora_defaults_are_pefts(arch, task):
 @pytest.mark.parametrize("arch,task", VARIANTS, ids=ids(VARIANTS))
 def test_generic_checks(arch, task, method, tmp_path):
     model = build(arch, task)
-    check_method(METHODS[method](), lambda: build(arch, task), tiny_batch(model, seed=1), tmp_path)
+    lr = 0.1 if method.startswith("ia3") else 1e-2  # a tiny random LM's logits barely move with its scales
+    check_method(METHODS[method](), lambda: build(arch, task), tiny_batch(model, seed=1), tmp_path, lr=lr)
 
 
 # -- the task head: trained whole, never targeted -----------------------------------------------------
@@ -158,7 +164,7 @@ def test_a_target_inside_the_head_is_an_error_unless_the_head_is_left_alone():
     with pytest.raises(petkit.TargetError, match=r"only modules of the task head \(classifier.out_proj\).*train_head=False"):
         petkit.adapt(model, petkit.LoraConfig(r=2, targets=["out_proj"]))
     assert not any(hasattr(m, "deltas") for m in model.modules())
-    am = petkit.adapt(model, petkit.LoraConfig(r=2, targets=["query", "out_proj"]))  # PEFT drops the head's
+    am = petkit.adapt(model, petkit.LoraConfig(r=2, targets=["value", "re:.*(out_proj|query)"]))  # the head's left out
     assert am._modules_of["default"][-1] == "classifier" and "classifier.out_proj" not in am._modules_of["default"]
     am = petkit.adapt(build("roberta", "classification"), petkit.LoraConfig(r=2, targets=["out_proj"], train_head=False))
     assert am._modules_of["default"] == ["classifier.out_proj"]
@@ -188,7 +194,7 @@ def _peft_config(am: petkit.AdaptedModel, task: str):
 
 
 def _assert_changed_and_equal(got, want, base):
-    assert (want - base).abs().max() > 1e-3, "the adapter does not change the model"
+    assert (want - base).abs().max() > 1e-4, "the adapter does not change the model"  # 10x the tolerance below
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -229,3 +235,71 @@ def test_a_peft_file_with_part_of_the_head_restores_that_part(tmp_path):
     am = petkit.load(build("deberta-v2", "classification"), tmp_path)
     assert am.config().train_head == ("classifier",)
     torch.testing.assert_close(outputs(am, batch), want, atol=1e-5, rtol=1e-4)
+
+
+def test_peft_saves_distilberts_pre_classifier_by_string_suffix(tmp_path):
+    # PEFT's SEQ_CLS lists "classifier" in modules_to_save and matches it as a plain suffix, so it also
+    # trains and saves pre_classifier: petkit must restore that as part of the head, not refuse it.
+    pm = peft.get_peft_model(build("distilbert", "classification"),
+                             peft.LoraConfig(r=2, target_modules=["q_lin", "v_lin"], task_type="SEQ_CLS")).eval()
+    _perturb(p for p in pm.parameters() if p.requires_grad)
+    batch = tiny_batch(build("distilbert", "classification"), seed=1)
+    want = outputs(pm, batch)
+    pm.save_pretrained(tmp_path)
+    am = petkit.load(build("distilbert", "classification"), tmp_path)
+    assert am.config().train_head is True
+    _assert_changed_and_equal(outputs(am, batch), want, outputs(build("distilbert", "classification"), batch))
+
+
+# -- roles from structure where names do not tell ------------------------------------------------------
+
+class _Linears(torch.nn.Module):
+    def __init__(self, linears):
+        super().__init__()
+        for name, (i, o) in linears.items():
+            setattr(self, name, torch.nn.Linear(i, o))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, attention, mlp):
+        super().__init__()
+        self.attention = _Linears(attention)  # attention by its name alone
+        self.mlp = _Linears(mlp)
+        self.norm = torch.nn.LayerNorm(8)
+
+
+def _toy(attention, mlp):
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(_Block(attention, mlp) for _ in range(2))
+    return model
+
+
+def test_structure_tells_q_k_v_out_by_position_and_fused_qkv_by_shape():
+    toy = _toy({"a": (8, 8), "b": (8, 4), "c": (8, 4), "d": (8, 8)}, {"x": (8, 24), "y": (24, 8), "router": (8, 3)})
+    parts = derive_parts(toy)
+    assert [parts[p] for p in ("q", "k", "v", "out")] == [[f"blocks.{i}.attention.{n}" for i in (0, 1)] for n in "abcd"]
+    assert parts["up"] == ["blocks.0.mlp.x", "blocks.1.mlp.x"] and parts["down"] == ["blocks.0.mlp.y", "blocks.1.mlp.y"]
+    assert roles_of(toy).source == "structure" and roles_of(toy).roles()  # the router is no role
+    assert "blocks.0.mlp.router" not in {p for r in roles_of(toy).roles() for p in roles_of(toy).paths(r)}
+    # codegen's order: the output projection first, then the one layer that widens the stream (fused q, k, v)
+    fused = derive_parts(_toy({"o": (8, 8), "w": (8, 24)}, {"x": (8, 48), "y": (24, 8)}))
+    assert fused["qkv"][0] == "blocks.0.attention.w" and fused["out"][0] == "blocks.0.attention.o"
+    assert fused["gate_up"][0] == "blocks.0.mlp.x"  # 2 x the down projection's input: fused gate and up
+    with pytest.raises(petkit.TargetError, match=r"fuses these projections.*'attn.qkv' instead of 'attn.q'"):
+        petkit.adapt(_toy({"o": (8, 8), "w": (8, 24)}, {"x": (8, 24), "y": (24, 8)}), petkit.LoraConfig(targets="attn.q"))
+
+
+def test_a_model_without_attention_has_no_roles():
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    assert roles_of(mlp).describe() == "roles of the model: none found (target module names or regexes)"
+    with pytest.raises(petkit.TargetError, match="has no role 'attn.q'; its roles are none"):
+        petkit.adapt(mlp, petkit.LoraConfig(targets="attn.q"))
+    with pytest.raises(petkit.TargetError, match="no targets given.*found no attention projections"):
+        petkit.adapt(mlp, petkit.LoraConfig())
+
+
+def test_norm_role_is_the_norms_over_the_residual_stream():
+    model = build("qwen3", "causal-lm")  # its per-head q_norm and k_norm normalise head_dim, not the stream
+    norms = roles_of(model).paths("norm")
+    assert sorted(norms) == ["model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm",
+                             "model.layers.1.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm"]
