@@ -1,5 +1,5 @@
 """Every architecture, not twelve: roles, defaults, the generic method checks and the PEFT round trip
-(both directions) on tiny random models of 30 transformers architectures.
+(both directions) on tiny random models of 32 transformers architectures.
 
 Which families must work comes from PEFT's own default-target tables (peft/utils/constants.py):
 petkit's roles and LoRA defaults are checked against them, and against roles derived from structure.

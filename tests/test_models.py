@@ -18,10 +18,12 @@ from petkit.models import (
     resolve,
 )
 from petkit.testing import (
+    ARCHITECTURES,
     TINY_MODELS,
     VOCAB_SIZE,
     tiny_batch,
     tiny_bert,
+    tiny_model,
     tiny_tokenizer,
 )
 
@@ -65,6 +67,19 @@ def test_tiny_models_are_deterministic_and_leave_global_rng_alone(family):
     with torch.no_grad():
         assert torch.equal(a(**batch).logits, b(**batch).logits)
         assert torch.equal(a(**batch).logits, a(**batch).logits)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_tiny_architectures_are_small_deterministic_and_run(arch):
+    task = {"vit": "image-classification", "t5": "seq2seq", "codegen": "causal-lm"}.get(arch, "classification")
+    state = torch.get_rng_state()
+    model = tiny_model(arch, task)
+    assert torch.equal(state, torch.get_rng_state())
+    assert model.config.model_type == arch and not model.training and model.config._attn_implementation == "eager"
+    assert sum(p.numel() for p in model.parameters()) * 4 < 100_000
+    again = tiny_model(arch, task)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert torch.isfinite(model(**tiny_batch(model)).loss)
 
 
 def test_tiny_batch_shapes_and_labels():

@@ -1,6 +1,6 @@
 """The generic checks every (method config, tiny model) pair goes through: shared by the method matrix
 (test_engine_matrix.py: every method on five families) and the architecture matrix
-(test_architectures.py: LoRA, DoRA and IA³ on 25+ architectures)."""
+(test_architectures.py: LoRA, DoRA and IA³ on 32 architectures)."""
 
 from __future__ import annotations
 
