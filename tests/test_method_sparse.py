@@ -58,6 +58,23 @@ def test_forward_and_gradients_match_a_dense_masked_layer(with_base, chunk, monk
     assert v.grad.shape == (index.numel(),)
 
 
+def test_output_takes_in_place_additions():
+    # Falcon adds into its MLP output in place: the output must not be a view made inside the Function.
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    index = sorted_support(torch.tensor([0, 5, 9, 23]))
+    values = torch.randn(4, generator=g, requires_grad=True)
+    x = torch.randn(2, 3, 4, generator=g, requires_grad=True)
+    other = torch.randn(2, 3, 6, generator=g)
+    y = sparse_linear(x, W, b, values, index, (6, 4), 1.5)
+    y += other
+    y.square().sum().backward()
+    y_ref, D = _dense_reference(x.detach().requires_grad_(True), W, b, index, values.detach(), 1.5)
+    (y_ref + other).square().sum().backward()
+    torch.testing.assert_close(y, y_ref + other)
+    torch.testing.assert_close(values.grad, D.grad.view(-1)[index])
+
+
 def test_transposed_weight_view_like_gpt2_conv1d():
     g = torch.Generator().manual_seed(1)
     stored = torch.randn(6, 9, generator=g)  # Conv1D stores (in, out)

@@ -151,6 +151,16 @@ def add_to_weight(base: nn.Module, delta_oi: torch.Tensor, sign: float = 1.0) ->
         weight_oi(base).add_(delta_oi.to(base.weight.dtype), alpha=sign)
 
 
+def linear_nd(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight_t + bias for an N-D x, as the output of a custom autograd Function's forward:
+    matmul hands back a tensor of its own, where a 2-D product reshaped (or F.linear's N-D result) is
+    a view, which autograd then refuses to let model code change in place (Falcon adds into its
+    MLP output: mlp_output += attention_output). The bias goes in as a second pass, as addmm's does
+    (it copies the bias into the output before the GEMM)."""
+    y = torch.matmul(x, weight_t)
+    return y if bias is None else y.add_(bias)
+
+
 def in_out_features(base: nn.Module) -> tuple[int, int]:
     w = weight_oi(base)
     return w.shape[1], w.shape[0]

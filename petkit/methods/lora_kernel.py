@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from petkit.core.layer import linear_nd
+
 
 def _merged(weight, A, B, scale):
     # clone + in-place addmm_ is ~2x faster than the out-of-place addmm (which copies W twice).
@@ -33,15 +35,6 @@ def _dropout_mask(x2, p):
     return torch.empty_like(x2).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
-def _affine(x, weight_t, bias):
-    """x @ weight_t + bias for an N-D x. matmul hands back a tensor of its own, not a view of a 2-D
-    product: autograd refuses in-place changes to a view made inside a custom Function, and model code
-    adds into a layer's output in place (Falcon: mlp_output += attention_output). The bias goes in as
-    a second pass, as addmm's does (it copies the bias into the output before the GEMM)."""
-    y = torch.matmul(x, weight_t)
-    return y if bias is None else y.add_(bias)
-
-
 def _lora_forward(x, weight, bias, A, B, scale: float, p: float, keep_u: bool):
     """y = x W^T + b + s · drop(x) A^T B^T, and (u = drop(x) A^T if kept, the dropout mask)."""
     x2 = x.reshape(-1, weight.shape[1])
@@ -50,12 +43,12 @@ def _lora_forward(x, weight, bias, A, B, scale: float, p: float, keep_u: bool):
         # Dropout only on the adapter branch, so the base GEMM cannot absorb the low-rank term.
         mask = _dropout_mask(x2, p)
         u = (x2 * mask) @ A.t()
-        y = _affine(x, weight.t(), bias)
+        y = linear_nd(x, weight.t(), bias)
         y.view(-1, y.shape[-1]).addmm_(u, B.t(), alpha=scale)
     else:
         if keep_u:
             u = x2 @ A.t()  # before the big GEMM, while x is still warm from whatever produced it
-        y = _affine(x, _merged(weight, A, B, scale).t(), bias)
+        y = linear_nd(x, _merged(weight, A, B, scale).t(), bias)
     return y, u, mask
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.layer import Delta, add_to_weight, in_out_features, linear_nd, weight_oi
 
 CHUNK = 2 ** 18  # entries of one row block of the gathered gradient (1 MB in fp32)
 
@@ -68,12 +68,10 @@ class SparseLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, values, index, shape, scale: float):
-        x2 = x.reshape(-1, shape[1])
-        w = with_support(weight, values, index, shape, scale)
-        y = x2 @ w.t() if bias is None else torch.addmm(bias, x2, w.t())
+        y = linear_nd(x, with_support(weight, values, index, shape, scale).t(), bias)
         ctx.save_for_backward(x, weight, values, index)
         ctx.shape, ctx.scale, ctx.has_bias = shape, scale, bias is not None
-        return y.view(*x.shape[:-1], shape[0])
+        return y
 
     @staticmethod
     def backward(ctx, g):
