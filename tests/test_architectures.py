@@ -83,7 +83,7 @@ def test_the_matrix_covers_twenty_architectures_with_fused_qkv_and_linear_heads(
     archs = {a for a, _ in ALL_VARIANTS}
     assert len(archs) >= 20
     assert {"phi3", "gpt_neox", "falcon", "bloom", "roberta", "distilbert", "electra", "bart"} <= archs
-    assert set(_peft_model_types()) - NOT_BUILT <= archs | {"gemma3_text"}
+    assert _peft_model_types() - NOT_BUILT <= archs
 
 
 # -- roles ----------------------------------------------------------------------------------------------
@@ -157,6 +157,16 @@ def test_all_linear_trains_the_head_whole_and_leaves_it_out_of_targets(arch):
     heads = [p for p, _, d in am.layers("default") if type(d).__name__ == "HeadDelta"]
     assert heads == HEADS[arch]
     assert not [p for p in am._modules_of["default"] if any(p.startswith(h + ".") for h in heads)]
+
+
+def test_a_base_model_under_another_name_is_not_part_of_the_head():
+    # CLIP's image classifier keeps its base model as vision_model, not as its base_model_prefix "clip"
+    from transformers import CLIPConfig, CLIPForImageClassification
+
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = CLIPForImageClassification(CLIPConfig(vision_config={**tower, "image_size": 16, "patch_size": 4},
+                                                  text_config=tower))
+    assert task_head_names(model) == ["classifier"]
 
 
 def test_a_target_inside_the_head_is_an_error_unless_the_head_is_left_alone():

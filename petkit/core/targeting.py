@@ -67,20 +67,21 @@ def task_head_names(model: nn.Module) -> list[str]:
     """The freshly initialised task head, whole (trained along with an adapter when train_head='auto').
 
     In a transformers model with a head named classifier/score/qa_outputs/classification_head, that
-    is every child with parameters beside the base model and the output embeddings: RoBERTa's
-    classifier (dense + out_proj), DistilBERT's pre_classifier and classifier, DeBERTa's pooler and
-    classifier. Elsewhere, the modules with one of those names.
+    is every child with parameters beside the base model (its `base_model_prefix` child) and the
+    output embeddings: RoBERTa's classifier (dense + out_proj), DistilBERT's pre_classifier and
+    classifier, DeBERTa's pooler and classifier. Where the base model sits under another name (CLIP's
+    vision_model) or outside transformers, the modules with one of those names.
     """
     for path, m in named_base_modules(model):
         prefix = getattr(m, "base_model_prefix", None)
         if not isinstance(prefix, str) or getattr(m, "config", None) is None:
             continue
         out = _output_embeddings(m)
-        children = [(n, c) for n, c in m.named_children() if n != prefix and any(True for _ in c.parameters())]
-        if not any(n in HEAD_NAMES for n, _ in children):
-            break  # no task head of its own: perhaps the model around it has one
-        return [f"{path}.{n}" if path else n for n, c in children
-                if out is None or not any(x is out or getattr(x, "base_layer", None) is out for x in c.modules())]
+        children = [(n, c) for n, c in m.named_children() if any(True for _ in c.parameters())]
+        if prefix not in dict(children) or not any(n in HEAD_NAMES for n, _ in children):
+            break  # no task head of its own beside its base model: perhaps the model around it has one
+        return [f"{path}.{n}" if path else n for n, c in children if n != prefix
+                and (out is None or not any(x is out or getattr(x, "base_layer", None) is out for x in c.modules()))]
     return [n for n, m in named_base_modules(model) if n.split(".")[-1] in HEAD_NAMES and any(True for _ in m.parameters())]
 
 
