@@ -49,8 +49,10 @@ def tasks(tmp_path_factory):
 
 
 def bench_config(tiny_folder, tasks, output, **changes) -> BenchConfig:
+    # extend=0: the grid as given, so the run counts below are fixed (the search past an edge has its own tests)
     settings = dict(model=tiny_folder, tasks=tasks, methods=("lora", "bitfit"), seeds=2, steps=MIN_STEPS,
-                    batch_size=8, max_length=24, max_train=None, max_eval=None, isolate=False, output=str(output))
+                    batch_size=8, max_length=24, max_train=None, max_eval=None, isolate=False, extend=0,
+                    output=str(output))
     return BenchConfig(**{**settings, **changes})
 
 
@@ -312,7 +314,7 @@ def lm_bench(lm_folder, lm_text, tmp_path_factory):
     output = tmp_path_factory.mktemp("lm-bench")
     config = BenchConfig(model=lm_folder, tasks=(lm_text,), methods=("lora", "ia3"), seeds=1, steps=MIN_STEPS,
                          batch_size=4, max_length=32, max_train=None, max_eval=None, isolate=False,
-                         against="peft", output=str(output))
+                         against="peft", extend=0, output=str(output))
     return output, config, run_bench(config, progress=False)
 
 
@@ -404,7 +406,7 @@ def test_cli_prints_perplexity_for_lm(lm_bench, capsys, tmp_path):
     yaml_file = tmp_path / "lm.yaml"
     yaml_file.write_text(f"model: {config.model}\ntasks: [{config.tasks[0]}]\nmethods: lora,ia3\nseeds: 1\n"
                          f"budget: steps={MIN_STEPS}\nbatch_size: 4\nmax_length: 32\nmax_train: null\n"
-                         f"max_eval: null\nisolate: false\nagainst: peft\noutput: {output}\n")
+                         f"max_eval: null\nisolate: false\nagainst: peft\nextend: 0\noutput: {output}\n")
     assert main(["bench", "--config", str(yaml_file), "--no-progress", "--report-only"]) == 0
     out = capsys.readouterr().out
     assert "mean test ppl" in out and "mean test acc" not in out

@@ -43,6 +43,9 @@ class BenchConfig:
     eval_batch_size: int = 32
     settings: dict = field(default_factory=dict)  # {method: {field: value}} over the defaults table
     lrs: dict = field(default_factory=dict)       # {method: [lr, ...]} replacing the table's grid
+    # extend: while the rate chosen on dev is the grid's smallest or largest, try one more rate past that
+    # edge, at most this many per side (0: search the grid as given; see summary.lr_search)
+    extend: int = 2
     # variants: a registered method benched under another name with other settings, so one bench can
     # hold two configs of a method (e.g. {"lora-r16": {"method": "lora", "r": 16}}); listed in methods
     # by that name, which settings and lrs may use too
@@ -209,6 +212,7 @@ def _validate(cfg: BenchConfig) -> None:
     if len(set(cfg.methods)) != len(cfg.methods) or len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError("methods and tasks must not repeat")
     _positive_int("seeds", cfg.seeds)
+    _positive_int("extend", cfg.extend, 0)
     _positive_int("steps", cfg.steps, MIN_STEPS,
                   f": the budget is too small to evaluate. The step time is the median of the steps after the "
                   f"first {WARMUP_STEPS} (warm-up), so a run needs at least {MIN_STEPS} steps; "

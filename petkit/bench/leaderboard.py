@@ -78,7 +78,8 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
     return {
         "method": method, "family": config.family(method),
         "tasks": {t: {f"{KEYS[c.metric]}_mean": c.score_mean, f"{KEYS[c.metric]}_std": c.score_std,
-                      "seeds": len(c.runs), "lr": c.lr, "params": c.median("trainable_params")}
+                      "seeds": len(c.runs), "lr": c.lr, "lr_searched": list(c.search.rates),
+                      "lr_edge": c.search.edge, "params": c.median("trainable_params")}
                   for t, c in mine.items()},
         "mean_acc": statistics.fmean(accs) if accs else math.nan,  # over the classification tasks
         **({"mean_ppl": statistics.fmean(ppls)} if ppls else {}),   # over the language-modelling tasks

@@ -15,6 +15,7 @@ from petkit.bench.leaderboard import Board, build, task_metric, task_score
 from petkit.bench.results import key_of
 from petkit.bench.summary import task_name
 
+EDGE_MARK = " †"  # after a score whose learning rate was chosen at an edge of the searched rates
 PLOTS = {"accuracy_vs_params.png": "test accuracy against trainable parameters",
          "memory_time.png": "training memory and step time",
          "heatmap.png": "test accuracy per method and task"}
@@ -102,6 +103,7 @@ def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
     if not board.rows:
         return "\n".join(lines + ["No finished runs yet.", ""] + _failures(records))
     lines += [f"**{board.statement}**", ""]
+    lines += _edge_note(board, config)
     lines += _main_table(board, names, metrics)
     lines += ["", "Ranks: Borda points (systems beaten, summed over tasks) and the Kemeny consensus position, "
               "beside the plain mean; all three come from `petkit.analysis.ranking`. Memory and step time "
@@ -136,7 +138,8 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
             "merged × base"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, r in enumerate(board.rows, start=1):
-        accs = [_score(*task_score(r["tasks"][t])) if t in r["tasks"] else "–" for t in board.tasks]
+        accs = [_score(*task_score(r["tasks"][t])) + EDGE_MARK * bool(r["tasks"][t].get("lr_edge"))
+                if t in r["tasks"] else "–" for t in board.tasks]
         mean = ([_acc(r["mean_acc"])] if means[0] in ("mean", "mean acc") else []) + \
                ([_ppl(r.get("mean_ppl"))] if "mean ppl" in means else [])
         cells = ([str(k), f"`{r['method']}`", r["family"]] + accs + mean +
@@ -148,11 +151,33 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
     return lines
 
 
+def edge_counts(board: Board) -> tuple[int, int]:
+    """(cells whose rate was chosen from several, of them the ones chosen at an edge of the searched rates)."""
+    searched = [c for r in board.rows for c in r["tasks"].values() if len(c.get("lr_searched", ())) > 1]
+    return len(searched), sum(bool(c["lr_edge"]) for c in searched)
+
+
+def _edge_note(board: Board, config: BenchConfig) -> list[str]:
+    searched, edges = edge_counts(board)
+    if not searched:
+        return []
+    return [f"Learning rate: an interior optimum of its searched rates in {searched - edges} of {searched} cells; "
+            f"{EDGE_MARK.strip()} marks a cell whose rate is still the smallest or largest searched after up to "
+            f"{config.extend} more rate{'s' * (config.extend != 1)} per side (its optimum may lie beyond the grid).", ""]
+
+
+def _lr_cell(cell: dict) -> str:
+    arrow = {"lower": " ↓ (lower edge)", "upper": " ↑ (upper edge)"}.get(cell.get("lr_edge"), "")
+    rates = cell.get("lr_searched", [cell["lr"]])
+    return f"**{cell['lr']:g}**{arrow} of {', '.join(f'{x:g}' for x in rates)}" if len(rates) > 1 else f"{cell['lr']:g}"
+
+
 def _lr_table(board: Board, names: list[str]) -> list[str]:
-    lines = ["## Learning rates chosen on dev (seed 0)", "", "| method | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    lines = ["## Learning rates chosen on dev (seed 0)", "",
+             "The chosen rate (bold) among the rates seed 0 trained at; an arrow marks a choice at an edge.", "",
+             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in board.rows:
-        lines.append(f"| `{r['method']}` | " + " | ".join(f"{r['tasks'][t]['lr']:g}" if t in r["tasks"] else "–"
+        lines.append(f"| `{r['method']}` | " + " | ".join(_lr_cell(r["tasks"][t]) if t in r["tasks"] else "–"
                                                          for t in board.tasks) + " |")
     return lines + [""]
 
@@ -203,8 +228,10 @@ def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> lis
     memory = sorted({r["memory_method"] for r in ok if "memory_method" in r})
     return ["## Protocol", "",
             "- **Learning rate**: seed 0 trains at every rate of the method's grid (`petkit/bench/defaults.py`); "
-            "the best dev accuracy wins (ties: lower dev loss, then the smaller rate) and seeds 1..n-1 train at "
-            "that rate only. Test accuracy is never used to choose."
+            "the best dev accuracy wins (ties: lower dev loss, then the smaller rate). While the winner is the "
+            "smallest or largest rate tried, seed 0 also trains one rate further out (the grid's spacing at that "
+            f"edge), at most {config.extend} per side, and the best is chosen again. Seeds 1..n-1 train at the "
+            "chosen rate only. Test accuracy is never used to choose."
             + (" On a language-modelling task the lowest dev loss (so dev perplexity) wins (ties: the smaller "
                "rate), and the score is test perplexity, lower is better (the ranking takes its direction "
                "into account)." if lm else ""),
