@@ -92,6 +92,7 @@ def test_method_matrix(case, family, tmp_path):
     # train: loss falls, only the adapter's parameters move
     am.train()
     opt = torch.optim.AdamW(am.trainable_parameters(), lr=TRAIN_LRS.get(case, 1e-2))
+    am.hook_optimizer(opt)  # once-per-step gradient terms (SaRA's nuclear norm), as a user's own loop does
     losses = []
     torch.manual_seed(0)
     for _ in range(12):

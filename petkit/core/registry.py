@@ -20,6 +20,10 @@ class Method:
     default_targets: used when the config gives none (e.g. "all-norm" for LayerNorm tuning)
     select(model, config) -> paths   (selection kind, optional) the module or parameter paths to train,
                                      chosen by the method instead of from the config's targets
+    before_step(am, name)            (optional) adds the adapter's once-per-step gradient terms (a
+                                     regulariser that must act at its own strength whatever the
+                                     accumulation or loss scale) to the gradients the optimizer is about
+                                     to use; run by `AdaptedModel.before_optimizer_step`
     """
 
     name: str
@@ -33,6 +37,7 @@ class Method:
     default_targets: tuple[str, ...] = ()
     peft_type: str | None = None
     select: Callable | None = None
+    before_step: Callable | None = None
 
 
 _METHODS: dict[str, Method] = {}
