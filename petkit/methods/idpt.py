@@ -20,11 +20,12 @@ LayerNorm, BERT's last layer) of position 0, of the prompts and of a max-pool ov
                                                            each hidden Linear + BN + ReLU + Dropout 0.5
 
 and replaces the model's logits (the loss is recomputed from them by the model's rule); the
-model's own head is then not read and not trained. Position 0 is the model's "CLS": [CLS] in
-BERT-style tokenizers, <s> in RoBERTa's, ViT's class token; the encoders IDPT accepts all put
-their summary token there. Point clouds have no padding, so the paper says nothing about it; here
-padding tokens are no node and no neighbour of the kNN graph, are in no batch-norm statistic and in
-neither max-pool (the generator's nor the head's), so padding never changes a sample's logits.
+model's own head is then not read and not trained (train_head "auto" resolves to False). Position
+0 is the model's "CLS": [CLS] in BERT-style tokenizers, <s> in RoBERTa's, ViT's class token; the
+encoders IDPT accepts all put their summary token there. The official code has no padding (a point
+cloud is always 128 groups); here padding tokens are no node and no neighbour of the kNN graph, are
+in no batch-norm statistic and in neither max-pool (the generator's nor the head's), and the
+prompts attend to what position 0 attends to, so padding never changes a sample's logits.
 
 `generator="mlp"` is petkit's first stand-in, `p = W_2 maxpool(GELU(LN(Y) W_1 + b_1)) + b_2 + e_pos`
 over all tokens, and `head="model"` lets the model's own head read its own positions (prompts are
@@ -32,7 +33,8 @@ dropped after the last block). An adapter file written before these two fields e
 stand-in, so a saved config without them loads as generator="mlp", head="model"; a config written
 by hand gets the paper's defaults.
 
-Encoders only (BERT-style, ViT; see DVPT); head="idpt" needs a sequence or image classifier.
+Encoders only (BERT-style, ViT; see DVPT); head="idpt" needs a sequence or image classifier. On
+MiniLM (16 × 64 tokens) a training step costs about 1.2× LoRA's (q, v, r = 8) at k = 20, h = d.
 Trainable (edgeconv, h = generator_hidden or d, c = head_hidden, C labels):
 2dh + 4h·h + 3·2h (EdgeConv and their BNs) + 3h·md + 2md (fuse and its BN) + m·d (e_pos)
 + (2+m)d·c + c + 2c + c² + c + 2c + c·C + C (head). Not identity at init; not mergeable.
