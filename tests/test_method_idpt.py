@@ -154,6 +154,20 @@ def test_head_input_leaves_padding_and_the_prompts_out_of_the_token_pool():
         torch.testing.assert_close(layout[b], expected)
 
 
+@pytest.mark.parametrize("labels,loss", [
+    (1, lambda logits, y: F.mse_loss(logits.view(-1), y)),
+    (3, lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)),
+], ids=["regression", "multi-label"])
+def test_the_loss_follows_the_models_rule_from_the_heads_logits(labels, loss):
+    base = TINY_MODELS["bert"](seed=0, num_labels=labels)
+    am, batch = petkit.adapt(base, petkit.IdptConfig(neighbors=3)), tiny_batch(base, seed=1)
+    am.eval()
+    y = torch.rand(4) if labels == 1 else torch.randint(0, 2, (4, labels)).float()
+    with torch.no_grad():
+        out = am(**{**batch, "labels": y})
+        torch.testing.assert_close(out.loss, loss(out.logits, y))
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("config", [
     petkit.IdptConfig(num_virtual_tokens=2, neighbors=3, head_dropout=0.0),
