@@ -71,11 +71,13 @@ def all_methods() -> list[Method]:
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 
-def config_from_dict(data: dict) -> AdapterConfig:
-    """Rebuild a config from its saved dict (the `method` key picks the class)."""
+def config_from_dict(data: dict, saved: bool = False) -> AdapterConfig:
+    """Rebuild a config from its dict (the `method` key picks the class); saved=True for one read
+    from an adapter file, where fields the file predates take the config's `saved_defaults`."""
     if not isinstance(data, dict) or not isinstance(data.get("method"), str):
         raise ConfigError("an adapter config must be a JSON object with a 'method' name")
-    return get_method(data["method"]).config.from_dict(data)
+    config = get_method(data["method"]).config
+    return config.from_saved(data) if saved else config.from_dict(data)
 
 
 def _ensure_loaded() -> None:
