@@ -1,10 +1,11 @@
 """Tiny random-weight models, batches and a tokenizer for fast, offline unit tests.
 
-Every model has hidden size 32, 2 layers and a 100-token vocabulary (about 0.1 MB), is built from a
-seed (same seed, same weights; the global torch RNG is left untouched), uses eager attention (one
-code path, deterministic on CPU) and is returned in eval mode. Dropout keeps each family's Hugging
-Face default (0.1 for BERT/GPT-2/T5, 0 for Llama/ViT) unless ``dropout=`` is given, so a test that
-calls ``model.train()`` exercises the RNG as a real fine-tune would.
+Every model has hidden size 32, 2 layers (BERT and ViT: more on request) and a 100-token vocabulary
+(about 0.1 MB), is built from a seed (same seed, same weights; the global torch RNG is left
+untouched), uses eager attention (one code path, deterministic on CPU) and is returned in eval
+mode. Dropout keeps each family's Hugging Face default (0.1 for BERT/GPT-2/T5, 0 for Llama/ViT)
+unless ``dropout=`` is given, so a test that calls ``model.train()`` exercises the RNG as a real
+fine-tune would.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def _dropout(value: float | None, *names: str) -> dict:
     return {} if value is None else dict.fromkeys(names, value)
 
 
-def tiny_bert(num_labels: int = 3, seed: int = 0, dropout: float | None = None) -> nn.Module:
-    """``BertForSequenceClassification`` (modules: ``bert.encoder.layer.{0,1}.attention.self.query`` …)."""
+def tiny_bert(num_labels: int = 3, seed: int = 0, dropout: float | None = None, layers: int = 2) -> nn.Module:
+    """``BertForSequenceClassification`` (modules: ``bert.encoder.layer.{0,1}.attention.self.query`` …);
+    ``layers`` for tests that need a deeper stack."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, **_COMMON,
                         **_dropout(dropout, "hidden_dropout_prob", "attention_probs_dropout_prob"))
     return _build(BertForSequenceClassification, config, seed)
@@ -68,11 +70,11 @@ def tiny_t5(seed: int = 0, dropout: float | None = None) -> nn.Module:
     return _build(T5ForConditionalGeneration, config, seed)
 
 
-def tiny_vit(num_labels: int = 3, seed: int = 0, dropout: float | None = None) -> nn.Module:
-    """``ViTForImageClassification`` on 16x16 RGB images in 4x4 patches."""
+def tiny_vit(num_labels: int = 3, seed: int = 0, dropout: float | None = None, layers: int = 2) -> nn.Module:
+    """``ViTForImageClassification`` on 16x16 RGB images in 4x4 patches; ``layers`` as tiny_bert's."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=layers,
                        num_attention_heads=2, intermediate_size=64, num_labels=num_labels, **_COMMON,
                        **_dropout(dropout, "hidden_dropout_prob", "attention_probs_dropout_prob"))
     return _build(ViTForImageClassification, config, seed)

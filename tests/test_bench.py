@@ -49,8 +49,10 @@ def tasks(tmp_path_factory):
 
 
 def bench_config(tiny_folder, tasks, output, **changes) -> BenchConfig:
+    # extend=0: the grid as given, so the run counts below are fixed (the search past an edge has its own tests)
     settings = dict(model=tiny_folder, tasks=tasks, methods=("lora", "bitfit"), seeds=2, steps=MIN_STEPS,
-                    batch_size=8, max_length=24, max_train=None, max_eval=None, isolate=False, output=str(output))
+                    batch_size=8, max_length=24, max_train=None, max_eval=None, isolate=False, extend=0,
+                    output=str(output))
     return BenchConfig(**{**settings, **changes})
 
 
@@ -312,7 +314,7 @@ def lm_bench(lm_folder, lm_text, tmp_path_factory):
     output = tmp_path_factory.mktemp("lm-bench")
     config = BenchConfig(model=lm_folder, tasks=(lm_text,), methods=("lora", "ia3"), seeds=1, steps=MIN_STEPS,
                          batch_size=4, max_length=32, max_train=None, max_eval=None, isolate=False,
-                         against="peft", output=str(output))
+                         against="peft", extend=0, output=str(output))
     return output, config, run_bench(config, progress=False)
 
 
@@ -381,6 +383,65 @@ def test_lm_ranking_direction_on_made_up_records(lm_folder, lm_text, tmp_path):
     assert "| mean acc | mean ppl | Borda |" in markdown and "5.00 ± 0.00" in markdown and "90.0 ± 0.0" in markdown
 
 
+def made_up_record(method, task, seed, accuracy):
+    return {"status": "ok", "library": "petkit", "method": method, "task": task, "seed": seed, "lr": 1e-3,
+            "dev": {"loss": 1.0, "accuracy": 0.5}, "test": {"loss": 1.0, "accuracy": accuracy},
+            "trainable_params": 10, "base_params": 100}
+
+
+def test_board_ties_scores_that_print_the_same(tiny_folder, tasks, tmp_path):
+    """The MiniLM zoo's TREC cell: the same total accuracy over three seeds, summed in another order,
+    gives means 0.928 and 0.9279999999999999 - both print 92.8, so the pair is a tie (1/2 each)."""
+    from petkit.bench.leaderboard import build
+    from petkit.bench.report import render
+
+    methods = ("lora", "bitfit", "ia3")
+    config = BenchConfig(model=tiny_folder, tasks=tasks, methods=methods, seeds=3,
+                         lrs={m: [1e-3] for m in methods}, output=str(tmp_path))
+    seeds = {"lora": [0.932, 0.932, 0.92], "bitfit": [0.938, 0.924, 0.922], "ia3": [0.5, 0.5, 0.5]}
+    other = {"lora": 0.9, "bitfit": 0.8, "ia3": 0.7}  # the other task orders them lora > bitfit > ia3
+    records = [made_up_record(m, tasks[0], k, a) for m, accs in seeds.items() for k, a in enumerate(accs)]
+    records += [made_up_record(m, tasks[1], k, other[m]) for m in methods for k in range(3)]
+    board = build(config, records)
+    rows = {r["method"]: r for r in board.rows}
+    assert rows["lora"]["tasks"][tasks[0]]["acc_mean"] != rows["bitfit"]["tasks"][tasks[0]]["acc_mean"]
+    assert {m: r["borda_score"] for m, r in rows.items()} == {"lora": 2.0 + 1.5, "bitfit": 1.0 + 1.5, "ia3": 0.0}
+    assert board.rank_decimals == {"accuracy": 1}
+    assert "Both compare the scores as printed (accuracy to 0.1 points" in render(board, config, records)
+    # the precision is a setting: compared exactly, the last bit decides the pair again
+    exact = build(config.replace(rank_decimals={"accuracy": None}), records)
+    assert {r["method"]: r["borda_score"] for r in exact.rows}["lora"] == 2.0 + 2.0
+    assert "accuracy exactly" in render(exact, config, records)
+    with pytest.raises(ConfigError, match="rank_decimals"):
+        config.replace(rank_decimals={"accuracy": -1})
+    with pytest.raises(ConfigError, match="rank_decimals"):
+        config.replace(rank_decimals={"f1": 1})
+
+
+def test_board_says_when_the_kemeny_order_is_not_unique(tiny_folder, tasks, tmp_path):
+    """A 3-cycle over three tasks (each method first on one): three Kemeny orders are optimal."""
+    from petkit.bench.leaderboard import build
+    from petkit.bench.report import render
+
+    methods = ("lora", "bitfit", "ia3")
+    text = tmp_path / "third.csv"
+    text.write_text(open(tasks[0]).read())
+    three = (*tasks, str(text))
+    config = BenchConfig(model=tiny_folder, tasks=three, methods=methods, seeds=1,
+                         lrs={m: [1e-3] for m in methods}, output=str(tmp_path))
+    latin = {"lora": [0.9, 0.8, 0.7], "bitfit": [0.8, 0.7, 0.9], "ia3": [0.7, 0.9, 0.8]}
+    records = [made_up_record(m, t, 0, a) for m, accs in latin.items() for t, a in zip(three, accs)]
+    board = build(config, records)
+    assert board.rankings["kemeny"]["optimal_orders"] == 3
+    assert all(r["kemeny_range"] == [1, 3] for r in board.rows)
+    markdown = render(board, config, records)
+    assert "| 3.0 | 1–3 |" in markdown and "The Kemeny order is not unique: 3 orders are equally optimal" in markdown
+    # one method better everywhere: unique positions, no note
+    records = [made_up_record(m, t, 0, a) for m, a in zip(methods, (0.9, 0.8, 0.7)) for t in three]
+    markdown = render(build(config, records), config, records)
+    assert "| 6.0 | 1 |" in markdown and "not unique" not in markdown
+
+
 def test_against_peft_on_a_language_model(lm_bench):
     output, _, board = lm_bench
     records = read_records(output)
@@ -404,7 +465,7 @@ def test_cli_prints_perplexity_for_lm(lm_bench, capsys, tmp_path):
     yaml_file = tmp_path / "lm.yaml"
     yaml_file.write_text(f"model: {config.model}\ntasks: [{config.tasks[0]}]\nmethods: lora,ia3\nseeds: 1\n"
                          f"budget: steps={MIN_STEPS}\nbatch_size: 4\nmax_length: 32\nmax_train: null\n"
-                         f"max_eval: null\nisolate: false\nagainst: peft\noutput: {output}\n")
+                         f"max_eval: null\nisolate: false\nagainst: peft\nextend: 0\noutput: {output}\n")
     assert main(["bench", "--config", str(yaml_file), "--no-progress", "--report-only"]) == 0
     out = capsys.readouterr().out
     assert "mean test ppl" in out and "mean test acc" not in out

@@ -54,6 +54,32 @@ def test_llama_grouped_query_attention_keeps_its_heads_aligned():
     torch.testing.assert_close(side.norm.weight, llama.norm.weight[keep_d])
 
 
+@pytest.mark.parametrize("side_layers", [None, (0, 2)], ids=["every-layer", "layers-0-and-2"])
+def test_side_network_equals_the_ladder_computed_step_by_step(side_layers):
+    """h = Down_0(E(x)); per side layer j on backbone layer i: h = SideLayer_j(μ_j h + (1 − μ_j) Down_j(h_B,i))
+    with h_B,i backbone layer i's output; output Up(h) replaces the last hidden state, which the frozen
+    pooler and the head read. Gates away from 1/2, so μ and 1 − μ differ."""
+    base = TINY_MODELS["bert"](seed=0, layers=3)
+    am = petkit.adapt(base, petkit.LstConfig(reduction=4, side_layers=side_layers))
+    batch = tiny_batch(base, seed=1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    delta, bert = am.model_deltas["default"], am.base.bert
+    layers = side_layers or (0, 1, 2)
+    with torch.no_grad():
+        delta.alphas.copy_(torch.tensor([0.05, -0.08, 0.12][:len(layers)]))
+        mine, logits = bert(**inputs).last_hidden_state, am(**batch).logits
+        with am.disabled():  # the plain backbone, and the side layers without the adapter's ladder hooks
+            backbone = bert(**inputs, output_hidden_states=True).hidden_states  # E(x), then each layer's output
+            mask = (1.0 - batch["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min
+            h = delta.down0(backbone[0])
+            for j, (i, side_layer) in enumerate(zip(layers, delta.side.encoder.layer)):
+                mu = torch.sigmoid(delta.alphas[j] / 0.1)
+                h = side_layer(mu * h + (1 - mu) * delta.downs[j](backbone[i + 1]), attention_mask=mask)
+            expected = delta.up(h)
+    torch.testing.assert_close(mine, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, am.base.classifier(bert.pooler(expected)), atol=1e-5, rtol=1e-5)
+
+
 def test_gates_start_at_one_half_and_learn():
     am, batch = adapted("bert")
     delta = am.model_deltas["default"]

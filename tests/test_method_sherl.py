@@ -10,9 +10,24 @@ import petkit
 from petkit.testing import TINY_MODELS, saved_for_backward_bytes, tiny_batch
 
 
-def adapted(family, **kw):
-    base = TINY_MODELS[family](seed=0)
+def adapted(family, layers=None, **kw):
+    base = TINY_MODELS[family](seed=0, **({"layers": layers} if layers else {}))
     return petkit.adapt(base, petkit.SherlConfig(**kw)), tiny_batch(base, seed=1)
+
+
+def aggregate_by_hand(delta, features, b, t, redundancy_divisor=True):
+    """The spec's formula for one token (f̃_j = LN(W_j f_j), g the deepest tier):
+    R_j = Σ_k ReLU(cos(f̃_j, f̃_k)) over the shallow tiers, a_j = ReLU(w·(f̃_j ⊙ g) + b) / R_j, a ← a / Σ a,
+    z = Σ a_j f̃_j + g, out = LN(W_up ReLU(z)) + tanh(β / T) · f_J (dropout off)."""
+    f = [tier(x[b, t]) for tier, x in zip(delta.tiers, features)]
+    shallow, guide = f[:-1], f[-1]
+    redundancy = [sum(torch.relu(torch.cosine_similarity(s, o, dim=0)) for o in shallow) for s in shallow]
+    if not redundancy_divisor:
+        redundancy = [1.0] * len(shallow)
+    a = [torch.relu(delta.attend(s * guide))[0] / r for s, r in zip(shallow, redundancy)]
+    a = [x / (sum(abs(y) for y in a) + 1e-8) for x in a]
+    z = sum(x * s for x, s in zip(a, shallow)) + guide
+    return delta.out(z) + torch.tanh(delta.beta / delta.temperature)[0] * features[-1][b, t]
 
 
 def test_aggregation_equals_a_token_by_token_hand_computation():
@@ -26,14 +41,28 @@ def test_aggregation_equals_a_token_by_token_hand_computation():
         mine = delta.aggregate(features)
         for b in range(2):
             for t in range(3):
-                f = [tier(x[b, t]) for tier, x in zip(delta.tiers, features)]
-                shallow, guide = f[:-1], f[-1]
-                redundancy = [sum(torch.relu(torch.cosine_similarity(s, o, dim=0)) for o in shallow) for s in shallow]
-                a = [torch.relu(delta.attend(s * guide))[0] / r for s, r in zip(shallow, redundancy)]
-                a = [x / (sum(abs(y) for y in a) + 1e-8) for x in a]
-                z = sum(x * s for x, s in zip(a, shallow)) + guide
-                expected = delta.out(z) + torch.tanh(torch.tensor(0.5)) * features[-1][b, t]
+                torch.testing.assert_close(mine[b, t], aggregate_by_hand(delta, features, b, t), atol=1e-5, rtol=1e-5)
+
+
+def test_anti_redundancy_weights_over_five_tiers_follow_the_spec():
+    """With one shallow tier (the 2-layer model) a ← a / Σ a cancels R_j; with four it does not.
+    The tiers share a component of different strength, so their redundancies differ."""
+    am, _ = adapted("bert", layers=5, dropout=0.0)
+    delta = am.model_deltas["default"]
+    assert len(delta.tiers) == 5  # f_0 (embeddings), outputs of layers 0-2, and f_4 (layer 4's input)
+    torch.manual_seed(0)
+    common = torch.randn(2, 3, 32)
+    features = [common * w + torch.randn(2, 3, 32) for w in (0.0, 0.5, 1.5, 3.0, 1.0)]
+    with torch.no_grad():
+        delta.beta.fill_(0.05)
+        delta.attend.bias.fill_(1.0)  # most a_j > 0: every tier's weight is in play
+        mine = delta.aggregate(features)
+        for b in range(2):
+            for t in range(3):
+                expected = aggregate_by_hand(delta, features, b, t)
                 torch.testing.assert_close(mine[b, t], expected, atol=1e-5, rtol=1e-5)
+                without = aggregate_by_hand(delta, features, b, t, redundancy_divisor=False)
+                assert (without - expected).abs().max() > 1e-3  # the test can tell R_j from R_j = 1
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])

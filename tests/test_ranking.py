@@ -212,6 +212,50 @@ def test_tie_breaks_are_deterministic_and_ignore_input_order():
     assert compare(ScoreTable(list(x), ["a", "b", "c", "d"], list(x.values()), hib)).format() == ref.format()
 
 
+def test_scores_equal_at_the_reported_precision_tie():
+    # The MiniLM zoo's TREC cell: sherl's and lowbit-lora-fp32's seeds are the same accuracies, but
+    # their means were summed in another order and differ in the last bit. Both print 92.8 %.
+    noisy = {"sherl": [0.8053333333333333, 0.9279999999999999], "fp32": [0.844, 0.928], "other": [0.9, 0.5]}
+    assert noisy["sherl"][1] != noisy["fp32"][1]
+    t = ScoreTable(list(noisy), ["sst2", "trec"], list(noisy.values()), decimals=3)
+    b = borda(t)
+    assert dict(zip(b.systems, b.scores)) == {"other": 2.0 + 0.0, "fp32": 1.0 + 1.5, "sherl": 0.0 + 1.5}
+    assert pairwise_matrix(t)[0, 1] == 0.5 and pairwise_matrix(t)[1, 0] == 1.5
+    # compared as printed: 0.9285 is 0.92849999... in binary and prints 0.928, so it ties 0.928 too
+    assert ScoreTable(["a", "b"], ["t"], [[0.9285], [0.928]], decimals=3).compared[0, 0] == 0.928
+    # without decimals the comparison stays exact (one last bit is a win); per-criterion decimals
+    assert borda(ScoreTable(list(noisy), ["sst2", "trec"], list(noisy.values()))).scores[1:] == (2.0, 1.0)
+    t2 = ScoreTable(list(noisy), ["sst2", "trec"], list(noisy.values()), decimals=[None, 3])
+    assert t2.decimals == (None, 3) and borda(t2).scores == b.scores
+    # lower-is-better criteria round the same way after negation; the mean rule keeps raw scores
+    t3 = ScoreTable(["a", "b"], ["ppl"], [[5.004], [5.001]], higher_is_better=False, decimals=2)
+    assert borda(t3).scores == (0.5, 0.5) and mean_ranking(t3).systems == ("b", "a")
+    assert t3.subset(["b"]).decimals == (2,)
+
+
+def test_several_optimal_kemeny_orders_are_reported_as_such():
+    # A 3-cycle: A beats B, B beats C, C beats A, each 2:1. The three rotations A>B>C, B>C>A, C>A>B
+    # each go against one majority (cost 1 + 1 + 2 = 4); the other three go against two (cost 5).
+    cycle = table({"A": [3, 2, 1], "B": [2, 1, 3], "C": [1, 3, 2]})
+    k = kemeny(cycle)
+    assert k.disagreement == 4.0 and k.optimal_orders == 3 and k.unique is False
+    assert [k.position_range(s) for s in "ABC"] == [(0, 2)] * 3  # each takes every place in some rotation
+    assert "one of 3 equally optimal orders" in k.statement
+    assert k.as_dict()["position_ranges"] == {"A": [0, 2], "B": [0, 2], "C": [0, 2]}
+    # D above and E below the cycle: their places are unique, the cycle's are not
+    t = table({"D": [9, 9, 9], "A": [3, 2, 1], "B": [2, 1, 3], "C": [1, 3, 2], "E": [0, 0, 0]})
+    k = kemeny(t)
+    assert k.optimal_orders == 3 and k.position_range("D") == (0, 0) and k.position_range("E") == (4, 4)
+    assert {k.position_range(s) for s in "ABC"} == {(1, 3)}
+    # one optimal order: unique, and no note in the statement
+    k = kemeny(table({"A": [3, 3, 3], "B": [2, 2, 2], "C": [1, 1, 1]}))
+    assert k.optimal_orders == 1 and k.unique and k.position_ranges == ((0, 0), (1, 1), (2, 2))
+    assert "optimal orders" not in k.statement
+    # the approximation does not enumerate: nothing claimed, a system's own position twice
+    k = kemeny(cycle, exact_limit=0)
+    assert k.optimal_orders is None and k.unique is None and k.position_range(k.systems[1]) == (1, 1)
+
+
 # --------------------------------------------------------------------------- properties
 
 
@@ -255,6 +299,12 @@ def test_exact_kemeny_matches_brute_force(t):
         assert k.exact and k.disagreement == best
         assert brute_force_cost(t, k.systems, missing) == best == total_disagreement(t, k.systems, missing)
         assert total_disagreement(t, borda(t, missing).systems, missing) >= best
+        # the count of optimal orders and each system's position span match the enumeration
+        optimal = [p for p in itertools.permutations(t.systems) if brute_force_cost(t, p, missing) == best]
+        assert k.optimal_orders == len(optimal)
+        for s in t.systems:
+            places = [p.index(s) for p in optimal]
+            assert k.position_range(s) == (min(places), max(places))
     # the two modes share their optimal orders (ties may resolve differently: each follows its own Borda)
     assert total_disagreement(t, kemeny(t, "observed_only").systems) == kemeny(t).disagreement
 
@@ -396,6 +446,9 @@ def test_from_records_and_output():
     ((["a", "a"], ["t"], [[1.0], [2.0]]), "duplicate"),
     ((["a", "b"], ["t"], [[1.0], [2.0]], [True, False]), "higher_is_better has 2"),
     ((["a", "b"], ["t"], [[1.0], [2.0]], ["max"]), "True or False"),
+    ((["a", "b"], ["t"], [[1.0], [2.0]], True, [1, 2]), "decimals has 2"),
+    ((["a", "b"], ["t"], [[1.0], [2.0]], True, -1), "whole numbers"),
+    ((["a", "b"], ["t"], [[1.0], [2.0]], True, 0.1), "whole numbers"),
 ])
 def test_bad_tables_raise_one_clear_config_error(args, match):
     with pytest.raises(ConfigError, match=match):

@@ -26,6 +26,14 @@ pairwise form, so Borda and Kemeny share the same treatment:
   per-criterion points are normalised by (#observed - 1) to [0, 1] and averaged over the criteria it
   was observed on; for Kemeny only observed pairs count as disagreements.
 
+Scores are compared at the precision they are reported with when the table is given ``decimals``:
+two scores that round to the same number there are a tie, so float noise in the last bit (a mean
+summed in another order) cannot decide a pair. Without ``decimals`` scores are compared exactly.
+
+When several Kemeny orders are optimal (a majority cycle, even splits) the exact solver counts them
+and records the range of positions each system takes across them (`Ranking.position_range`), so a
+report can say which positions are not unique instead of printing one order as if it were.
+
 Orders are deterministic and independent of the order of the input rows: ties in a rank-based
 score are broken by pairwise-majority wins (Copeland), then by system name; ties in the mean by
 system name. The rank-based tie-breaks deliberately avoid the raw scores, so Borda and Kemeny orders
@@ -62,16 +70,21 @@ class ScoreTable:
     """Scores of ``systems`` (rows) on ``criteria`` (columns); NaN or None marks a missing cell.
 
     ``higher_is_better`` is one bool for all criteria or one per criterion; lower-is-better criteria
-    (perplexity, memory, step time) are negated before ranking.
+    (perplexity, memory, step time) are negated before ranking. ``decimals`` (one for all criteria or
+    one per criterion; None = exact) is the precision the scores are reported with: Borda and Kemeny
+    compare scores rounded to that many decimal places, so scores that print the same are a tie. The
+    mean rule averages the unrounded scores.
     """
 
     systems: tuple[str, ...]
     criteria: tuple[str, ...]
     scores: np.ndarray
     higher_is_better: tuple[bool, ...]
+    decimals: tuple[int | None, ...]
 
     def __init__(self, systems: Sequence[str], criteria: Sequence[str], scores,
-                 higher_is_better: bool | Sequence[bool] = True):
+                 higher_is_better: bool | Sequence[bool] = True,
+                 decimals: int | None | Sequence[int | None] = None):
         systems = _names(systems, "system")
         criteria = _names(criteria, "criterion")
         try:
@@ -93,20 +106,23 @@ class ScoreTable:
             if not observed[i].any():
                 raise ConfigError(f"system {s!r} has no observed scores; remove it or add scores.")
         hib = _directions(higher_is_better, criteria)
+        places = _decimals(decimals, criteria)
         arr.setflags(write=False)
         object.__setattr__(self, "systems", systems)
         object.__setattr__(self, "criteria", criteria)
         object.__setattr__(self, "scores", arr)
         object.__setattr__(self, "higher_is_better", hib)
+        object.__setattr__(self, "decimals", places)
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping], higher_is_better: bool | Mapping[str, bool] = True
-                     ) -> ScoreTable:
+    def from_records(cls, records: Iterable[Mapping], higher_is_better: bool | Mapping[str, bool] = True,
+                     decimals: int | None = None) -> ScoreTable:
         """Build from ``[{"system": ..., "criterion": ..., "score": ...}, ...]``.
 
         Systems and criteria keep their order of first appearance; absent (system, criterion) pairs
         and ``score=None`` are missing cells. ``higher_is_better`` is one bool, or a mapping from
-        criterion name to bool (criteria not in the mapping are higher-is-better).
+        criterion name to bool (criteria not in the mapping are higher-is-better). ``decimals``: as
+        in the constructor, one for all criteria.
         """
         cells: dict[tuple[str, str], float] = {}
         systems: dict[str, None] = {}
@@ -133,7 +149,7 @@ class ScoreTable:
             hib = [higher_is_better.get(c, True) for c in crit_list]
         else:
             hib = higher_is_better
-        return cls(sys_list, crit_list, scores, hib)
+        return cls(sys_list, crit_list, scores, hib, decimals)
 
     @property
     def observed(self) -> np.ndarray:
@@ -145,10 +161,22 @@ class ScoreTable:
         """Scores with lower-is-better criteria negated, so higher is always better (NaN kept)."""
         return self.scores * np.where(self.higher_is_better, 1.0, -1.0)
 
+    @property
+    def compared(self) -> np.ndarray:
+        """`signed` rounded to each criterion's ``decimals``: the values the rank rules compare."""
+        x = self.signed.copy()
+        for t, places in enumerate(self.decimals):
+            if places is not None:
+                # decimal formatting, as a report prints the number (round-half-even on the exact
+                # binary value; np.round scales by 10**places first and can round the other way)
+                x[:, t] = [v if math.isnan(v) else float(f"{v:.{places}f}") for v in x[:, t]]
+        return x
+
     def subset(self, systems: Sequence[str]) -> ScoreTable:
         """The table restricted to ``systems`` (in the given order)."""
         idx = [self.systems.index(s) for s in systems]
-        return ScoreTable([self.systems[i] for i in idx], self.criteria, self.scores[idx], self.higher_is_better)
+        return ScoreTable([self.systems[i] for i in idx], self.criteria, self.scores[idx], self.higher_is_better,
+                          self.decimals)
 
     def __repr__(self) -> str:
         return (f"ScoreTable({len(self.systems)} systems x {len(self.criteria)} criteria, "
@@ -183,6 +211,19 @@ def _directions(higher_is_better, criteria) -> tuple[bool, ...]:
     return tuple(bool(h) for h in hib)
 
 
+def _decimals(decimals, criteria) -> tuple[int | None, ...]:
+    if decimals is None or not isinstance(decimals, (Sequence, np.ndarray)) or isinstance(decimals, str):
+        values = [decimals] * len(criteria)
+    else:
+        values = list(decimals)
+    if len(values) != len(criteria):
+        raise ConfigError(f"decimals has {len(values)} entries but there are {len(criteria)} criteria.")
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ConfigError(f"decimals must be None or whole numbers >= 0 (places after the point); got {v!r}.")
+    return tuple(None if v is None else int(v) for v in values)
+
+
 def _check_missing(missing: str) -> None:
     if missing not in MISSING_MODES:
         raise ConfigError(f"missing={missing!r} is not one of {list(MISSING_MODES)}.")
@@ -211,6 +252,10 @@ class Ranking:
     exact: bool | None = None  # Kemeny: True when the consensus is provably optimal
     method: str = ""  # how the order was computed
     disagreement: float | None = None  # Kemeny: total Kendall-tau disagreement of the order
+    # exact Kemeny: how many orders reach that disagreement, and per system (aligned with `systems`)
+    # the lowest and highest 0-based position it takes across them; None when not computed
+    optimal_orders: int | None = None
+    position_ranges: tuple[tuple[int, int], ...] | None = None
 
     @property
     def best(self) -> str:
@@ -220,17 +265,32 @@ class Ranking:
         """0-based position of ``system`` (0 = best)."""
         return self.systems.index(system)
 
+    def position_range(self, system: str) -> tuple[int, int]:
+        """(lowest, highest) 0-based position of ``system`` over all optimal orders; for a rule or an
+        approximation that does not enumerate them, its one position twice."""
+        k = self.position(system)
+        return self.position_ranges[k] if self.position_ranges is not None else (k, k)
+
+    @property
+    def unique(self) -> bool | None:
+        """Kemeny: True when one order alone is optimal (None when that is not known)."""
+        return None if self.optimal_orders is None else self.optimal_orders == 1
+
     def as_dict(self) -> dict:
         return {"rule": self.rule, "order": list(self.systems), "scores": dict(zip(self.systems, self.scores)),
                 "score_label": self.score_label, "missing": self.missing, "missing_note": self.missing_note,
                 "tie_break": self.tie_break, "dropped": list(self.dropped), "exact": self.exact,
-                "method": self.method, "disagreement": self.disagreement}
+                "method": self.method, "disagreement": self.disagreement, "optimal_orders": self.optimal_orders,
+                "position_ranges": None if self.position_ranges is None else
+                dict(zip(self.systems, map(list, self.position_ranges)))}
 
     @property
     def statement(self) -> str:
         """One line saying which aggregation ordered the systems, and how."""
         what = {"mean": "the mean score (scale-dependent)", "borda": "Borda count",
                 "kemeny": f"the {'exact' if self.exact else 'approximate (local search)'} Kemeny consensus"}[self.rule]
+        if self.optimal_orders and self.optimal_orders > 1:
+            what += f" (one of {self.optimal_orders} equally optimal orders)"
         line = f"Ordered by {what} over {self.n_criteria} criteria; {self.missing_note}"
         if self.dropped:
             line += f" ({', '.join(self.dropped)})"
@@ -258,7 +318,7 @@ def pairwise_matrix(table: ScoreTable, missing: str = "pairwise_half") -> np.nda
     for ``"pairwise_half"``; the diagonal is 0.
     """
     _check_missing(missing)
-    x = table.signed
+    x = table.compared
     obs = table.observed
     n = len(table.systems)
     w = np.zeros((n, n))
@@ -382,7 +442,7 @@ def _normalised_borda(table: ScoreTable) -> np.ndarray:
 
     A criterion that observed a single system gives it 1/2 (no comparison, no information).
     """
-    x, obs = table.signed, table.observed
+    x, obs = table.compared, table.observed
     total = np.zeros(len(table.systems))
     for t in range(len(table.criteria)):
         o = obs[:, t]
@@ -400,7 +460,8 @@ def kemeny(table: ScoreTable, missing: str = "pairwise_half", exact_limit: int =
     Up to ``exact_limit`` systems (default 12, at most 16) it is solved **exactly** by dynamic
     programming over subsets, O(2^n n^2) time; among several optimal orders the one closest to the
     Borda order (lexicographically first in Borda order) is returned, so ties follow Borda's
-    tie-break. Beyond the limit it is **approximate** (``exact=False``): the Borda order refined by
+    tie-break, and the result says how many orders are optimal (``optimal_orders``) and which
+    positions each system takes across them (``position_ranges``). Beyond the limit it is **approximate** (``exact=False``): the Borda order refined by
     moving one system at a time to the position that lowers the disagreement most, until no single
     move helps - a local optimum, never worse than the Borda order.
 
@@ -418,8 +479,11 @@ def kemeny(table: ScoreTable, missing: str = "pairwise_half", exact_limit: int =
     w_full = pairwise_matrix(table, "observed_only" if missing == "observed_only" else "pairwise_half")
     w = w_full[np.ix_(canon, canon)]  # index k = k-th system of the Borda order
     n = len(canon)
+    count, ranges = None, None
     if n <= exact_limit:
-        order, exact, method = _kemeny_dp(w), True, "exact: dynamic programming over subsets"
+        (order, count, spans), exact = _kemeny_dp(w), True
+        method = "exact: dynamic programming over subsets"
+        ranges = tuple(spans[k] for k in order)
     else:
         order, exact = _kemeny_local_search(w), False
         method = (f"approximate: Borda order refined by single-system moves to a local optimum "
@@ -432,20 +496,24 @@ def kemeny(table: ScoreTable, missing: str = "pairwise_half", exact_limit: int =
         missing=missing, missing_note=_MISSING_NOTES[missing],
         tie_break="the Borda order",
         n_criteria=len(table.criteria), dropped=start.dropped, exact=exact, method=method,
-        disagreement=_cost(order, w))
+        disagreement=_cost(order, w), optimal_orders=count, position_ranges=ranges)
 
 
-def _kemeny_dp(w: np.ndarray) -> list[int]:
-    """Exact Kemeny order of indices 0..n-1 for pairwise matrix ``w``, lexicographically first optimum.
+def _kemeny_dp(w: np.ndarray) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """Exact Kemeny for pairwise matrix ``w`` over indices 0..n-1: (the lexicographically first optimal
+    order, the number of optimal orders, each index's (lowest, highest) position across them).
 
     g[S] = least disagreement of ordering the set S among themselves (S placed after everything
     else). Putting j first within S costs sum_{r in S} W[r, j] (every r in S is then below j), so
     g[S] = min_{j in S} colsum[S, j] + g[S - {j}]. Values are multiples of 1/2, so comparisons are
-    exact in floating point.
+    exact in floating point. An order is optimal exactly when each of its steps S -> S - {j} attains
+    that minimum (a "tight" step), so the optimal orders are the tight paths from the full set down
+    to the empty one: counted bottom-up, and the positions j can take read off the tight steps out of
+    the sets such a path reaches (j placed when |S| systems remain is at position n - |S|).
     """
     n = len(w)
     if n <= 1:
-        return list(range(n))
+        return list(range(n)), 1, [(0, 0)] * n
     subsets = np.arange(1 << n)
     bits = (subsets[:, None] >> np.arange(n)) & 1  # bits[S, j]: j in S
     colsum = bits.astype(float) @ w  # colsum[S, j] = sum_{r in S} W[r, j]
@@ -456,6 +524,8 @@ def _kemeny_dp(w: np.ndarray) -> list[int]:
         rest = layer[:, None] ^ (1 << np.arange(n))
         cand = np.where(bits[layer] == 1, colsum[layer] + g[rest], np.inf)
         g[layer] = cand.min(axis=1)
+    rest_all = subsets[:, None] ^ (1 << np.arange(n))
+    tight = (bits == 1) & (colsum + g[rest_all] == g[:, None])
     order, s = [], (1 << n) - 1
     while s:
         for j in range(n):  # first j (in Borda order) that achieves the optimum
@@ -463,7 +533,28 @@ def _kemeny_dp(w: np.ndarray) -> list[int]:
                 order.append(j)
                 s ^= 1 << j
                 break
-    return order
+    count, spans = _optimal_paths(tight, rest_all, popcount)
+    return order, count, spans
+
+
+def _optimal_paths(tight: np.ndarray, rest: np.ndarray, popcount: np.ndarray) -> tuple[int, list[tuple[int, int]]]:
+    """Number of tight paths from the full set to the empty set, and each index's position span on them."""
+    size, n = tight.shape
+    paths = np.zeros(size, dtype=np.int64)  # tight paths from S down to the empty set (<= 16! fits)
+    paths[0] = 1
+    for k in range(1, n + 1):
+        layer = np.flatnonzero(popcount == k)
+        paths[layer] = np.where(tight[layer], paths[rest[layer]], 0).sum(axis=1)
+    reached = np.zeros(size, dtype=bool)  # on a tight path from the full set
+    reached[size - 1] = True
+    low, high = [n] * n, [-1] * n
+    for k in range(n, 0, -1):
+        layer = np.flatnonzero((popcount == k) & reached)
+        steps = tight[layer]
+        reached[rest[layer][steps]] = True
+        for j in np.flatnonzero(steps.any(axis=0)):  # j can be placed at position n - k
+            low[j], high[j] = min(low[j], n - k), max(high[j], n - k)
+    return int(paths[size - 1]), list(zip(low, high))
 
 
 def _kemeny_local_search(w: np.ndarray) -> list[int]:

@@ -23,6 +23,9 @@ WARMUP_STEPS = 2
 MIN_STEPS = WARMUP_STEPS + 3
 AGAINST = ("peft",)
 ORDER_BY = ("borda", "kemeny", "mean")
+# Places after the point the leaderboard prints a task score with: accuracy in % (92.8), perplexity
+# as is (5.13). Borda and Kemeny compare scores at this precision unless `rank_decimals` says otherwise.
+PRINTED_DECIMALS = {"accuracy": 1, "perplexity": 2}
 SETUP_FIELDS = ("model", "steps", "batch_size", "max_length", "max_train", "max_eval", "warmup", "schedule",
                 "eval_batch_size", "threads", "isolate", "infer_batch", "infer_reps")
 
@@ -43,6 +46,9 @@ class BenchConfig:
     eval_batch_size: int = 32
     settings: dict = field(default_factory=dict)  # {method: {field: value}} over the defaults table
     lrs: dict = field(default_factory=dict)       # {method: [lr, ...]} replacing the table's grid
+    # extend: while the rate chosen on dev is the grid's smallest or largest, try one more rate past that
+    # edge, at most this many per side (0: search the grid as given; see summary.lr_search)
+    extend: int = 2
     # variants: a registered method benched under another name with other settings, so one bench can
     # hold two configs of a method (e.g. {"lora-r16": {"method": "lora", "r": 16}}); listed in methods
     # by that name, which settings and lrs may use too
@@ -52,6 +58,11 @@ class BenchConfig:
     baseline: str | None = None
     against: str | None = None        # "peft": also run the shared methods through Hugging Face PEFT
     order_by: str = "borda"           # which aggregation orders the leaderboard
+    # rank_decimals: {metric: places} at which Borda and Kemeny compare task scores, in the units the
+    # table prints (accuracy in %): scores equal there are a tie, so float noise in a mean over seeds
+    # cannot decide a pair. A metric left out is compared as printed (PRINTED_DECIMALS); None: exactly.
+    # Not part of the setup: it only changes the report.
+    rank_decimals: dict = field(default_factory=dict)
     output: str = "runs/bench"
     # threads=1: on a machine shared with other work, extra intra-op threads spin against the other
     # processes and step times swing by 10x (measured on 2 shared cores); one thread per run keeps the
@@ -92,6 +103,10 @@ class BenchConfig:
         from petkit.core.registry import get_method
         base = self.registered(method)
         return method_defaults(base).family or f"{get_method(base).kind} delta"
+
+    def rank_places(self, metric: str) -> int | None:
+        """Places (in the printed units) at which the ranking compares scores of ``metric``."""
+        return self.rank_decimals.get(metric, PRINTED_DECIMALS[metric])
 
     def setup(self) -> dict:
         return {k: getattr(self, k) for k in SETUP_FIELDS}
@@ -180,6 +195,15 @@ def _validate_variants(variants, registered: list[str]) -> None:
                               f"{', '.join(registered)}), got {spec!r}")
 
 
+def _validate_rank_decimals(places) -> None:
+    if not isinstance(places, dict) or not set(places) <= set(PRINTED_DECIMALS):
+        raise ConfigError(f"rank_decimals maps metrics ({', '.join(PRINTED_DECIMALS)}) to places after the point, "
+                          f"got {places!r}")
+    for metric, value in places.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"rank_decimals for {metric} must be a whole number >= 0 or null (exact), got {value!r}")
+
+
 def _validate(cfg: BenchConfig) -> None:
     from petkit.core.registry import all_methods, config_from_dict
     from petkit.data import known_datasets
@@ -209,6 +233,7 @@ def _validate(cfg: BenchConfig) -> None:
     if len(set(cfg.methods)) != len(cfg.methods) or len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError("methods and tasks must not repeat")
     _positive_int("seeds", cfg.seeds)
+    _positive_int("extend", cfg.extend, 0)
     _positive_int("steps", cfg.steps, MIN_STEPS,
                   f": the budget is too small to evaluate. The step time is the median of the steps after the "
                   f"first {WARMUP_STEPS} (warm-up), so a run needs at least {MIN_STEPS} steps; "
@@ -229,6 +254,7 @@ def _validate(cfg: BenchConfig) -> None:
                               f"none of them is in this bench")
     if cfg.order_by not in ORDER_BY:
         raise ConfigError(f"order_by must be one of {', '.join(ORDER_BY)}, got {cfg.order_by!r}")
+    _validate_rank_decimals(cfg.rank_decimals)
     if cfg.baseline is not None and cfg.baseline not in cfg.methods:
         raise ConfigError(f"baseline {cfg.baseline!r} (the method memory and step time are divided by) is not "
                           f"among the bench methods {list(cfg.methods)}; add it or choose one of them")

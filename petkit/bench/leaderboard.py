@@ -29,6 +29,8 @@ class Board:
     rankings: dict = field(default_factory=dict)  # rule -> petkit.analysis Ranking.as_dict()
     peft: list[dict] = field(default_factory=list)  # petkit / PEFT ratios per (method, task)
     baseline: str = "full"           # rows' *_vs_baseline divide by this method's runs
+    # metric -> places after the point (accuracy in %) at which the ranking compared scores (None: exactly)
+    rank_decimals: dict = field(default_factory=dict)
 
 
 def build(config: BenchConfig, records: list[dict]) -> Board:
@@ -37,7 +39,7 @@ def build(config: BenchConfig, records: list[dict]) -> Board:
     rows = [_row(config, m, table) for m in config.methods if any(("petkit", m, t) in table for t in tasks)]
     board = Board(rows, tasks, config.order_by, "no finished runs yet", baseline=config.ratio_to)
     if rows:
-        _rank(board, config.order_by)
+        _rank(board, config)
     board.peft = [_peft_row(table[("petkit", m, t)], table[("peft", m, t)])
                   for m in config.methods for t in tasks if ("peft", m, t) in table and ("petkit", m, t) in table]
     return board
@@ -78,7 +80,8 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
     return {
         "method": method, "family": config.family(method),
         "tasks": {t: {f"{KEYS[c.metric]}_mean": c.score_mean, f"{KEYS[c.metric]}_std": c.score_std,
-                      "seeds": len(c.runs), "lr": c.lr, "params": c.median("trainable_params")}
+                      "seeds": len(c.runs), "lr": c.lr, "lr_searched": list(c.search.rates),
+                      "lr_edge": c.search.edge, "params": c.median("trainable_params")}
                   for t, c in mine.items()},
         "mean_acc": statistics.fmean(accs) if accs else math.nan,  # over the classification tasks
         **({"mean_ppl": statistics.fmean(ppls)} if ppls else {}),   # over the language-modelling tasks
@@ -94,26 +97,37 @@ def _row(config: BenchConfig, method: str, table: dict) -> dict:
     }
 
 
-def _rank(board: Board, order_by: str) -> None:
+def _rank(board: Board, config: BenchConfig) -> None:
     """Mean, Borda and Kemeny over the tasks (criteria = test accuracy per task, higher is better; test
-    perplexity for a language-modelling task, lower is better)."""
+    perplexity for a language-modelling task, lower is better), comparing scores at `config.rank_places`."""
     from petkit.analysis.ranking import ScoreTable, compare
 
     methods = [r["method"] for r in board.rows]
     # a task where every run failed has no scores, so no say
     tasks = [t for t in board.tasks if any(t in r["tasks"] for r in board.rows)]
     scores = [[task_score(r["tasks"][t])[1] if t in r["tasks"] else math.nan for t in tasks] for r in board.rows]
-    directions = [higher_is_better(task_metric(board, t)) for t in tasks]
-    comparison = compare(ScoreTable(methods, tasks, scores, higher_is_better=directions))
+    metrics = [task_metric(board, t) for t in tasks]
+    board.rank_decimals = {m: config.rank_places(m) for m in dict.fromkeys(metrics)}
+    decimals = [_stored_places(m, board.rank_decimals[m]) for m in metrics]
+    comparison = compare(ScoreTable(methods, tasks, scores, higher_is_better=[higher_is_better(m) for m in metrics],
+                                    decimals=decimals))
     board.rankings = {r.rule: r.as_dict() for r in comparison.rankings}
-    chosen = getattr(comparison, order_by)
+    chosen = getattr(comparison, config.order_by)
     board.statement = chosen.statement
     for rule in ("borda", "kemeny"):
         ranking = getattr(comparison, rule)
         for row in board.rows:
             row[f"{rule}_position"] = ranking.position(row["method"]) + 1 if row["method"] in ranking.systems else None
             row[f"{rule}_score"] = dict(zip(ranking.systems, ranking.scores)).get(row["method"])
+    for row in board.rows:  # 1-based lowest and highest position over all optimal Kemeny orders
+        if row["method"] in comparison.kemeny.systems:
+            row["kemeny_range"] = [p + 1 for p in comparison.kemeny.position_range(row["method"])]
     board.rows.sort(key=lambda row: chosen.position(row["method"]) if row["method"] in chosen.systems else len(methods))
+
+
+def _stored_places(metric: str, places: int | None) -> int | None:
+    """Printed places -> places of the stored score: accuracy is a fraction here but printed in %."""
+    return None if places is None else places + (2 if metric == "accuracy" else 0)
 
 
 def _spread(ours: Cell, theirs: Cell, key: str) -> float:

@@ -61,6 +61,12 @@ class GridProgress:
         if message:
             self.log(message)
 
+    def grow(self, count: int = 1) -> None:
+        """The grid turned out larger (a learning-rate search went past its edge)."""
+        self.total += count
+        if self._progress:
+            self._progress.update(self._task, total=self.total)
+
     def skip(self, count: int = 1) -> None:
         for _ in range(count):
             self.finish()

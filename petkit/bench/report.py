@@ -10,11 +10,12 @@ import os
 import platform
 from pathlib import Path
 
-from petkit.bench.config import WARMUP_STEPS, BenchConfig
+from petkit.bench.config import PRINTED_DECIMALS, WARMUP_STEPS, BenchConfig
 from petkit.bench.leaderboard import Board, build, task_metric, task_score
 from petkit.bench.results import key_of
 from petkit.bench.summary import task_name
 
+EDGE_MARK = " †"  # after a score whose learning rate was chosen at an edge of the searched rates
 PLOTS = {"accuracy_vs_params.png": "test accuracy against trainable parameters",
          "memory_time.png": "training memory and step time",
          "heatmap.png": "test accuracy per method and task"}
@@ -39,13 +40,15 @@ def _missing(x) -> bool:
 def _acc(mean, std=None) -> str:
     if _missing(mean):
         return "–"
-    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+    d = PRINTED_DECIMALS["accuracy"]
+    return f"{100 * mean:.{d}f}" + ("" if std is None else f" ± {100 * std:.{d}f}")
 
 
 def _ppl(mean, std=None) -> str:
     if _missing(mean):
         return "–"
-    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    d = PRINTED_DECIMALS["perplexity"]
+    return f"{mean:.{d}f}" + ("" if std is None else f" ± {std:.{d}f}")
 
 
 def _score(metric: str, mean, std=None) -> str:
@@ -102,9 +105,11 @@ def render(board: Board, config: BenchConfig, records: list[dict]) -> str:
     if not board.rows:
         return "\n".join(lines + ["No finished runs yet.", ""] + _failures(records))
     lines += [f"**{board.statement}**", ""]
+    lines += _edge_note(board, config)
     lines += _main_table(board, names, metrics)
     lines += ["", "Ranks: Borda points (systems beaten, summed over tasks) and the Kemeny consensus position, "
-              "beside the plain mean; all three come from `petkit.analysis.ranking`. Memory and step time "
+              "beside the plain mean; all three come from `petkit.analysis.ranking`. " + _tie_note(board)
+              + _kemeny_note(board) + "Memory and step time "
               f"are medians over seeds and tasks; \"× {board.baseline}\" divides by {_baseline_name(board)} on the same task; "
               "inference \"× base\" divides by the frozen model timed alongside (see Protocol).", ""]
     lines += [f"![{what}]({file})" for file, what in PLOTS.items()] + [""]
@@ -136,11 +141,12 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
             "merged × base"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, r in enumerate(board.rows, start=1):
-        accs = [_score(*task_score(r["tasks"][t])) if t in r["tasks"] else "–" for t in board.tasks]
+        accs = [_score(*task_score(r["tasks"][t])) + EDGE_MARK * bool(r["tasks"][t].get("lr_edge"))
+                if t in r["tasks"] else "–" for t in board.tasks]
         mean = ([_acc(r["mean_acc"])] if means[0] in ("mean", "mean acc") else []) + \
                ([_ppl(r.get("mean_ppl"))] if "mean ppl" in means else [])
         cells = ([str(k), f"`{r['method']}`", r["family"]] + accs + mean +
-                 [_num(r.get("borda_score"), 1), _num(r.get("kemeny_position")),
+                 [_num(r.get("borda_score"), 1), _positions(r),
                   _count(r["params"]), _pct(r["params_pct"]), _bytes(r["adapter_bytes"]), _num(r["train_mb"]),
                   _x(r["train_mb_vs_baseline"]), _num(r["step_ms"]), _x(r["step_vs_baseline"]),
                   _x(r["unmerged_vs_base"]), _x(r["merged_vs_base"])])
@@ -148,11 +154,62 @@ def _main_table(board: Board, names: list[str], metrics: set) -> list[str]:
     return lines
 
 
+def edge_counts(board: Board) -> tuple[int, int]:
+    """(cells whose rate was chosen from several, of them the ones chosen at an edge of the searched rates)."""
+    searched = [c for r in board.rows for c in r["tasks"].values() if len(c.get("lr_searched", ())) > 1]
+    return len(searched), sum(bool(c["lr_edge"]) for c in searched)
+
+
+def _edge_note(board: Board, config: BenchConfig) -> list[str]:
+    searched, edges = edge_counts(board)
+    if not searched:
+        return []
+    return [f"Learning rate: an interior optimum of its searched rates in {searched - edges} of {searched} cells; "
+            f"{EDGE_MARK.strip()} marks a cell whose rate is still the smallest or largest searched after up to "
+            f"{config.extend} more rate{'s' * (config.extend != 1)} per side (its optimum may lie beyond the grid).", ""]
+
+
+def _lr_cell(cell: dict) -> str:
+    arrow = {"lower": " ↓ (lower edge)", "upper": " ↑ (upper edge)"}.get(cell.get("lr_edge"), "")
+    rates = cell.get("lr_searched", [cell["lr"]])
+    return f"**{cell['lr']:g}**{arrow} of {', '.join(f'{x:g}' for x in rates)}" if len(rates) > 1 else f"{cell['lr']:g}"
+
+
+def _positions(row: dict) -> str:
+    """The Kemeny position, or the range of positions when several optimal orders place it differently."""
+    low, high = row.get("kemeny_range") or [row.get("kemeny_position")] * 2
+    return _num(low) if low == high else f"{low}–{high}"
+
+
+def _tie_note(board: Board) -> str:
+    """Which precision Borda and Kemeny compared scores at (config `rank_decimals`)."""
+    units = {"accuracy": " points", "perplexity": ""}
+    said = [f"{metric} exactly" if places is None else f"{metric} to {10.0 ** -places:.{places}f}{units[metric]}"
+            for metric, places in board.rank_decimals.items()]
+    return (f"Both compare the scores as printed ({', '.join(said)}; `rank_decimals` in the bench config sets this): "
+            "scores equal at that precision are a tie, worth 1/2 to each. ") if said else ""
+
+
+def _kemeny_note(board: Board) -> str:
+    """Say when the Kemeny column is one of several optimal orders, or an approximation."""
+    kemeny = board.rankings.get("kemeny", {})
+    count = kemeny.get("optimal_orders")
+    if kemeny.get("exact") is False:
+        return ("The Kemeny positions are approximate (a local search; there are more methods than the exact "
+                "solver takes), so other orders may be as good or better. ")
+    if not count or count == 1:
+        return ""
+    return (f"The Kemeny order is not unique: {count} orders are equally optimal (total disagreement "
+            f"{kemeny['disagreement']:g}); a position such as 2–4 is the range a method takes across them, and "
+            "the order the Kemeny rule reports is the one first in Borda order. ")
+
+
 def _lr_table(board: Board, names: list[str]) -> list[str]:
-    lines = ["## Learning rates chosen on dev (seed 0)", "", "| method | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    lines = ["## Learning rates chosen on dev (seed 0)", "",
+             "The chosen rate (bold) among the rates seed 0 trained at; an arrow marks a choice at an edge.", "",
+             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in board.rows:
-        lines.append(f"| `{r['method']}` | " + " | ".join(f"{r['tasks'][t]['lr']:g}" if t in r["tasks"] else "–"
+        lines.append(f"| `{r['method']}` | " + " | ".join(_lr_cell(r["tasks"][t]) if t in r["tasks"] else "–"
                                                          for t in board.tasks) + " |")
     return lines + [""]
 
@@ -203,8 +260,10 @@ def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> lis
     memory = sorted({r["memory_method"] for r in ok if "memory_method" in r})
     return ["## Protocol", "",
             "- **Learning rate**: seed 0 trains at every rate of the method's grid (`petkit/bench/defaults.py`); "
-            "the best dev accuracy wins (ties: lower dev loss, then the smaller rate) and seeds 1..n-1 train at "
-            "that rate only. Test accuracy is never used to choose."
+            "the best dev accuracy wins (ties: lower dev loss, then the smaller rate). While the winner is the "
+            "smallest or largest rate tried, seed 0 also trains one rate further out (the grid's spacing at that "
+            f"edge), at most {config.extend} per side, and the best is chosen again. Seeds 1..n-1 train at the "
+            "chosen rate only. Test accuracy is never used to choose."
             + (" On a language-modelling task the lowest dev loss (so dev perplexity) wins (ties: the smaller "
                "rate), and the score is test perplexity, lower is better (the ranking takes its direction "
                "into account)." if lm else ""),

@@ -4,7 +4,8 @@
     run_bench(config)   # runs what <output>/results.jsonl lacks, then writes the leaderboard and plots
 
 For each task, for each method:
-  1. seed 0 at every learning rate of the method's grid (the search; summary.py has the rule);
+  1. seed 0 at every learning rate of the method's grid, and past an edge of it while the best rate on
+     dev sits there (the search; summary.py has the rule);
   2. seeds 1..n-1 at the rate chosen on dev;
   3. with against="peft" and a method both libraries have, every seed through Hugging Face PEFT at
      that same rate.
@@ -29,7 +30,7 @@ from petkit.bench.leaderboard import Board
 from petkit.bench.progress import GridProgress
 from petkit.bench.report import write_report
 from petkit.bench.results import RESULTS_NAME, Results, key_of
-from petkit.bench.summary import choose_lr, task_name
+from petkit.bench.summary import lr_search, task_name
 from petkit.core.errors import ConfigError
 from petkit.interop.peft import EXPORTABLE
 
@@ -80,8 +81,20 @@ def run_bench(config: BenchConfig, *, fresh: bool = False, progress: bool = True
             grid = config.lr_grid(method)
             for lr in grid:
                 run("petkit", method, task, 0, lr, "search" if len(grid) > 1 else "seed")
-            with shared:
-                lr = choose_lr(results.records, method, task, grid)
+            while True:  # past the grid's edge while the best rate on dev sits there
+                with shared:
+                    search = lr_search(results.records, method, task, grid, config.extend)
+                    if search.pending is not None and not stop.is_set():
+                        bar.grow()
+                if search.pending is None or stop.is_set():
+                    break
+                run("petkit", method, task, 0, search.pending, "extend")
+                with shared:
+                    if not results.done(("petkit", method, task, 0, search.pending)):
+                        bar.log(f"{method} on {task_name(task)}: lr {search.pending:g} failed; the search "
+                                "stops at the rates that trained (the edge stays marked)")
+                        break
+            lr = search.chosen
             if lr is None:
                 with shared:
                     bar.skip(config.seeds - 1 + (config.seeds if method in twins else 0))

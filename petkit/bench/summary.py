@@ -1,10 +1,12 @@
 """From run records to one `Cell` per (library, method, task): the runs at the chosen learning rate.
 
 Learning-rate protocol: seed 0 runs every rate of the method's grid; the rate with the best dev
-accuracy (ties: lower dev loss, then the smaller rate) is chosen, and seeds 1..n-1 run at that rate
-only; on a language-modelling task (scored by test perplexity, lower is better) the lowest dev loss
-wins (ties: the smaller rate). Seed 0's run at the chosen rate is one of the n. PEFT twins run at
-petkit's chosen rate.
+accuracy (ties: lower dev loss, then the smaller rate) is chosen; on a language-modelling task (scored
+by test perplexity, lower is better) the lowest dev loss wins (ties: the smaller rate). While the
+choice sits at an edge of the rates searched so far, the search adds one rate past that edge (the
+grid's own spacing there) and chooses again, at most `extend` times per side, so that a chosen rate
+is an interior optimum or is marked as not being one. Seeds 1..n-1 then run at the chosen rate only;
+seed 0's run there is one of the n. PEFT twins run at petkit's chosen rate.
 """
 
 from __future__ import annotations
@@ -44,6 +46,42 @@ def choose_lr(records: list[dict], method: str, task: str, grid) -> float | None
     return max(runs, key=lambda r: (r["dev"]["accuracy"], -r["dev"]["loss"], -r["lr"]))["lr"]
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where the learning-rate search of one (method, task) stands."""
+    rates: tuple[float, ...]   # the rates searched: the configured grid plus the points added past its edges
+    chosen: float | None       # the best of them on dev (None: no run at any of them finished)
+    pending: float | None      # the next rate to try past an edge, when the search is not finished
+
+    @property
+    def edge(self) -> str | None:
+        """"lower"/"upper" when the chosen rate is the smallest/largest of several searched; None when interior."""
+        if self.chosen is None or len(self.rates) < 2:
+            return None
+        return "lower" if self.chosen == self.rates[0] else "upper" if self.chosen == self.rates[-1] else None
+
+
+def lr_search(records: list[dict], method: str, task: str, grid, extend: int) -> Search:
+    """Replay the search over the finished seed-0 runs of `records` (the runner and the report both use it,
+    so they agree on which rates were searched and which was chosen)."""
+    rates = sorted(set(grid))
+    added = {"lower": 0, "upper": 0}
+    while True:
+        search = Search(tuple(rates), choose_lr(records, method, task, rates), None)
+        side = search.edge
+        if side is None or added[side] >= extend:
+            return search
+        # the spacing of the two outermost rates on that side, one step further out
+        step = rates[-1] / rates[-2] if side == "upper" else rates[0] / rates[1]
+        nxt = float(f"{(rates[-1] if side == 'upper' else rates[0]) * step:.6g}")
+        if not 0 < nxt < 1:
+            return search
+        if not ok_runs(records, library="petkit", method=method, task=task, seed=0, lr=nxt):
+            return Search(search.rates, search.chosen, nxt)
+        rates = sorted([*rates, nxt])
+        added[side] += 1
+
+
 @dataclass
 class Cell:
     library: str
@@ -51,6 +89,7 @@ class Cell:
     task: str
     lr: float
     runs: list[dict]
+    search: Search | None = None  # how lr was chosen (petkit cells; PEFT twins run at petkit's rate)
 
     def median(self, *path: str) -> float:
         """Median over seeds of a (nested) field; NaN when no run has it (e.g. merged time of an unmergeable method)."""
@@ -96,7 +135,8 @@ def cells(records: list[dict], config: BenchConfig) -> dict[tuple[str, str, str]
     out = {}
     for task in config.tasks:
         for method in config.methods:
-            lr = choose_lr(records, method, task, config.lr_grid(method))
+            search = lr_search(records, method, task, config.lr_grid(method), config.extend)
+            lr = search.chosen
             if lr is None:
                 continue
             for library in ("petkit", "peft"):
@@ -104,5 +144,5 @@ def cells(records: list[dict], config: BenchConfig) -> dict[tuple[str, str, str]
                         if r["seed"] < config.seeds]
                 if runs:
                     runs.sort(key=lambda r: r["seed"])
-                    out[(library, method, task)] = Cell(library, method, task, lr, runs)
+                    out[(library, method, task)] = Cell(library, method, task, lr, runs, search)
     return out

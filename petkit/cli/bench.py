@@ -22,7 +22,7 @@ from petkit.core.errors import ConfigError
 
 console = Console()
 FLAGS = ("model", "tasks", "methods", "seeds", "budget", "batch_size", "max_length", "max_train", "max_eval",
-         "against", "order_by", "output", "threads", "jobs", "baseline")
+         "against", "order_by", "output", "threads", "jobs", "baseline", "extend")
 
 
 DESCRIPTION = (
@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", help="comma-separated dataset names or files, e.g. sst2,trec,bbc; or local")
     p.add_argument("--methods", help="comma-separated method names, or 'all' (see `petkit methods`)")
     p.add_argument("--seeds", type=int, help="seeds per (method, task); the learning rate is searched on seed 0")
+    p.add_argument("--extend", type=int, help="while the best rate on dev is the grid's smallest or largest, "
+                                              "try up to this many more past that edge (default 2; 0: the grid as is)")
     p.add_argument("--budget", help="optimizer steps per run, e.g. steps=300")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-length", type=int)

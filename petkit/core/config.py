@@ -45,6 +45,9 @@ class AdapterConfig:
     """
 
     method: ClassVar[str] = ""
+    # Fields added after files were written, whose old behaviour is not the new default: a saved
+    # config without the field reads it with this value (settings a user writes get the defaults).
+    saved_defaults: ClassVar[dict[str, Any]] = {}
     targets: Any = ()
     exclude: Any = ()
     train_head: Any = "auto"
@@ -82,6 +85,13 @@ class AdapterConfig:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:  # wrong value types that slipped through the field checks
             raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "AdapterConfig":
+        """Build from a config an adapter file holds: fields it predates take `saved_defaults`."""
+        if isinstance(data, dict):
+            data = {**{k: v for k, v in cls.saved_defaults.items() if k not in data}, **data}
+        return cls.from_dict(data)
 
     def replace(self, **changes) -> "AdapterConfig":
         return dataclasses.replace(self, **changes)

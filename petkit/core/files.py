@@ -120,7 +120,7 @@ def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool, 
         entry = adapters[n]
         if not isinstance(entry, dict):
             raise AdapterFileError(f"{path / CONFIG_NAME}: adapter {n!r} must be a JSON object")
-        cfg = config_from_dict(entry.get("config"))
+        cfg = config_from_dict(entry.get("config"), saved=True)
         if rename[n] in am.adapters:
             raise ConfigError(f"the model already has an adapter named {rename[n]!r}; load it with as_name=... or "
                               "delete the other first")

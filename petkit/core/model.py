@@ -362,6 +362,29 @@ class AdaptedModel(nn.Module):
         if self.state.composition is not None and name in self.state.composition.leaves():
             self.state.composition = None  # what is left runs stacked, as with a plain list
 
+    # -- optimizer steps ------------------------------------------------------------------------
+    def before_optimizer_step(self) -> None:
+        """Add every trained adapter's once-per-step gradient terms (`Method.before_step`: SaRA's
+        nuclear norm) to the gradients, as they stand just before ``optimizer.step()``.
+
+        Such a term belongs to the step, not to a backward pass: put in the loss it would count once
+        per accumulated micro-batch and be scaled with the loss (a GradScaler's factor). Run it once
+        per step, after the gradients are unscaled (and clipped): `hook_optimizer` does exactly that.
+        """
+        for name in self.adapters:
+            before = self.method_of(name).before_step
+            trained = any(p.requires_grad for delta in self.deltas(name) for p in delta.parameters())
+            if before is not None and trained and name not in self.state.merged:
+                before(self, name)
+
+    def hook_optimizer(self, optimizer: torch.optim.Optimizer):
+        """Run `before_optimizer_step` at the start of every ``optimizer.step()`` (a step pre-hook):
+        once per step however many micro-batches were accumulated, on the unscaled gradients
+        (``GradScaler.step`` unscales before it calls ``step``), after any clipping. petkit's trainer
+        does this itself; in your own loop call it once after building the optimizer. Returns the
+        handle (``.remove()`` undoes it)."""
+        return optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: self.before_optimizer_step())
+
     # -- forward --------------------------------------------------------------------------------
     def forward(self, *args, adapter_names=None, **kwargs):
         adapter_names = adapter_names if adapter_names is not None else self._split(args, kwargs)

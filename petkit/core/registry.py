@@ -22,6 +22,10 @@ class Method:
                      the model lacks (a role it does not have) are skipped.
     select(model, config) -> paths   (selection kind, optional) the module or parameter paths to train,
                                      chosen by the method instead of from the config's targets
+    before_step(am, name)            (optional) adds the adapter's once-per-step gradient terms (a
+                                     regulariser that must act at its own strength whatever the
+                                     accumulation or loss scale) to the gradients the optimizer is about
+                                     to use; run by `AdaptedModel.before_optimizer_step`
     """
 
     name: str
@@ -35,6 +39,7 @@ class Method:
     default_targets: tuple[str, ...] | Callable = ()
     peft_type: str | None = None
     select: Callable | None = None
+    before_step: Callable | None = None
 
 
 _METHODS: dict[str, Method] = {}
@@ -68,11 +73,13 @@ def all_methods() -> list[Method]:
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 
-def config_from_dict(data: dict) -> AdapterConfig:
-    """Rebuild a config from its saved dict (the `method` key picks the class)."""
+def config_from_dict(data: dict, saved: bool = False) -> AdapterConfig:
+    """Rebuild a config from its dict (the `method` key picks the class); saved=True for one read
+    from an adapter file, where fields the file predates take the config's `saved_defaults`."""
     if not isinstance(data, dict) or not isinstance(data.get("method"), str):
         raise ConfigError("an adapter config must be a JSON object with a 'method' name")
-    return get_method(data["method"]).config.from_dict(data)
+    config = get_method(data["method"]).config
+    return config.from_saved(data) if saved else config.from_dict(data)
 
 
 def _ensure_loaded() -> None:

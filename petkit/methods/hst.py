@@ -19,7 +19,7 @@ A small multi-scale side network reads the image and, block by block, the frozen
   (B_i is applied before the interpolation: both are linear, so the result is the same, and the
   interpolation then runs at dims[i] instead of d.)
 - Head: mean over the last stage's tokens → BatchNorm1d(affine=False) → Linear → the logits that
-  replace the ViT head's (the loss is recomputed with them; single-label classification).
+  replace the ViT head's (the loss is recomputed from them by the model's rule).
 
 Trainable: meta tokens, stem, downsamplers, bridges, side blocks, head. The official code also
 trains the ViT's block LayerNorms; here they stay frozen (add a `layernorm` adapter beside it for
@@ -40,6 +40,7 @@ from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.calls import call_inputs
+from petkit.models.heads import with_logits
 from petkit.models.structure import hf_model, is_vision, layer_stacks
 from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
@@ -183,11 +184,7 @@ class HstDelta(ModelDelta):
             logits = self.side_logits(pixels)
         finally:
             self._taps.clear()
-        out.logits = logits
-        labels = inputs.get("labels")
-        if labels is not None:
-            out.loss = nn.functional.cross_entropy(logits, labels)
-        return out
+        return with_logits(out, logits, inputs.get("labels"), self.hf.config)
 
 
 register(Method(

@@ -1,59 +1,110 @@
-"""IDPT-style instance-aware prompts (Zha et al., ICCV 2023, arXiv 2304.07221), for text and vision
-encoders.
+"""IDPT: instance-aware dynamic prompts (Zha et al., ICCV 2023, arXiv 2304.07221), for text and
+vision encoders.
 
-Before the last K blocks (K = 1: the paper's best placement), a generator reads the tokens Y
-entering block L − K and emits m prompt tokens for this sample, which are put right after [CLS]
-and read by the remaining blocks (then dropped again, so every head and output shape is the
-model's own):
+Before the last K blocks (K = 1: the paper's best placement), a generator reads the tokens entering
+block L − K and emits m prompt tokens for this sample, put right after position 0 and read by the
+remaining blocks:
 
-    p = W_2 maxpool_tokens(GELU(LN(Y) W_1 + b_1)) + b_2 + e_pos        (m × d)
+    p = DGCNN(tokens) + e_pos                                                   (m × d)
 
-The paper's generator is a DGCNN over the point-cloud token graph (3 EdgeConv layers, kNN k=20,
-global max-pool); this is a lightweight stand-in with the same shape of computation (token-wise
-transform, then a global max-pool, so the prompt depends on the whole instance), for token
-sequences of any modality. e_pos: the prompts' learnable position embedding (N(0, 0.02²); trained
-here, frozen by the official code's name filter, which the specification calls unintended). The
-paper's head also reads the prompt and a max-pool of the tokens; here the model's own head reads
-its own positions. Padding tokens are left out of the pool.
+DGCNN (`generator="edgeconv"`, the paper's; see petkit/methods/edgeconv.py): three EdgeConv layers
+on the k-nearest-neighbour graph of the tokens in feature space (k = 20), then a global max-pool.
+As in the official code it reads the tokens after position 0 (Point-MAE: the patch tokens, not
+[CLS]). e_pos: the prompts' learnable position embedding (N(0, 0.02²); trained here, frozen by the
+official code's name filter, which the specification calls unintended).
 
-Encoders only (BERT-style, ViT; see DVPT). Trainable: d·h + h + 2d (LN) + h·m·d + m·d + m·d
-(+ the task head). Not identity at init; not mergeable.
+The paper's head (`head="idpt"`) reads the final features (the encoder's output: after ViT's final
+LayerNorm, BERT's last layer) of position 0, of the prompts and of a max-pool over the tokens:
+
+    logits = MLP([x_0 ; x_p1 … x_pm ; maxpool_tokens x])    (2+m)·d → 256 → 256 → labels,
+                                                           each hidden Linear + BN + ReLU + Dropout 0.5
+
+and replaces the model's logits (the loss is recomputed from them by the model's rule); the
+model's own head is then not read and not trained (train_head "auto" resolves to False). Position
+0 is the model's "CLS": [CLS] in BERT-style tokenizers, <s> in RoBERTa's, ViT's class token; the
+encoders IDPT accepts all put their summary token there. The official code has no padding (a point
+cloud is always 128 groups); here padding tokens are no node and no neighbour of the kNN graph, are
+in no batch-norm statistic and in neither max-pool (the generator's nor the head's), and the
+prompts attend to what position 0 attends to, so padding never changes a sample's logits.
+
+`generator="mlp"` is petkit's first stand-in, `p = W_2 maxpool(GELU(LN(Y) W_1 + b_1)) + b_2 + e_pos`
+over all tokens, and `head="model"` lets the model's own head read its own positions (prompts are
+dropped after the last block). An adapter file written before these two fields existed holds that
+stand-in, so a saved config without them loads as generator="mlp", head="model"; a config written
+by hand gets the paper's defaults.
+
+Encoders only (BERT-style, ViT; see DVPT); head="idpt" needs a sequence or image classifier. On
+MiniLM (16 × 64 tokens) a training step costs about 1.2× LoRA's (q, v, r = 8) at k = 20, h = d.
+Trainable (edgeconv, h = generator_hidden or d, c = head_hidden, C labels):
+2dh + 4h·h + 3·2h (EdgeConv and their BNs) + 3h·md + 2md (fuse and its BN) + m·d (e_pos)
++ (2+m)d·c + c + 2c + c² + c + 2c + c·C + C (head). Not identity at init; not mergeable.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from petkit.core.config import AdapterConfig, check, is_pos_int
-from petkit.core.errors import ConfigError
+from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
+from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.models.calls import PaddingReader
+from petkit.methods.edgeconv import DgcnnGenerator
+from petkit.models.calls import PaddingReader, call_inputs
+from petkit.models.heads import is_classifier, with_logits
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
 from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
+
+GENERATORS = ("edgeconv", "mlp")
+HEADS = ("idpt", "model")
 
 
 @dataclass(frozen=True)
 class IdptConfig(AdapterConfig):
     """num_virtual_tokens: m prompts per sample. late_layers: K, the blocks that read them.
-    generator_hidden: h of the generator (None: the model's width)."""
+    generator: edgeconv (the paper's DGCNN) or mlp (petkit's first stand-in). generator_hidden: h,
+    the generator's width (None: the model's). neighbors: k of the kNN graph (edgeconv).
+    head: idpt (the paper's head on [CLS ; prompts ; max-pool of the tokens]) or model (the model's
+    own head). head_hidden, head_dropout: the idpt head's two hidden layers.
+    A saved config without generator / head predates them: it loads as mlp / model."""
 
+    saved_defaults: ClassVar[dict[str, Any]] = {"generator": "mlp", "head": "model"}
     num_virtual_tokens: int = 1
     late_layers: int = 1
+    generator: str = "edgeconv"
     generator_hidden: int | None = None
+    neighbors: int = 20
+    head: str = "idpt"
+    head_hidden: int = 256
+    head_dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.head == "idpt" and self.train_head == "auto":
+            object.__setattr__(self, "train_head", False)  # the model's own head is not read
+        super().__post_init__()
 
     def validate(self):
-        for name in ("num_virtual_tokens", "late_layers"):
+        for name in ("num_virtual_tokens", "late_layers", "neighbors", "head_hidden"):
             check(is_pos_int(getattr(self, name)), f"{name} must be a positive integer, got {getattr(self, name)!r}")
         check(self.generator_hidden is None or is_pos_int(self.generator_hidden),
               f"generator_hidden must be a positive integer or null, got {self.generator_hidden!r}")
+        check(self.generator in GENERATORS, f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        check(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        check(is_number(self.head_dropout) and 0 <= self.head_dropout < 1,
+              f"head_dropout must be in [0, 1), got {self.head_dropout!r}")
+        check(not (self.head == "idpt" and self.train_head is True),
+              "train_head=True trains the model's own head, which head='idpt' does not read; use head='model'")
         check(not self.targets, "IDPT has no targets: its prompts enter before the last blocks")
 
 
 class IdptDelta(ModelDelta):
+    """What both generators share: the prompts go in before the late blocks and out after them, and
+    the paper's head reads the final features. Subclasses define generate_prompts."""
+
     def __init__(self, model: nn.Module, config: IdptConfig, init: bool = True):
         super().__init__()
         object.__setattr__(self, "hf", hf_model(model, "IDPT"))
@@ -61,22 +112,21 @@ class IdptDelta(ModelDelta):
         if config.late_layers > len(stack):
             raise ConfigError(f"late_layers={config.late_layers} is more than the model's {len(stack)} layers")
         object.__setattr__(self, "late", list(stack)[len(stack) - config.late_layers:])
-        d = hidden_size(self.hf.config)
-        h, self.m = config.generator_hidden or d, config.num_virtual_tokens
-        self.norm = nn.LayerNorm(d)
-        self.read = nn.Linear(d, h)
-        self.emit = nn.Linear(h, self.m * d)
-        self.position = nn.Parameter(torch.randn(self.m, d) * 0.02)
+        self.d, self.m = hidden_size(self.hf.config), config.num_virtual_tokens
+        self.hidden = config.generator_hidden or self.d
+        self.position = nn.Parameter(torch.randn(self.m, self.d) * 0.02)
+        self.head = _paper_head(self.hf, config, self.d, self.m) if config.head == "idpt" else None
+        self._features: torch.Tensor | None = None
+        self._labels = None
 
     def describe(self) -> str:
-        return f"{self.m} instance prompt token(s) generated before the last {len(self.late)} layer(s)"
+        head = "; its own head reads [CLS ; prompts ; max-pool]" if self.head is not None else ""
+        return f"{self.m} instance prompt token(s) from {self.source} before the last {len(self.late)} layer(s){head}"
 
     def generate_prompts(self, tokens: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
-        features = nn.functional.gelu(self.read(self.norm(tokens)))
-        if padding is not None:
-            features = features.masked_fill(padding[..., None], float("-inf"))
-        pooled = features.amax(dim=1)
-        return self.emit(pooled).view(-1, self.m, tokens.shape[-1]) + self.position
+        """m prompts per sample (b × m × d) from the tokens entering the first late layer (b × n × d,
+        position 0 included) and their padding (b × n bool, or None)."""
+        raise NotImplementedError
 
     def attach(self, model: nn.Module) -> None:
         # the base model (BertModel, ViTModel), which every path to the layers goes through
@@ -84,7 +134,13 @@ class IdptDelta(ModelDelta):
         self.hook(self.late[0], pre=True, fn=self._insert)
         for layer in self.late[1:]:
             self.hook(layer, pre=True, fn=self._widen_mask)
-        self.hook(self.late[-1], pre=False, fn=self._drop)
+        if self.head is None:
+            self.hook(self.late[-1], pre=False, fn=self._drop)
+        else:  # the prompts stay to the encoder's output, where the head reads their final features
+            self._signature = inspect.signature(self.hf.forward)
+            self.hook(self.hf, pre=True, fn=self._read_labels)
+            self.hook(self.hf.base_model, pre=False, fn=self._read_final)
+            self.hook(self.hf, pre=False, fn=self._replace_logits)
 
     def _insert(self, module, args, kwargs):
         tokens = hidden_of(args, kwargs)
@@ -94,33 +150,104 @@ class IdptDelta(ModelDelta):
         return with_hidden(args, kwargs, tokens)
 
     def _widen_mask(self, module, args, kwargs):
-        """The layer's (batch, 1, query, key) mask gets the m prompt rows and columns, allowed."""
+        """The layer's (batch, 1, query, key) mask gets m prompt columns, allowed, and m prompt rows
+        that are copies of position 0's (the prompts see what it sees: never padding)."""
         position = 1 if len(args) > 1 else None
         mask = args[1] if position else kwargs.get("attention_mask")
         if mask is None:
             return args, kwargs
         fill = True if mask.dtype == torch.bool else 0.0
-        mask = torch.cat([mask[..., :1], _fill(mask, self.m, -1, fill), mask[..., 1:]], dim=-1)
+        mask = torch.cat([mask[..., :1], _fill(mask, self.m, fill), mask[..., 1:]], dim=-1)
         if mask.shape[-2] > 1:
-            mask = torch.cat([mask[..., :1, :], _fill(mask, self.m, -2, fill), mask[..., 1:, :]], dim=-2)
+            mask = torch.cat([mask[..., :1, :].expand(*mask.shape[:-2], 1 + self.m, -1), mask[..., 1:, :]], dim=-2)
         if position:
             return (args[0], mask, *args[2:]), kwargs
         return args, {**kwargs, "attention_mask": mask}
 
     def _drop(self, module, args, kwargs, out):
-        hidden = output_hidden(out)
-        hidden = torch.cat([hidden[:, :1], hidden[:, 1 + self.m:]], dim=1)
-        return with_output_hidden(out, hidden)
+        return with_output_hidden(out, self._without_prompts(output_hidden(out)))
+
+    def _without_prompts(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([hidden[:, :1], hidden[:, 1 + self.m:]], dim=1)
+
+    # -- the paper's head ---------------------------------------------------------------------------
+    def head_input(self, final: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        """[x_0 ; x_p1 … x_pm ; max over the tokens] from the encoder's output with the prompts
+        (b × (1 + m + n − 1) × d) and the call's padding (b × n, or None)."""
+        tokens = final[:, 1 + self.m:]
+        if padding is not None:
+            tokens = tokens.masked_fill(padding[:, 1:, None], float("-inf"))
+        pooled = tokens.amax(dim=1)
+        pooled = pooled.masked_fill(pooled == float("-inf"), 0.0)  # a sample of position 0 alone
+        return torch.cat([final[:, 0], final[:, 1:1 + self.m].flatten(1), pooled], dim=-1)
+
+    def _read_labels(self, module, args, kwargs):
+        self._labels = call_inputs(self._signature, args, kwargs, f"IDPT adapter {self._name!r}").get("labels")
+
+    def _read_final(self, module, args, kwargs, out):
+        final = out.last_hidden_state
+        self._features = self.head_input(final, self.inputs.padding)
+        out.last_hidden_state = self._without_prompts(final)  # the output keeps the model's own shape
+        return out
+
+    def _replace_logits(self, module, args, kwargs, out):
+        features, labels, self._features, self._labels = self._features, self._labels, None, None
+        return with_logits(out, self.head(features), labels, self.hf.config)
 
 
-def _fill(mask: torch.Tensor, m: int, dim: int, value) -> torch.Tensor:
-    shape = list(mask.shape)
-    shape[dim] = m
-    return torch.full(shape, value, dtype=mask.dtype, device=mask.device)
+class IdptEdgeConvDelta(IdptDelta):
+    """The paper's generator: DGCNN on the tokens after position 0."""
+
+    def __init__(self, model: nn.Module, config: IdptConfig, init: bool = True):
+        super().__init__(model, config, init)
+        self.generator = DgcnnGenerator(self.d, self.hidden, self.m, config.neighbors)
+        self.source = f"a kNN-graph EdgeConv generator (k={config.neighbors})"
+
+    def generate_prompts(self, tokens, padding):
+        valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if padding is None else ~padding
+        return self.generator(tokens[:, 1:], valid[:, 1:]) + self.position
+
+
+class IdptMlpDelta(IdptDelta):
+    """petkit's first stand-in: a token-wise MLP, then a max-pool over all tokens (position 0 too).
+    Its tensors keep the names files written before the EdgeConv generator hold."""
+
+    def __init__(self, model: nn.Module, config: IdptConfig, init: bool = True):
+        super().__init__(model, config, init)
+        self.norm = nn.LayerNorm(self.d)
+        self.read = nn.Linear(self.d, self.hidden)
+        self.emit = nn.Linear(self.hidden, self.m * self.d)
+        self.source = "a token-wise MLP generator"
+
+    def generate_prompts(self, tokens, padding):
+        features = nn.functional.gelu(self.read(self.norm(tokens)))
+        if padding is not None:
+            features = features.masked_fill(padding[..., None], float("-inf"))
+        pooled = features.amax(dim=1)
+        return self.emit(pooled).view(-1, self.m, tokens.shape[-1]) + self.position
+
+
+def _paper_head(hf: nn.Module, config: IdptConfig, d: int, m: int) -> nn.Sequential:
+    if not is_classifier(hf):
+        raise TargetError(f"IDPT's head (head='idpt') replaces a sequence or image classifier's logits; "
+                          f"{type(hf).__name__} is not one: use head='model' to keep the model's own head")
+    width, drop = config.head_hidden, config.head_dropout
+    return nn.Sequential(nn.Linear((2 + m) * d, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(drop),
+                         nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(drop),
+                         nn.Linear(width, hf.config.num_labels))
+
+
+def _fill(mask: torch.Tensor, m: int, value) -> torch.Tensor:
+    return torch.full((*mask.shape[:-1], m), value, dtype=mask.dtype, device=mask.device)
+
+
+def build(model: nn.Module, config: IdptConfig, init: bool = True) -> IdptDelta:
+    return (IdptMlpDelta if config.generator == "mlp" else IdptEdgeConvDelta)(model, config, init)
 
 
 register(Method(
-    name="idpt", config=IdptConfig, kind="model", build=IdptDelta, layer_types=(), mergeable=False,
-    spec="Zha et al., ICCV 2023 (arXiv 2304.07221); lightweight token-MLP + max-pool generator instead of DGCNN",
-    summary="instance-aware prompts: a generator reads each sample's tokens and inserts prompts before the last blocks",
+    name="idpt", config=IdptConfig, kind="model", build=build, layer_types=(), mergeable=False,
+    spec="Zha et al., ICCV 2023 (arXiv 2304.07221); official code zyh16143998882/ICCV23-IDPT",
+    summary="instance-aware prompts: a kNN-graph EdgeConv generator reads each sample's tokens and inserts a "
+            "prompt before the last block; the head reads [CLS ; prompt ; max-pool]",
 ))

@@ -125,19 +125,26 @@ class LoraDelta(Delta):
         return lora_linear(x, self._effective_weight(base), base.bias, self.A, self.B, self.scale, p)
 
     def _low_rank(self, base, x):
-        """s · B A x for this layer type (no base term), with dropout when training."""
+        """s · B A drop(x) for this layer type (no base term); dropout only when training.
+
+        PiSSA's −s · B0 A0 x takes the whole input, not the dropped one: it stands for the residual
+        base weight W − s · B0 A0 of the paper and PEFT, and a base weight sees no dropout."""
         if isinstance(base, nn.Embedding):
             u = F.embedding(x, self.A.t(), base.padding_idx, base.max_norm, base.norm_type,
                             base.scale_grad_by_freq, base.sparse)
             return (u @ self.B.t()) * self.scale
-        x = F.dropout(x, self.p, self.training) if self.p else x
+        dropped = F.dropout(x, self.p, self.training) if self.p else x
         if isinstance(base, nn.Conv2d):
-            u = F.conv2d(x, self.A, None, base.stride, base.padding, base.dilation)
+            u = F.conv2d(dropped, self.A, None, base.stride, base.padding, base.dilation)
             return F.conv2d(u, self.B) * self.scale
-        out = F.linear(F.linear(x, self.A), self.B) * self.scale
+        out = self._product(dropped, self.A, self.B)
         if self.pissa:
-            out = out - F.linear(F.linear(x, self.A0), self.B0) * self.scale
+            out = out - self._product(x, self.A0, self.B0)
         return out
+
+    def _product(self, x, A, B):
+        """s · B A x on a linear layer."""
+        return F.linear(F.linear(x, A), B) * self.scale
 
     def forward(self, base, x, y):
         return y + self._low_rank(base, x)
@@ -237,11 +244,16 @@ class DoraDelta(LoraDelta):
         return self._merged_weight(base).norm(dim=1)
 
     def forward(self, base, x, y):
+        """y + (m/n − 1) · W x + (m/n) · s · B A x, PEFT's form. With dropout in training both terms
+        take the dropped input while y keeps the whole one (the paper does not say). Without dropout
+        W x is read off y less the bias, as in PEFT, which makes this (m/n)(y − b + s B A x) + b."""
         factor = self.magnitude / self._column_norm(base).detach()
-        bias = base.bias
-        y_lin = y if bias is None else y - bias
-        out = factor * (y_lin + self._low_rank(base, x))
-        return out if bias is None else out + bias
+        if self.p and self.training:
+            x = F.dropout(x, self.p, True)
+            y_lin = F.linear(x, weight_oi(base))
+        else:
+            y_lin = y if base.bias is None else y - base.bias
+        return y + (factor - 1) * y_lin + factor * self._product(x, self.A, self.B)
 
     routed = Delta.routed  # DoRA rescales the whole output, so LoRA's additive routing does not apply
 

@@ -10,9 +10,16 @@ Mergeable exactly (the update lives in W's own entries).
 
 Low-rank constraint: the paper adds λ‖P‖_* for the selected weights P = W ⊙ M (the selected
 entries of the current weight, zero elsewhere), one random 2-D weight with min(shape) >
-`rank_min_dim` per step. petkit adds its gradient λ·(U Vᵀ)[M] (SVD of P) to the values' gradient
-in backward: each eligible layer is picked with probability 1 / (number of eligible layers) per
-training forward, so one layer per step in expectation, in any training loop. λ = `rank_weight`.
+`rank_min_dim` per step (λ = `rank_weight`). Its gradient λ·(U Vᵀ)[M] (SVD of P) belongs to the
+optimizer step, not to a backward pass: added in backward it would count once per accumulated
+micro-batch (k× too strong with k-step accumulation) and be divided by a GradScaler's loss scale
+when the gradients are unscaled (vanishing next to the task gradient). So, as the official optimizer
+does inside its step(), `nuclear_step(am)` adds it once per step to the gradient the update uses,
+for one eligible layer picked uniformly at random (Python's `random`, as the official code; petkit's
+trainer seeds it, restores it on resume, and it agrees across ranks). petkit's trainer runs it from
+an optimizer step pre-hook, after accumulation, unscaling and clipping (the term is not clipped,
+as in the official code). Your own loop: call ``am.hook_optimizer(optimizer)`` once after building
+the optimizer; every ``optimizer.step()`` (or ``scaler.step(optimizer)``) then adds the term.
 
 Progressive adjustment: `reselect(am)` (or `schedule(am, at=step)` as a trainer `on_step`
 callback; the official run does it at step 2500 of 5005): entries that grew to |w| >= threshold
@@ -31,6 +38,7 @@ layers (default "all-linear"). Learning rate in the code, when none is given: 1e
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +47,7 @@ from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.errors import ConfigError, StateError
 from petkit.core.layer import in_out_features, weight_oi
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES, named_base_modules, resolve_targets
+from petkit.core.targeting import LINEAR_TYPES
 from petkit.methods.sparse import SparseDelta, support_at, with_support
 
 
@@ -68,40 +76,36 @@ class SaraConfig(AdapterConfig):
         check(isinstance(self.official, bool), f"official must be true or false, got {self.official!r}")
 
 
-class _NuclearGrad(torch.autograd.Function):
-    """Identity on the values; backward adds λ ∂‖P‖_*/∂values = λ (U Vᵀ) at the support."""
-
-    @staticmethod
-    def forward(ctx, values, at_base, active, index, shape, weight: float):
-        ctx.save_for_backward(values, at_base, active, index)
-        ctx.shape, ctx.weight = shape, weight
-        return values.view_as(values)
-
-    @staticmethod
-    def backward(ctx, g):
-        values, at_base, active, index = ctx.saved_tensors
-        P = with_support(None, torch.where(active, at_base + values, 0.0), index, ctx.shape, 1.0)
-        U, _, Vh = torch.linalg.svd(P, full_matrices=False)
-        return g + ctx.weight * (U @ Vh).view(-1)[index], None, None, None, None, None
-
-
 class SaraDelta(SparseDelta):
-    def __init__(self, base, index, threshold: float, rank_weight: float, pick: float):
+    def __init__(self, base, index, threshold: float, rank_weight: float, nuclear: bool):
         super().__init__(base, index)
         n = self.index.numel()
         self.register_buffer("active", torch.ones(n, dtype=torch.bool))  # False: frozen by reselect()
         self.register_buffer("frozen", torch.zeros(n))                   # their values from then on
         self.register_buffer("threshold", torch.tensor(float(threshold)))
-        self.rank_weight, self.pick = rank_weight, pick
+        # the base weight at the support, for the nuclear-norm term: read once, because the term runs
+        # between steps, when a sharded (FSDP) base holds only its shard (not saved: the base has it)
+        at_base = support_at(base, self.index).detach().clone() if nuclear else torch.zeros(0)
+        self.register_buffer("at_base", at_base, persistent=False)
+        self.rank_weight, self.nuclear = rank_weight, nuclear  # nuclear: this layer can get the term
         self.all_active = True
 
     def effective_values(self, base):
         v = self.values
-        if self.pick and self.training and torch.is_grad_enabled() and v.requires_grad and (
-                self.pick >= 1 or bool(torch.rand(()) < self.pick)):
-            v = _NuclearGrad.apply(v, support_at(base, self.index).detach().to(v.dtype), self.active, self.index,
-                                   self.shape, self.rank_weight)
         return v if self.all_active else torch.where(self.active, v, self.frozen)
+
+    @torch.no_grad()
+    def add_nuclear_grad(self) -> None:
+        """values.grad += λ ∂‖P‖_*/∂values = λ (U Vᵀ)[M], P = W ⊙ M: the entries still training
+        (frozen ones are not in P, so they get nothing)."""
+        v = self.values
+        P = with_support(None, torch.where(self.active, self.at_base.to(v.dtype) + v, 0.0), self.index, self.shape, 1.0)
+        U, _, Vh = torch.linalg.svd(P, full_matrices=False)
+        g = self.rank_weight * (U @ Vh).reshape(-1)[self.index] * self.active
+        if v.grad is None:
+            v.grad = g
+        else:
+            v.grad.add_(g.to(v.grad.dtype))
 
     @torch.no_grad()
     def reselect(self, base) -> int:
@@ -126,18 +130,27 @@ def build_sara(base, config: SaraConfig, path: str, model, init: bool = True) ->
     else:
         index = torch.nonzero(absw < config.threshold).squeeze(1)
         threshold = config.threshold
-    pick = 0.0
-    if config.rank_weight and not config.official and min(in_out_features(base)) > config.rank_min_dim:
-        modules = dict(named_base_modules(model))
-        paths = resolve_targets(model, config.targets or ("all-linear",), config.exclude, LINEAR_TYPES)
-        eligible = [p for p in paths if min(in_out_features(modules[p])) > config.rank_min_dim]
-        pick = 1.0 / len(eligible)
-    delta = SaraDelta(base, index, threshold, config.rank_weight, pick)
+    # the official optimizer's term never reaches the trained values (module docstring): none here
+    nuclear = bool(config.rank_weight) and not config.official and min(in_out_features(base)) > config.rank_min_dim
+    delta = SaraDelta(base, index, threshold, config.rank_weight, nuclear)
     if init and config.official:  # the released optimizer writes |w| into the selected entries
         with torch.no_grad():
             w = support_at(base, delta.index).float()
             delta.values.copy_(w.abs() - w)
     return delta
+
+
+def nuclear_step(am, name: str = "default") -> str | None:
+    """Add the nuclear-norm term's gradient λ·(U Vᵀ)[M] to one eligible layer's values, picked
+    uniformly at random; returns its path (None: no layer is eligible). Once per optimizer step, on
+    the unscaled gradient, just before the update: `AdaptedModel.hook_optimizer` runs it so (SaRA's
+    `Method.before_step`)."""
+    eligible = [(p, d) for p, _, d in am.layers(name) if isinstance(d, SaraDelta) and d.nuclear]
+    if not eligible:
+        return None
+    path, delta = random.choice(eligible)
+    delta.add_nuclear_grad()
+    return path
 
 
 def reselect(am, name: str = "default") -> int:
@@ -162,5 +175,5 @@ register(Method(
     name="sara", config=SaraConfig, kind="weight", build=build_sara, layer_types=LINEAR_TYPES, mergeable=True,
     spec="Hu et al., ICLR 2025 (arXiv 2409.06633); code sjtuplayer/SaRA",
     summary="train the smallest |w| entries (sparse values), nuclear-norm term, progressive reselection",
-    default_targets=("all-linear",),
+    default_targets=("all-linear",), before_step=nuclear_step,
 ))

@@ -111,6 +111,9 @@ def train(
 
     # --- 2. What trains, and how.
     optimizer, named_params = build_optimizer(model, cfg)
+    for module in model.modules():  # an adapter's once-per-step gradient terms (SaRA's nuclear norm)
+        if hasattr(module, "hook_optimizer"):
+            module.hook_optimizer(optimizer)
     ranks = world()
 
     # --- 3. Start fresh, or pick up where a checkpoint left off. `state` is everything the loop

@@ -52,6 +52,7 @@ def check_method(config, build, batch, tmp_path, init_check=identity_at_init, lr
     # train: loss falls, only the adapter's parameters move
     am.train()
     opt = torch.optim.AdamW(am.trainable_parameters(), lr=lr)
+    am.hook_optimizer(opt)  # once-per-step gradient terms (SaRA's nuclear norm), as a user's own loop does
     losses = []
     torch.manual_seed(0)
     for _ in range(12):
