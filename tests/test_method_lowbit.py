@@ -385,8 +385,9 @@ def test_bad_config_values(kwargs, match):
 
 
 def test_bad_targets_and_bits_for_the_low_level_functions():
-    with pytest.raises(petkit.TargetError, match="attn.qkv"):  # the paper's q/v default on fused GPT-2 qkv
-        petkit.adapt(tiny_gpt2(), LowbitLoraConfig())
+    # the paper's q/v default is GPT-2's fused qkv layer (the engine's rule for default targets)
+    adapted = petkit.adapt(tiny_gpt2(), LowbitLoraConfig())._modules_of["default"]
+    assert adapted == [f"transformer.h.{i}.attn.c_attn" for i in (0, 1)]
     with pytest.raises(petkit.TargetError, match="block input"):  # the adapter reads a block input: attn.out/mlp.out
         petkit.adapt(tiny_bert(), LowbitAdapterConfig(targets=["attn.q"]))
     with pytest.raises(ValueError, match="bits must be one of 1, 2, 4, 8"):

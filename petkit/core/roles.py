@@ -123,16 +123,30 @@ def role_paths(role: str, model: nn.Module) -> frozenset | None:
     return roles_of(model).paths(role)
 
 
+def as_on_model(model: nn.Module, defaults) -> tuple[str, ...]:
+    """A method's default targets as this model has them: a role whose projections the model fuses
+    into one layer becomes that layer's role, once (attn.q, attn.v -> attn.qkv on GPT-2, BLOOM,
+    Phi-3; mlp.up -> mlp.in on a fused gate_up), as PEFT's per-architecture tables pick the fused
+    layer. Every other pattern stays as it is."""
+    parts = roles_of(model).parts
+    mapped: list[str] = []
+    for target in defaults:
+        fused = _FUSED_INTO.get(target)
+        if fused and not any(parts.get(p) for p in ROLE_PARTS[target]) and parts.get(fused[0]):
+            target = fused[1]
+        if target not in mapped:
+            mapped.append(target)
+    return tuple(mapped)
+
+
 def lora_default_targets(model: nn.Module) -> tuple[str, ...]:
-    """PEFT's default LoRA targets for the model's type: attention q and v (the fused qkv where they
-    are one layer) unless its table says otherwise; the same rule for model types it does not list."""
+    """PEFT's default LoRA targets for the model's type: attention q and v (the engine maps them to
+    the fused qkv where they are one layer, `as_on_model`) unless its table says otherwise; the same
+    rule for model types it does not list."""
     exception = LORA_DEFAULT_EXCEPTIONS.get(family_of(model) or "")
     if exception:
         return exception
-    parts = roles_of(model).parts
-    if parts.get("q") or parts.get("v"):
+    if any(roles_of(model).parts.get(p) for p in ("q", "v", "qkv")):
         return ("attn.q", "attn.v")
-    if parts.get("qkv"):
-        return ("attn.qkv",)
     raise TargetError(f"no targets given, and petkit found no attention projections in {type(model).__name__} to "
                       "default to; name the modules to adapt, e.g. targets=['query', 'value'] or 'all-linear'")

@@ -13,7 +13,7 @@ import re
 from torch import nn
 
 from petkit.core.errors import TargetError
-from petkit.core.roles import MissingRole, role_paths
+from petkit.core.roles import MissingRole, as_on_model, role_paths
 
 try:  # GPT-2's Conv1D is a linear layer with a transposed weight
     from transformers.pytorch_utils import Conv1D
@@ -168,11 +168,13 @@ def resolve_targets(model: nn.Module, targets, exclude=(), allowed_types: tuple 
 
 def method_targets(model: nn.Module, config, method, protected=()) -> list[str]:
     """The modules a weight/output method adapts: the config's targets, or else the method's defaults
-    (a tuple, or a function of the model: LoRA's are PEFT's choice for the architecture)."""
+    (a tuple, or a function of the model: LoRA's are PEFT's choice for the architecture), as this
+    model has them (`as_on_model`: q and v are the fused qkv layer where the model fuses them)."""
     if config.targets:
         return resolve_targets(model, config.targets, config.exclude, method.layer_types, protected)
     defaults = method.default_targets(model) if callable(method.default_targets) else method.default_targets
-    return resolve_targets(model, defaults, config.exclude, method.layer_types, protected, optional=True)
+    return resolve_targets(model, as_on_model(model, defaults), config.exclude, method.layer_types, protected,
+                           optional=True)
 
 
 def _head_message(pattern: str, hits: list[str]) -> str:

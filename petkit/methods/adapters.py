@@ -50,6 +50,7 @@ from petkit.core.errors import TargetError
 from petkit.core.layer import Delta, in_out_features
 from petkit.core.registry import Method, register
 from petkit.core.targeting import LINEAR_TYPES, named_base_modules, pattern_matcher
+from petkit.models.taps import Captures
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": partial(F.gelu, approximate="tanh"),
                "silu": F.silu, "swish": F.silu, "tanh": torch.tanh}
@@ -148,15 +149,19 @@ def block_input_path(path: str, model: nn.Module) -> str:
 class BlockInput:
     """Captures the sublayer block's input with a forward pre-hook on the sibling that reads it.
 
-    The hook holds the capture weakly, so a delta that is built but never attached (another module
-    failed to build) leaves no live hook behind: the hook removes itself on its next call.
+    The sibling may also run on other inputs in a forward (DeBERTa's query projection reads the
+    relative-position embeddings after the tokens): the capture keeps the first call whose tokens
+    match the wrapped module's (`taps.Captures`), and a pre-hook on the model forgets what an earlier
+    forward left (one that ran with the adapter off). The hooks hold the capture weakly, so a delta
+    that is built but never attached (another module failed to build) leaves no live hook behind:
+    each removes itself on its next call.
     """
 
     def __init__(self, path: str, model: nn.Module):
         self.source = block_input_path(path, model)
         module = dict(named_base_modules(model))[self.source]
         self.width = in_out_features(module)[0]
-        self.value: torch.Tensor | None = None
+        self.values = Captures()
         ref = weakref.ref(self)
 
         def capture(_module, args):
@@ -164,22 +169,31 @@ class BlockInput:
             if this is None:
                 handle.remove()
             else:
-                this.value = args[0]
+                this.values.add(args[0])
+
+        def forget(_module, args):
+            this = ref()
+            if this is None:
+                reset.remove()
+            else:
+                this.values.clear()
 
         handle = module.register_forward_pre_hook(capture)
-        self.handle = handle
+        reset = model.register_forward_pre_hook(forget)
+        self.handles = (handle, reset)
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """The captured input for the wrapped module's input x (same tokens); each capture is used once."""
-        value, self.value = self.value, None
-        if value is None or value.shape[:-1] != x.shape[:-1]:
+        value = self.values.take(x)
+        if value is None:
             raise RuntimeError(f"the sublayer block input was not captured from {self.source} in this forward pass "
                                "(is that module run through a fused delta, e.g. LoRA as its only live adapter?)")
         return value
 
     def remove(self) -> None:
-        self.handle.remove()
-        self.value = None
+        for handle in self.handles:
+            handle.remove()
+        self.values.clear()
 
 
 # -- the delta ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A probe more than an engineered method: does *where* a parameter budget goes matter? The budget is
 either a count (`budget`) or the trainable count of a reference method on the same model
 (`reference`, a method config as a dict, e.g. {"method": "lora", "r": 8, "targets": ["attn.q",
-"attn.v"]}, the default: its delta parameters, without a task head). Placement is seeded and
+"attn.v"]}, the default, where a model that fuses q, k and v counts its fused layer: its delta
+parameters, without a task head). Placement is seeded and
 deterministic.
 
 - level="element" (default; the paper's framing, ΔW = M ⊙ Θ): exactly `budget` entries, drawn
@@ -38,11 +39,12 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.registry import Method, config_from_dict, method_for, register
+from petkit.core.roles import as_on_model
 from petkit.core.targeting import LINEAR_TYPES, method_targets, named_base_modules, resolve_targets
 from petkit.methods.sparse import SparseDelta
 
 LEVELS = ("element", "tensor")
-DEFAULT_REFERENCE = {"method": "lora", "r": 8, "targets": ["attn.q", "attn.v"]}  # when neither is given
+DEFAULT_REFERENCE = {"method": "lora", "r": 8, "targets": ["attn.q", "attn.v"]}  # when neither is given (_default_reference)
 
 
 def _is_int(value) -> bool:
@@ -53,7 +55,8 @@ def _is_int(value) -> bool:
 class ApetConfig(AdapterConfig):
     """targets default to "all-linear" (where the budget may go); level: "element" or "tensor";
     budget: trainable parameters (a count), or reference: a method config dict whose count to
-    match (at most one of the two; neither = LoRA r=8 on attn.q, attn.v); seed: placement seed."""
+    match (at most one of the two; neither = LoRA r=8 on attn.q, attn.v, the fused qkv where the model
+    fuses them); seed: placement seed."""
 
     level: str = "element"
     budget: int = 0
@@ -81,6 +84,11 @@ def reference_count(model: nn.Module, reference: dict) -> int:
     paths = method_targets(model, cfg, method)
     modules = dict(named_base_modules(model))
     return sum(p.numel() for path in paths for p in method.build(modules[path], cfg, path, model, init=False).parameters())
+
+
+def _default_reference(model: nn.Module) -> dict:
+    """LoRA r=8 on q and v as this model has them (the engine's rule for default targets)."""
+    return {**DEFAULT_REFERENCE, "targets": list(as_on_model(model, DEFAULT_REFERENCE["targets"]))}
 
 
 def sample_positions(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -139,7 +147,7 @@ class TensorDelta(Delta):
 def build_apet(base, config: ApetConfig, path: str, model, init: bool = True) -> Delta:
     paths = resolve_targets(model, config.targets or ("all-linear",), config.exclude, LINEAR_TYPES)
     modules = dict(named_base_modules(model))
-    budget = config.budget or reference_count(model, config.reference or DEFAULT_REFERENCE)
+    budget = config.budget or reference_count(model, config.reference or _default_reference(model))
     if config.level == "element":
         sizes = [math.prod(in_out_features(modules[p])) for p in paths]
     else:

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_pos_int
-from petkit.core.errors import TargetError
+from petkit.core.errors import StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.core.targeting import named_base_modules, resolve_targets
 from petkit.models.attention import is_cross_attention_path
 from petkit.models.structure import hf_model, hidden_size
+from petkit.models.taps import Captures
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class AptDelta(ModelDelta):
             with torch.no_grad():
                 self.prompts.normal_(0.0, 0.02)
                 self.u.normal_()
-        self._inputs: dict[int, torch.Tensor] = {}
+        self._inputs = [Captures() for _ in self.ends]  # what each layer's query projection read
 
     def describe(self) -> str:
         return f"{self.m} approximated prompts in each of {len(self.ends)} attention layers"
@@ -74,12 +75,15 @@ class AptDelta(ModelDelta):
 
     def _reader(self, layer: int):
         def read(module, args, kwargs):
-            self._inputs[layer] = args[0] if args else kwargs["input"]
+            self._inputs[layer].add(args[0] if args else kwargs["input"])
         return read
 
     def _adder(self, layer: int):
         def add(module, args, kwargs, h):
-            x = self._inputs.pop(layer)
+            x = self._inputs[layer].take(h)  # the tokens (DeBERTa also runs q on its position embeddings)
+            if x is None:
+                raise StateError(f"APT adapter {self._name!r} saw no input of the attention layer {layer} in this "
+                                 "forward; call the whole model, not a module of it")
             prompts = self.prompts[layer].to(x.dtype)
             keys = prompts + (prompts @ self.u[layer]) @ self.v[layer]
             affinity = torch.relu(x @ keys.T)                       # N × m

@@ -58,7 +58,8 @@ SCORES = ("delta", "weight", "weight+delta")
 
 @dataclass(frozen=True)
 class DseeConfig(AdapterConfig):
-    """targets default to the attention query and value projections ("attn.q", "attn.v");
+    """targets default to the attention query and value projections ("attn.q", "attn.v"; the fused
+    qkv layer on models that fuse them);
     r, alpha, dropout: the low-rank part (scale alpha / r, also applied to the sparse part);
     nnz: sparse entries per matrix, a count (int) or a fraction of the matrix (float in (0, 1));
     support: "grebsmo", "omp" or "random"; seed: for the random parts of the support choice;

@@ -56,7 +56,7 @@ from petkit.core.registry import Method, register
 from petkit.methods.edgeconv import DgcnnGenerator
 from petkit.models.calls import PaddingReader, call_inputs
 from petkit.models.heads import is_classifier, with_logits
-from petkit.models.structure import encoder_stack, hf_model, hidden_size
+from petkit.models.structure import encoder_stack, hf_model, hidden_size, own_layers
 from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
 GENERATORS = ("edgeconv", "mlp")
@@ -108,7 +108,7 @@ class IdptDelta(ModelDelta):
     def __init__(self, model: nn.Module, config: IdptConfig, init: bool = True):
         super().__init__()
         object.__setattr__(self, "hf", hf_model(model, "IDPT"))
-        stack = encoder_stack(self.hf, "IDPT")
+        stack = own_layers(self.hf, encoder_stack(self.hf, "IDPT"), "IDPT")
         if config.late_layers > len(stack):
             raise ConfigError(f"late_layers={config.late_layers} is more than the model's {len(stack)} layers")
         object.__setattr__(self, "late", list(stack)[len(stack) - config.late_layers:])
@@ -133,7 +133,7 @@ class IdptDelta(ModelDelta):
         self.inputs = PaddingReader(self.hook, self.hf.base_model, f"IDPT adapter {self._name!r}")
         self.hook(self.late[0], pre=True, fn=self._insert)
         for layer in self.late[1:]:
-            self.hook(layer, pre=True, fn=self._widen_mask)
+            self.hook(layer, pre=True, fn=self._widen)
         if self.head is None:
             self.hook(self.late[-1], pre=False, fn=self._drop)
         else:  # the prompts stay to the encoder's output, where the head reads their final features
@@ -146,23 +146,22 @@ class IdptDelta(ModelDelta):
         tokens = hidden_of(args, kwargs)
         prompts = self.generate_prompts(tokens, self.inputs.padding).to(tokens.dtype)
         tokens = torch.cat([tokens[:, :1], prompts, tokens[:, 1:]], dim=1)
-        args, kwargs = self._widen_mask(module, args, kwargs)
+        args, kwargs = self._widen(module, args, kwargs)
         return with_hidden(args, kwargs, tokens)
 
-    def _widen_mask(self, module, args, kwargs):
-        """The layer's (batch, 1, query, key) mask gets m prompt columns, allowed, and m prompt rows
-        that are copies of position 0's (the prompts see what it sees: never padding)."""
-        position = 1 if len(args) > 1 else None
-        mask = args[1] if position else kwargs.get("attention_mask")
-        if mask is None:
-            return args, kwargs
-        fill = True if mask.dtype == torch.bool else 0.0
-        mask = torch.cat([mask[..., :1], _fill(mask, self.m, fill), mask[..., 1:]], dim=-1)
-        if mask.shape[-2] > 1:
-            mask = torch.cat([mask[..., :1, :].expand(*mask.shape[:-2], 1 + self.m, -1), mask[..., 1:, :]], dim=-2)
-        if position:
-            return (args[0], mask, *args[2:]), kwargs
-        return args, {**kwargs, "attention_mask": mask}
+    def _widen(self, module, args, kwargs):
+        """The layer's per-position inputs get the m prompt positions right after position 0, as copies
+        of position 0's: the (batch, 1, query, key) mask (the prompts see, and are seen, as position 0
+        is: never padding, whichever way the model encodes its mask) and DeBERTa's relative positions
+        (the real tokens keep theirs)."""
+        if len(args) > 1:
+            if args[1] is not None:
+                args = (args[0], _at_prompts(args[1], self.m), *args[2:])
+        elif kwargs.get("attention_mask") is not None:
+            kwargs = {**kwargs, "attention_mask": _at_prompts(kwargs["attention_mask"], self.m)}
+        if isinstance(kwargs.get("relative_pos"), torch.Tensor):
+            kwargs = {**kwargs, "relative_pos": _at_prompts(kwargs["relative_pos"], self.m)}
+        return args, kwargs
 
     def _drop(self, module, args, kwargs, out):
         return with_output_hidden(out, self._without_prompts(output_hidden(out)))
@@ -237,8 +236,14 @@ def _paper_head(hf: nn.Module, config: IdptConfig, d: int, m: int) -> nn.Sequent
                          nn.Linear(width, hf.config.num_labels))
 
 
-def _fill(mask: torch.Tensor, m: int, value) -> torch.Tensor:
-    return torch.full((*mask.shape[:-1], m), value, dtype=mask.dtype, device=mask.device)
+def _at_prompts(table: torch.Tensor, m: int) -> torch.Tensor:
+    """A (…, query, key) table with m copies of position 0's column after it, and of its row where
+    the table has one row per query."""
+    table = torch.cat([table[..., :1], table[..., :1].expand(*table.shape[:-1], m), table[..., 1:]], dim=-1)
+    if table.shape[-2] > 1:
+        first = table[..., :1, :]
+        table = torch.cat([first, first.expand(*table.shape[:-2], m, -1), table[..., 1:, :]], dim=-2)
+    return table
 
 
 def build(model: nn.Module, config: IdptConfig, init: bool = True) -> IdptDelta:

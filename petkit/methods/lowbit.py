@@ -5,7 +5,8 @@ Both adapters are two bias-free projections, Down (r × in) and Up (out × r), t
 quantisation-aware training: every forward uses Q(W) (see `quantize.py`: per-tensor standardisation,
 a Gaussian codebook, straight-through gradient) while the optimiser updates fp32 latent weights.
   lowbit-lora     y = W x + b + s · Q(Up) Dropout(Q(Down) x)               a weight delta, mergeable:
-                  ΔW = s · Q(Up) Q(Down). Paper placement: attention q and v.
+                  ΔW = s · Q(Up) Q(Down). Paper placement: attention q and v (the default
+                  targets; the fused qkv layer on models that fuse them).
   lowbit-adapter  y = W x + b + s · Q(Up) Dropout(ReLU(Q(Down) h))         nonlinear: not mergeable;
                   h = the input of the block the wrapped layer closes (see below).
 bits = 32 gives the full-precision twin of either (no quantisation). Trainable: r · (in + out) per

@@ -34,7 +34,8 @@ from petkit.core.targeting import LINEAR_TYPES
 @dataclass(frozen=True)
 class MoraConfig(AdapterConfig):
     """r: rank-1 experts per module; top_k: experts each token uses; temperature: τ of the softmax
-    over the chosen scores; threshold: δ, drop chosen experts scoring below it (None: no pruning)."""
+    over the chosen scores; threshold: δ, drop chosen experts scoring below it (None: no pruning).
+    targets default to attention q and v (the fused qkv layer where the model fuses them), as LoRA's."""
 
     r: int = 8
     top_k: int = 2
@@ -89,5 +90,6 @@ def active_parameters(am, name: str) -> int:
 register(Method(
     name="mora", config=MoraConfig, kind="output", build=build_mora, layer_types=LINEAR_TYPES,
     mergeable=False, spec="Lu et al. 2025 (arXiv 2506.21035)",
+    default_targets=("attn.q", "attn.v"),
     summary="rank-1 experts, each token self-routed to its top-k by its own LoRA activations",
 ))

@@ -31,7 +31,7 @@ from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.models.attention import add_prefix, self_attention_modules
+from petkit.models.attention import add_prefix, self_attention_modules, uses_attention_interface
 from petkit.models.calls import cached_length, call_inputs
 from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks, max_positions
 
@@ -166,6 +166,11 @@ def _attention_modules(hf: nn.Module) -> list[nn.Module]:
     if not found:
         raise TargetError(f"prefix tuning found no self-attention layers in {type(hf).__name__} (it looks for "
                           "nn.ModuleLists of identical blocks holding *Attention modules)")
+    own = sorted({type(a).__name__ for a in found if not uses_attention_interface(a)})
+    if own:
+        raise TargetError(f"prefix keys and values go in through transformers' attention interface, which "
+                          f"{', '.join(own)} does not use ({type(hf).__name__} computes its attention itself, "
+                          "with its own positions and cache): use prompt tuning, LoRA or IA3 on this model")
     return found
 
 

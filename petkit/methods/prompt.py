@@ -5,9 +5,10 @@ P ∈ R^{m×d} is put in front, P ⊕ E(x); the attention mask gets m ones in fr
 zeros, position ids (when given) count the prompt first, and token-level labels (causal LM) m
 ignored positions (-100). Token-level logits come back with the prompt positions cut off, so they
 line up with the caller's input (PEFT returns them with the prompt positions; its loss is the same).
-Encoder-decoder models get the prompt on the encoder input. Vision transformers (VPT-shallow, Jia et
-al. 2022): the prompt goes between the [CLS] token and the patch tokens after the embeddings (no
-position embedding), so the [CLS] read-out is unchanged in kind.
+Encoder-decoder models get the prompt on the encoder input (not their sequence classifiers, which
+find the EOS token in input_ids and take no inputs_embeds: refused). Vision transformers
+(VPT-shallow, Jia et al. 2022): the prompt goes between the [CLS] token and the patch tokens after
+the embeddings (no position embedding), so the [CLS] read-out is unchanged in kind.
 
 Trainable: m·d (+ the task head). Init: `vocab` (default; the paper's better choice) copies the
 input embeddings of m distinct token ids drawn at random; `text` the embeddings of a text's tokens
@@ -33,6 +34,7 @@ from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.models.calls import cached_length, call_inputs
+from petkit.models.heads import is_classifier
 from petkit.models.structure import hf_model, is_vision, max_positions, vpt_bound
 
 INITS = ("vocab", "text", "random")
@@ -66,6 +68,9 @@ class PromptDelta(ModelDelta):
         object.__setattr__(self, "hf", hf_model(model, "prompt tuning"))
         self.vision = is_vision(self.hf.config)
         self.encoder_decoder = bool(getattr(self.hf.config, "is_encoder_decoder", False))
+        if self.encoder_decoder and is_classifier(self.hf):
+            raise TargetError(f"prompt tuning feeds the model inputs_embeds, which {type(self.hf).__name__} does not take "
+                              "(it finds each sample's EOS token in input_ids): use prefix tuning or LoRA on it")
         if self.vision:
             object.__setattr__(self, "entry", _vit_embeddings(self.hf))
             width = self.entry.cls_token.shape[-1]

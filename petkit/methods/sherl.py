@@ -32,7 +32,7 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.models.structure import hf_model, hidden_size, layer_stacks
+from petkit.models.structure import hf_model, hidden_size, layer_stacks, own_layers
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 
@@ -63,7 +63,7 @@ class SherlDelta(ModelDelta):
         if len(stacks) != 1:
             raise TargetError(f"SHERL needs one stack of transformer layers to read; {type(hf).__name__} has "
                               f"{len(stacks)} ({', '.join(n for n, _ in stacks)})")
-        stack = stacks[0][1]
+        stack = own_layers(hf, stacks[0][1], "SHERL")
         object.__setattr__(self, "stack", stack)  # looked at, not owned
         self.late = config.late_layers
         if self.late >= len(stack):

@@ -35,7 +35,8 @@ DEFAULT_ENERGY = 0.99
 @dataclass(frozen=True)
 class SVFitConfig(AdapterConfig):
     """r: singular values trained per matrix, or 0 to choose r per matrix from `energy`, the share of
-    Σ σ² to keep (default 0.99 when r is 0). Give one of the two."""
+    Σ σ² to keep (default 0.99 when r is 0). Give one of the two. targets default to attention q and
+    v (the paper's check adapts them; the fused qkv layer where the model fuses them)."""
 
     r: int = 0
     energy: float | None = None
@@ -94,5 +95,6 @@ register(Method(
     name="svfit", config=SVFitConfig, kind="weight",
     build=lambda base, config, path, model, init=True: SVFitDelta(base, config.r, config.energy),
     layer_types=LINEAR_TYPES, mergeable=True, spec="Sun et al. 2024 (arXiv 2409.05926)",
+    default_targets=("attn.q", "attn.v"),
     summary="top-r singular values of each weight (U, V frozen)",
 ))

@@ -48,6 +48,14 @@ def self_attention_modules(layer: nn.Module) -> list[nn.Module]:
     return found
 
 
+def uses_attention_interface(module: nn.Module) -> bool:
+    """Whether an attention module computes attention through transformers' attention interface (its
+    modeling file looks the function up in ALL_ATTENTION_FUNCTIONS), the one place `add_prefix` can
+    put keys and values in. BLOOM, MPT, GPT-Neo and DeBERTa compute attention themselves."""
+    source = sys.modules.get(type(module).__module__)
+    return hasattr(source, "ALL_ATTENTION_FUNCTIONS") and hasattr(source, "eager_attention_forward")
+
+
 def is_cross_attention_path(path: str) -> bool:
     """Module paths of cross-attention: T5's EncDecAttention, BERT/GPT-2's crossattention."""
     return "encdec" in path.lower() or "cross" in path.lower()

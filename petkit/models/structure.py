@@ -70,21 +70,48 @@ def vpt_bound(config, width: int) -> float:
     return (6.0 / (3 * patch * patch + width)) ** 0.5
 
 
+def is_causal(hf: nn.Module) -> bool:
+    """Whether the model's self-attention is causal: its attention modules say so, its config does
+    (BERT as a decoder), or its family is decoder-only in transformers' auto classes (BLOOM's and
+    MPT's attention modules carry no is_causal flag)."""
+    from petkit.models.attention import self_attention_modules
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = hf.config
+    if getattr(config, "is_decoder", False):
+        return True
+    if any(getattr(a, "is_causal", False) for _, stack in layer_stacks(hf) for a in self_attention_modules(stack[0])):
+        return True
+    family = getattr(config, "model_type", None)
+    return (family in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and family not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and not getattr(config, "is_encoder_decoder", False))
+
+
+def own_layers(hf: nn.Module, stack: nn.ModuleList, method: str) -> nn.ModuleList:
+    """The stack, if each of its modules is one layer: ALBERT runs one shared layer module for all of
+    its layers, so a method that puts something before, after or beside layer i cannot."""
+    layers = getattr(hf.config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > len(stack):
+        raise TargetError(f"{method} works on each layer of a model, but {type(hf).__name__} shares its layers (it runs "
+                          f"{len(stack)} layer module(s) {layers} times): use LoRA, IA3, prompt or prefix tuning here")
+    return stack
+
+
 def encoder_stack(hf: nn.Module, method: str) -> nn.ModuleList:
     """The one stack of bidirectional layers of an encoder (BERT-style, ViT), for methods that read a
     whole sequence at once; causal and encoder-decoder models get a clear error."""
-    from petkit.models.attention import self_attention_modules
-
     stacks = layer_stacks(hf)
     if len(stacks) != 1:
         raise TargetError(f"{method} needs one stack of encoder layers; {type(hf).__name__} has {len(stacks)} "
                           f"({', '.join(n for n, _ in stacks)}): use it on encoders (BERT-style, ViT)")
-    stack = stacks[0][1]
-    if any(getattr(a, "is_causal", False) for a in self_attention_modules(stack[0])):
+    if is_causal(hf):
         raise TargetError(f"{method} reads the whole sequence at once, which in a causal model "
                           f"({type(hf).__name__}) would let a position see later tokens: use it on encoders "
                           "(BERT-style, ViT), or prefix/LoRA on decoders")
-    return stack
+    return stacks[0][1]
 
 
 def replace_stack(hf: nn.Module, name: str, layers) -> nn.ModuleList:

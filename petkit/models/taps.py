@@ -27,6 +27,29 @@ def with_output_hidden(out, hidden: torch.Tensor):
     return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
+class Captures:
+    """The inputs one module was called with since they were last taken, for a reader that pairs one
+    with a tensor of the same tokens. A module may run on other inputs within the same forward
+    (DeBERTa runs its query and key projections on the relative-position embeddings too, after the
+    tokens): `take(like)` returns the first input whose leading (batch, tokens) shape is like's, or
+    None, and forgets them all."""
+
+    def __init__(self, keep: int = 8):
+        self._values: list[torch.Tensor] = []
+        self._keep = keep
+
+    def add(self, value: torch.Tensor) -> None:
+        self._values = self._values[-(self._keep - 1):] + [value]
+
+    def take(self, like: torch.Tensor) -> torch.Tensor | None:
+        found = next((v for v in self._values if v.shape[:-1] == like.shape[:-1]), None)
+        self._values = []
+        return found
+
+    def clear(self) -> None:
+        self._values = []
+
+
 class LayerTaps:
     """`embedding` (layer 0's input) and `outputs[i]` (layer i's output) of the forward under way.
 

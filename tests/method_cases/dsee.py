@@ -14,8 +14,8 @@ def dsee_count(am, name):
 
 
 CASES = {
-    # default targets (attn.q, attn.v); GPT-2 fuses them into c_attn
-    "dsee": lambda fam: DseeConfig(r=2, alpha=4, nnz=8, **({"targets": ["attn.qkv"]} if fam == "gpt2" else {})),
+    # default targets (attn.q, attn.v; on GPT-2 its fused c_attn)
+    "dsee": lambda fam: DseeConfig(r=2, alpha=4, nnz=8),
     "dsee-omp-fraction": lambda fam: DseeConfig(r=2, alpha=4, nnz=0.05, support="omp", targets=["attn.out", "mlp.in"]),
     "dsee-random-dropout": lambda fam: DseeConfig(r=3, alpha=3, nnz=5, support="random", dropout=0.1, seed=3,
                                                   targets=["mlp.out"]),
