@@ -8,7 +8,9 @@ import torch
 
 import petkit
 from petkit.methods.lst import init_from_fisher
-from petkit.testing import TINY_MODELS, saved_for_backward_bytes, tiny_batch
+from petkit.models.structure import layer_stacks
+from petkit.models.taps import hidden_of
+from petkit.testing import TINY_MODELS, saved_for_backward_bytes, tiny_batch, tiny_gpt2, tiny_model
 
 
 def adapted(family, **kw):
@@ -144,10 +146,50 @@ def test_width_the_reduction_does_not_divide_names_the_choices():
         adapted("bert", reduction=3)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "t5", "vit"])
-def test_families_without_known_ladders_are_refused_with_the_fix(family):
-    with pytest.raises(petkit.TargetError, match="LST does not know where the ladders .* go.*for ViT use HST"):
-        adapted(family)
+@pytest.mark.parametrize("family,kw,message", [
+    ("gpt2", {}, "l1 init prunes separate q, k, v.*fused qkv.*use init='random'"),
+    ("t5", {}, "LST needs one stack of layers to ladder; T5ForConditionalGeneration has 2"),
+    ("vit", {}, "ViTForImageClassification is a vision model: use HST"),
+])
+def test_what_lst_cannot_ladder_is_refused_with_the_fix(family, kw, message):
+    with pytest.raises(petkit.TargetError, match=message):
+        adapted(family, **kw)
+
+
+def test_any_one_stack_model_gets_a_side_network_of_its_own_class():
+    """GPT-2 (fused qkv, position table, random init), OPT (its LM calls the decoder, not OPTModel):
+    the side network is the backbone's class at 1/r width, its first layer reads Down_0(E(x)), and its
+    own embedding stage is frozen (never read)."""
+    for model in (tiny_gpt2(), tiny_model("opt")):
+        batch = tiny_batch(model)
+        am = petkit.adapt(model, petkit.LstConfig(reduction=2, init="random"))
+        delta = am.model_deltas["default"]
+        assert type(delta.side) is type(model.base_model) and delta.side.config.hidden_size * 2 == model.config.hidden_size
+        seen = {}
+        first = layer_stacks(delta.side)[0][1][0]
+        first.register_forward_pre_hook(lambda m, args, kwargs: seen.update(x=hidden_of(args, kwargs)), with_kwargs=True)
+        loss = am(**batch).loss
+        loss.backward()
+        mu = torch.sigmoid(delta.alphas[0] / delta.temperature)
+        with torch.no_grad():
+            embedding, layer0 = _first_layer(model, batch)
+            want = mu * delta.down0(embedding) + (1 - mu) * delta.downs[0](layer0)
+        torch.testing.assert_close(seen["x"], want, atol=1e-5, rtol=1e-5)
+        kept = {n for n, _ in delta.side.named_buffers() if f"side.{n}" in delta.state_dict()}  # saved, never trained
+        assert kept and all(n.split(".")[-2] in ("wte", "wpe", "embed_tokens", "embed_positions") for n in kept), kept
+        assert all(p.grad is not None for p in delta.downs.parameters())
+
+
+def _first_layer(model, batch):
+    """What the backbone's layer 0 read (the embedding output E(x)) and wrote, with the adapter off."""
+    seen = {}
+    layer = layer_stacks(model.base_model)[0][1][0]
+    handles = [layer.register_forward_pre_hook(lambda m, a, k: seen.update(x=hidden_of(a, k)), with_kwargs=True),
+               layer.register_forward_hook(lambda m, a, o: seen.update(y=o[0] if isinstance(o, tuple) else o))]
+    model(**batch)  # LST leaves the backbone's layers as they are
+    for handle in handles:
+        handle.remove()
+    return seen["x"], seen["y"]
 
 
 def test_side_layers_past_the_model_are_refused():

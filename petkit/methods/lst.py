@@ -23,10 +23,15 @@ official code picks per-head sets and lets the output projection rows float; a s
 and the residual indices are the smallest change that keeps a side network with residuals and
 grouped-query attention consistent.
 
-Families: BERT-style encoders (`embeddings` + `encoder.layer`) and Llama-style decoders
-(`embed_tokens` + `layers` + `norm`), including generation with a KV cache (the side network keeps
-its own). Trainable: the side layers and norm, Down_0, every Down_i, α, Up (+ the task head). Not
-mergeable.
+Families: any text model with one stack of layers (encoders and decoder-only models), found from
+its structure: the side network is the backbone's own class at 1/r width, called on the same
+positions and mask, its first layer reading Down_0(E(x)) in place of its own embedding output;
+that embedding stage (and every other embedding table of the side, such as DeBERTa's relative
+positions) stays frozen at its init. Decoders generate with a KV cache (the side network keeps its
+own). Refused clearly: encoder-decoders (two stacks), shared layers (ALBERT), vision models (HST),
+and the l1 init on models whose q, k and v are one layer or whose FFN is no Linear pair (use
+init="random"). Trainable: the side layers and its other norms, Down_0, every Down_i, α, Up (+ the
+task head). Not mergeable.
 """
 
 from __future__ import annotations
@@ -43,9 +48,20 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.core.roles import role_paths
+from petkit.core.blocks import linear_io
+from petkit.core.roles import role_paths, roles_of
+from petkit.core.targeting import inside, is_norm, named_base_modules
 from petkit.models.calls import cache_argument, call_inputs, find_cache
-from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks
+from petkit.models.structure import (
+    attention_shape,
+    embedding_modules,
+    hf_model,
+    hidden_size,
+    is_causal,
+    is_vision,
+    layer_stacks,
+    own_layers,
+)
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
 INITS = ("l1", "random")
@@ -85,7 +101,7 @@ class LstDelta(ModelDelta):
         super().__init__()
         hf = hf_model(model, "LST")
         backbone = hf.base_model
-        self.decoder = _family(backbone)
+        self.decoder = _supported(hf, config)
         object.__setattr__(self, "backbone", backbone)  # looked at, not owned
         (self.stack_name, stack), = layer_stacks(backbone)
         object.__setattr__(self, "stack", stack)
@@ -95,8 +111,8 @@ class LstDelta(ModelDelta):
                               f"(0..{len(stack) - 1})")
         self.r, self.temperature = config.reduction, config.gate_temperature
         d = hidden_size(hf.config)
-        side_config = _side_config(hf.config, self.r, self.side_layers)
-        self.side = _side_model(type(backbone), side_config, self.decoder)
+        side_config = _side_config(hf.config, self.r, self.side_layers, _ffn_width(backbone, self.stack_name))
+        self.side = _side_model(type(backbone), side_config)
         small = d // self.r
         std = getattr(hf.config, "initializer_range", 0.02)
         self.down0 = _linear(d, small, std)
@@ -104,6 +120,7 @@ class LstDelta(ModelDelta):
         self.alphas = nn.Parameter(torch.zeros(len(self.side_layers)))
         self.up = _linear(small, d, std)
         self._inputs: dict = {}
+        self._first: torch.Tensor | None = None  # Down_0(E(x)) of the forward under way
         self._side_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         if init and config.init == "l1":
             self.init_from_importance(lambda name, w: w.abs())
@@ -151,20 +168,25 @@ class LstDelta(ModelDelta):
                     rows, cols = slices[role]
                     value = value[rows] if value.dim() == 1 or cols is None else value[rows][:, cols]
                     side_params[n[len(prefix):]].copy_(value)
-        final = getattr(self.backbone, "norm", None)
-        if final is not None:
-            self.side.norm.weight.copy_(final.weight[keep_d])
+        side_modules = dict(named_base_modules(self.side))
+        for name, norm in named_base_modules(self.backbone):  # the final norm(s), outside the layers
+            if is_norm(norm) and not inside(name, [self.stack_name]) and name in side_modules:
+                for tensor in ("weight", "bias"):
+                    value = getattr(norm, tensor, None)
+                    if isinstance(value, torch.Tensor) and value.shape[-1] == embedding.shape[1]:
+                        getattr(side_modules[name], tensor).copy_(value[..., keep_d])
 
     def _side_stack(self) -> nn.ModuleList:
         return layer_stacks(self.side)[0][1]
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        self._signature = inspect.signature(self.backbone.forward)
+        entry = _entry(self.backbone, self.stack_name)
+        self._signature = inspect.signature(entry.forward)
         self._side_cache_argument = cache_argument(self.side.forward)
         self.taps = LayerTaps(self.hook, self.stack, self.side_layers)
-        self.hook(self.backbone, pre=True, fn=self._read_call)
-        self.hook(self.backbone, pre=False, fn=self._run_side)
+        self.hook(entry, pre=True, fn=self._read_call)
+        self.hook(entry, pre=False, fn=self._run_side)
         for j, layer in enumerate(self._side_stack()):
             self.hook(layer, pre=True, fn=self._ladder(j))
 
@@ -175,13 +197,17 @@ class LstDelta(ModelDelta):
         def mix(module, args, kwargs):
             mu = torch.sigmoid(self.alphas[j] / self.temperature)
             ladder = self.downs[j](self.taps.outputs[self.side_layers[j]])
-            mixed = mu * hidden_of(args, kwargs) + (1 - mu) * ladder
-            return with_hidden(args, kwargs, mixed)
+            # the first side layer reads Down_0(E(x)), not what the side's own embedding stage made
+            hidden = self._first if j == 0 else hidden_of(args, kwargs)
+            return with_hidden(args, kwargs, mu * hidden + (1 - mu) * ladder)
         return mix
 
     def _run_side(self, module, args, kwargs, out):
         inputs, self._inputs = self._inputs, {}
-        call = {"inputs_embeds": self.down0(self.taps.embedding), "attention_mask": inputs.get("attention_mask")}
+        embedding = self.taps.embedding
+        self._first = self.down0(embedding)
+        ids = torch.zeros(embedding.shape[:2], dtype=torch.long, device=embedding.device)  # the side's vocabulary: 1
+        call = {"input_ids": ids, "attention_mask": inputs.get("attention_mask")}
         if self.decoder:
             call.update(position_ids=inputs.get("position_ids"), cache_position=inputs.get("cache_position"))
             cache = find_cache(out)
@@ -190,9 +216,10 @@ class LstDelta(ModelDelta):
                 call.update({self._side_cache_argument: self._side_caches.setdefault(cache, DynamicCache()),
                              "use_cache": True})
         try:
-            hidden = self.up(self.side(**call).last_hidden_state)
+            hidden = self.up(self.side(**{k: v for k, v in call.items() if v is not None}).last_hidden_state)
         finally:
             self.taps.clear()
+            self._first = None
         out.last_hidden_state = hidden
         if getattr(out, "pooler_output", None) is not None and getattr(module, "pooler", None) is not None:
             out.pooler_output = module.pooler(hidden)
@@ -226,53 +253,90 @@ def init_from_fisher(am, batches, name: str = "default") -> None:
     delta.init_from_importance(lambda n, w: squares[embedding_name if n == "embedding" else n])
 
 
-def _family(backbone: nn.Module) -> bool:
-    """True for a Llama-style decoder, False for a BERT-style encoder; anything else is refused."""
-    if hasattr(backbone, "embed_tokens") and hasattr(backbone, "layers") and hasattr(backbone, "norm"):
-        return True
-    if hasattr(backbone, "embeddings") and hasattr(getattr(backbone, "encoder", None), "layer"):
-        return False
-    raise TargetError(f"LST does not know where the ladders of {type(backbone).__name__} go: it knows BERT-style "
-                      "encoders (embeddings + encoder.layer) and Llama-style decoders (embed_tokens + layers + norm); "
-                      "for ViT use HST, for other families prefix or LoRA")
+def _supported(hf: nn.Module, config: LstConfig) -> bool:
+    """Whether the model is a decoder (its side network then keeps a cache); refuses what LST cannot
+    ladder here."""
+    if is_vision(hf.config):
+        raise TargetError(f"LST's side network reads token ids' embeddings; {type(hf).__name__} is a vision model: "
+                          "use HST, its side network for ViT")
+    stacks = layer_stacks(hf.base_model)
+    if len(stacks) != 1:
+        raise TargetError(f"LST needs one stack of layers to ladder; {type(hf).__name__} has {len(stacks)} "
+                          f"({', '.join(n for n, _ in stacks)}): use it on encoders or decoder-only models")
+    own_layers(hf, stacks[0][1], "LST")
+    if config.init == "l1":
+        roles = roles_of(hf.base_model)
+        if not all(roles.parts.get(p) for p in ("q", "k", "v")) or not roles.parts.get("down"):
+            raise TargetError(f"LST's l1 init prunes separate q, k, v and Linear FFN projections, which "
+                              f"{type(hf).__name__} does not have (fused qkv or expert FFNs): use init='random'")
+        embedding = hf.base_model.get_input_embeddings()
+        if getattr(embedding, "embedding_dim", None) != hidden_size(hf.config):
+            raise TargetError(f"LST's l1 init picks the side's hidden units from the word embedding, which in "
+                              f"{type(hf).__name__} is narrower than the hidden size: use init='random'")
+    return is_causal(hf)
 
 
-def _side_config(config, r: int, side_layers: list[int]):
-    d, ff = hidden_size(config), getattr(config, "intermediate_size", None)
+def _entry(backbone: nn.Module, stack_name: str) -> nn.Module:
+    """The innermost module around the layer stack that reads token ids, whose call the side network
+    follows: the backbone itself, or OPT's decoder (its LM head model calls that, not OPTModel)."""
+    parts = stack_name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        module = backbone.get_submodule(".".join(parts[:depth]))
+        if "input_ids" in inspect.signature(module.forward).parameters:
+            return module
+    return backbone
+
+
+def _ffn_width(backbone: nn.Module, stack_name: str) -> int | None:
+    """The FFN width of the backbone's layers: what layer 0's down projection reads."""
+    modules = dict(named_base_modules(backbone))
+    first = [p for p in roles_of(backbone).parts.get("down", ()) if p.startswith(f"{stack_name}.0.")]
+    return linear_io(modules[first[0]])[0] if first else None
+
+
+# Config fields that hold the widths a side network divides by r (names differ across families).
+_WIDTHS = {"hidden": ("hidden_size", "n_embd", "d_model", "dim", "embedding_size", "word_embed_proj_dim"),
+           "ffn": ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "hidden_dim"),
+           "head": ("head_dim", "rotary_dim")}
+
+
+def _side_config(config, r: int, side_layers: list[int], ff: int | None):
+    d = hidden_size(config)
     kv_heads, head_dim = attention_shape(config)
-    widths = {"hidden size": d, "head dim": head_dim, "FFN width": ff}
+    widths = {"hidden size": d, "head dim": head_dim, **({"FFN width": ff} if ff else {})}
     bad = {k: v for k, v in widths.items() if v is None or v % r}
     if bad:
         fits = [x for x in range(2, 65) if all(v and v % x == 0 for v in widths.values())]
         raise ConfigError(f"reduction={r} does not divide the model's {', '.join(f'{k} {v}' for k, v in bad.items())}; "
                           f"side-network widths must be whole: use one of {fits}")
     side = copy.deepcopy(config)
-    side.hidden_size, side.intermediate_size = d // r, ff // r
-    if isinstance(getattr(config, "head_dim", None), int):
-        side.head_dim = head_dim // r
+    for kind, names in _WIDTHS.items():  # read from the backbone's config: aliases (n_embd) set each other
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(getattr(type(config), name, None), property):  # derived (Falcon's head_dim)
+                continue
+            if isinstance(value, int) and not isinstance(value, bool) and (kind != "ffn" or value == ff):
+                setattr(side, name, value // r)
     side.num_hidden_layers = len(side_layers)
     if isinstance(getattr(config, "layer_types", None), (list, tuple)):
         side.layer_types = [config.layer_types[i] for i in side_layers]
-    side.vocab_size = 1  # the side network reads embeddings, never token ids
+    side.vocab_size = 1  # the side network's embedding stage is not read (see _ladder)
     if getattr(config, "pad_token_id", None) is not None:
         side.pad_token_id = 0
     return side
 
 
-class _Passthrough(nn.Module):
-    """BERT's embedding block in the side network: the input is Down_0 of the backbone's embeddings."""
-
-    def forward(self, *args, inputs_embeds=None, **kwargs):
-        return inputs_embeds
-
-
-def _side_model(cls, config, decoder: bool) -> nn.Module:
+def _side_model(cls, config) -> nn.Module:
+    """The backbone's class at the side's widths. Its embedding tables (the stage whose output the
+    first ladder replaces, DeBERTa's relative positions) stay at their init: buffers, not parameters,
+    so they do not train but are saved with the adapter."""
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
     side = cls(config, **kwargs)
-    if decoder:
-        side.embed_tokens = None
-    else:
-        side.embeddings = _Passthrough()
+    for name in embedding_modules(side, layer_stacks(side)):
+        for module in side.get_submodule(name).modules():
+            for key, param in list(module.named_parameters(recurse=False)):
+                delattr(module, key)
+                module.register_buffer(key, param.detach())
     return side
 
 
