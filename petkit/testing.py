@@ -116,6 +116,12 @@ ARCHITECTURES: dict[str, dict] = {
     "vit": dict(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=32),
 }
+ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta-v2")
+SEQ2SEQ_ARCHITECTURES = ("t5", "bart")
+DECODER_ARCHITECTURES = tuple(a for a in ARCHITECTURES if a not in ENCODER_ARCHITECTURES + SEQ2SEQ_ARCHITECTURES + ("vit",))
+# (architecture, task): every architecture once, with the task it is most used for
+ARCHITECTURE_TASKS = ([(a, "classification") for a in ENCODER_ARCHITECTURES] + [("vit", "image-classification")]
+                      + [(a, "causal-lm") for a in DECODER_ARCHITECTURES] + [("t5", "seq2seq"), ("bart", "classification")])
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
                 "seq2seq": "AutoModelForSeq2SeqLM", "image-classification": "AutoModelForImageClassification"}
 

@@ -23,19 +23,14 @@ from petkit.core.role_structure import derive_parts  # noqa: E402
 from petkit.core.role_tables import FAMILIES, LORA_DEFAULT_EXCEPTIONS  # noqa: E402
 from petkit.core.roles import roles_of  # noqa: E402
 from petkit.core.targeting import resolve_targets, task_head_names  # noqa: E402
-from petkit.testing import ARCHITECTURES, tiny_batch, tiny_model  # noqa: E402
+from petkit.testing import ARCHITECTURE_TASKS, tiny_batch, tiny_model  # noqa: E402
 
 peft = pytest.importorskip("peft")
 from peft.utils import constants as peft_tables  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
-ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta-v2")
-SEQ2SEQ = ("t5", "bart")
-DECODERS = tuple(a for a in ARCHITECTURES if a not in ENCODERS + SEQ2SEQ + ("vit",))
-# (architecture, task): every architecture once, decoders with a classification head too
-VARIANTS = ([(a, "classification") for a in ENCODERS] + [("vit", "image-classification")]
-            + [(a, "causal-lm") for a in DECODERS] + [("t5", "seq2seq"), ("bart", "classification")])
+VARIANTS = ARCHITECTURE_TASKS  # every architecture once; below, decoders with a classification head too
 CLASSIFYING_DECODERS = [(a, "classification") for a in ("gpt2", "gpt_neox", "bloom", "falcon", "mpt", "phi3", "llama", "opt")]
 ALL_VARIANTS = VARIANTS + CLASSIFYING_DECODERS
 # PEFT-table model types with no class in transformers (remote code) or whose class is multimodal: no tiny model here

@@ -344,3 +344,21 @@ def test_a_lora_on_the_source_module_still_feeds_the_parallel_adapter():
     am.set_active(["par"])
     assert not torch.allclose(_logits(am, batch), stacked, atol=1e-4)
 
+
+
+def test_deberta_reusing_its_query_projection_on_positions_still_feeds_the_block_input():
+    """DeBERTa runs query_proj on the hidden states, then on its relative-position embeddings (shape
+    (1, 2·span, d)). With batch 1 and 2·span tokens both calls have the same leading shape: the
+    parallel adapter must still read the hidden states, the attention block's input."""
+    from petkit.testing import tiny_model
+
+    model = tiny_model("deberta-v2", "classification")
+    span = model.config.position_buckets  # 8: the position embeddings read are (1, 16, d)
+    batch = {"input_ids": torch.randint(5, 100, (1, 2 * span)), "attention_mask": torch.ones(1, 2 * span, dtype=torch.long)}
+    am = petkit.adapt(model, BottleneckConfig(variant="parallel", bottleneck=4, targets=["attn.out"]))
+    seen, read = [], []
+    model.deberta.encoder.layer[0].attention.self.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    delta = dict((p, d) for p, _, d in am.layers("default"))["deberta.encoder.layer.0.attention.output.dense"]
+    delta.adapter.register_forward_pre_hook(lambda m, args: read.append(args[0]))
+    am(**batch)
+    assert read[0] is seen[0]

@@ -256,3 +256,17 @@ def test_the_papers_head_needs_a_classifier():
 def test_bad_configs(kw, message):
     with pytest.raises(petkit.ConfigError, match=message):
         petkit.IdptConfig(**kw)
+
+
+def test_deberta_padding_does_not_change_a_samples_logits():
+    """DeBERTa passes each layer a mask it multiplies by (0 = hidden) and relative positions built for
+    the input's length: IDPT widens both by the prompts, as copies of position 0's."""
+    from petkit.testing import tiny_model
+
+    model = tiny_model("deberta-v2", "classification")
+    am = petkit.adapt(model, petkit.IdptConfig(num_virtual_tokens=2, neighbors=3, head_hidden=8)).eval()
+    batch = tiny_batch(model, seed=1)  # its last row is padded at the end
+    real = int(batch["attention_mask"][-1].sum())
+    alone = {"input_ids": batch["input_ids"][-1:, :real], "attention_mask": batch["attention_mask"][-1:, :real]}
+    with torch.no_grad():
+        torch.testing.assert_close(am(**batch).logits[-1:], am(**alone).logits, atol=1e-5, rtol=1e-5)

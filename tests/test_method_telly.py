@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 import petkit
+from method_cases import telly as telly_cases
 from petkit.methods.telly import TellyConfig, select_trainable
+from petkit.models.structure import embedding_modules, layer_stacks
 from petkit.testing import TINY_MODELS, tiny_batch, tiny_bert, tiny_t5
 
 # Per family: (frozen at k=1, trained at k=1), as parameter-name prefixes written out by hand
@@ -128,3 +130,16 @@ def test_model_without_a_layer_stack_is_refused():
 def test_bad_config(kwargs, message):
     with pytest.raises(petkit.ConfigError, match=message):
         TellyConfig(**kwargs)
+
+
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_structure_matches_the_table(family):
+    # the matrix formula reads any other architecture's embeddings and stacks from the structure helpers
+    model = TINY_MODELS[family](seed=0)
+    kind = type(model).__name__
+    stacks = layer_stacks(model)
+    assert [n for n, _ in stacks] == [s for s in telly_cases.STACKS[kind] if s in dict(model.named_modules())]
+    def params(paths):
+        return {id(p) for path in paths for p in model.get_submodule(path).parameters()}
+
+    assert params(embedding_modules(model, stacks)) == params(telly_cases.EMBEDDINGS[kind])  # T5's tied tables once

@@ -59,7 +59,8 @@ class RoleMap:
             example = sorted(self.parts[fused[0]])[0]
             raise TargetError(f"{self.name} fuses these projections into one layer ({example}); target {fused[1]!r} "
                               f"instead of {role!r}")
-        raise MissingRole(f"{self.name} has no role {role!r}; its roles are {', '.join(self.roles()) or 'none'}")
+        raise MissingRole(f"{self.name} has no role {role!r}; its roles are {', '.join(self.roles()) or 'none'}: "
+                          "target one of those, or modules by name")
 
     def roles(self) -> list[str]:
         return [r for r in ALL_ROLES if any(self.parts.get(p) for p in ROLE_PARTS[r])]
