@@ -32,10 +32,24 @@ def test_topologies_are_row_stochastic_with_the_right_neighbours():
     assert torch.allclose(ring.sum(1), torch.ones(5)) and (ring > 0).sum(1).tolist() == [3] * 5
     assert ring[0, 4] > 0 and ring[0, 2] == 0
     assert torch.equal(topology("disconnected", 3), torch.eye(3))
-    hub = topology("bipartite", 5)
-    assert hub[0].tolist() == [0.5, 0.0, 0.0, 0.25, 0.25] and hub[4, 4] == pytest.approx(0.75)
     with pytest.raises(ConfigError, match="topology must be one of"):
         topology("star", 3)
+
+
+def test_bipartite_hubs_average_every_leaf_as_in_the_official_code():
+    """The official BiparTopology, N = 5, a = 1/(N−1) = .25: a leaf keeps 1 − 2a = .5 and takes a from
+    each hub (agents 3, 4); a hub takes a from each of the 3 leaves, keeps 1 − 3a = .25 and takes
+    nothing from the other hub."""
+    expected = torch.tensor([[.50, .00, .00, .25, .25],
+                             [.00, .50, .00, .25, .25],
+                             [.00, .00, .50, .25, .25],
+                             [.25, .25, .25, .25, .00],
+                             [.25, .25, .25, .00, .25]])
+    torch.testing.assert_close(topology("bipartite", 5), expected)
+    torch.testing.assert_close(topology("bipartite", 3), torch.tensor([[0.0, .5, .5], [.5, .5, 0], [.5, 0, .5]]))
+    for n in (3, 4, 5, 8):
+        mixed = torch.linalg.matrix_power(topology("bipartite", n).double(), 60)
+        assert mixed.min() > 0.5 / n  # repeated mixing carries every agent's model to every agent
 
 
 def test_matching_recovers_a_random_permutation_and_the_aligned_average_is_the_model():
