@@ -70,6 +70,33 @@ def test_matching_recovers_a_random_permutation_and_the_aligned_average_is_the_m
     assert not torch.allclose(plain["0.weight"], model.state_dict()["0.weight"], atol=1e-3)
 
 
+def test_dimat_rounds_keep_permuted_copies_of_one_model_and_plain_averaging_does_not():
+    """Three agents hold one MLP with its hidden units shuffled differently: the same function. Fully
+    connected rounds (no local training) that align before averaging leave every agent computing it;
+    averaging unaligned units (align=False) does not."""
+    model = mlp(0)
+    g = torch.Generator().manual_seed(5)
+    agents = [copy.deepcopy(model) for _ in range(3)]
+    for agent in agents[1:]:
+        permute_units(agent, [torch.randperm(16, generator=g), torch.randperm(12, generator=g)])
+    x = data(99, 1)[0][0]
+    with torch.no_grad():
+        target = model(x)
+
+    def gap(models):
+        with torch.no_grad():
+            return max((m(x) - target).abs().max().item() for m in models)
+
+    def rounds(align):
+        models = [copy.deepcopy(a) for a in agents]
+        return run_dimat(models, [data(20 + a) for a in range(3)], forward, lambda m, a: None, 2,
+                         topology("fully_connected", 3), align=align, evaluate=gap)
+
+    assert gap(agents) < 1e-5
+    assert max(rounds(align=True)) < 1e-4
+    assert min(rounds(align=False)) > 0.05
+
+
 def test_rounds_bring_agents_together_and_a_disconnected_round_changes_nothing():
     """Three agents from different random inits: after two fully connected DIMAT rounds their outputs
     agree far more than those of agents trained alone for as long (the 'disconnected' topology)."""
