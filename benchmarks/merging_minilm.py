@@ -139,13 +139,16 @@ def multitask(runs: dict[str, dict], seed: int) -> dict:
 def choose_lambda(dev_mean, grid) -> tuple[float, dict[float, float], bool]:
     """λ with the best mean dev accuracy (the first on ties); when it is the grid's first or last point,
     one more point a step beyond it is tried. Returns (λ, {λ: mean dev}, whether λ is still at the edge)."""
+    def argmax(scores):  # rounded: a mean of accuracies equal but for float noise is a tie
+        return max(scores, key=lambda lam: round(scores[lam], 9))
+
     scores = {lam: dev_mean(lam) for lam in grid}
-    best = max(scores, key=scores.get)
+    best = argmax(scores)
     if best in (grid[0], grid[-1]):
         extra = round(grid[0] - (grid[1] - grid[0]) if best == grid[0] else grid[-1] + (grid[-1] - grid[-2]), 6)
         if extra > 0:
             scores[extra] = dev_mean(extra)
-            best = max(scores, key=scores.get)
+            best = argmax(scores)
     return best, dict(sorted(scores.items())), best in (min(scores), max(scores))
 
 
