@@ -17,7 +17,7 @@ task, the head and LoRA init, the data order) and reported as mean ± std. Nothi
    one local epoch; DIMAT (fully connected, ring, bipartite), plain weighted averaging (fully
    connected) and no merging; mean agent accuracy on a fixed global held-out set per round.
 
-    .venv/bin/python benchmarks/merging_minilm.py             # about 1.5 hours on 1 thread
+    .venv/bin/python benchmarks/merging_minilm.py             # about 1.5 CPU hours on 1 thread
     .venv/bin/python benchmarks/merging_minilm.py --quick --out /tmp/m    # a smoke run
 
 Every LoRA run: r=8, alpha=16 on attn.q/attn.v, 200 steps of 16 × 64 tokens, 2000 train / 500 dev /
