@@ -1,22 +1,28 @@
 #!/usr/bin/env python
-"""Merging on real runs (issue 6): soups, multi-task merges, DIMAT. MiniLM, data from ../shared/data.
+"""Merging on real runs (issue 6, protocol of issue 15): soups, multi-task merges, DIMAT. MiniLM, data
+from ../shared/data. Everything is repeated for 3 seeds (RunSpec.seed: the 2000/500/500 sample of each
+task, the head and LoRA init, the data order) and reported as mean ± std. Nothing is chosen on test.
 
-1. Soups: 4 LoRA runs on SST-2 that differ only in learning rate (same seed, so the same head init and
-   data order), each scored on dev (held-out) and test; the uniform soup and the greedy soup (dev),
-   both in ΔW space with the heads averaged.
-2. Multi-task: the best SST-2 run, one LoRA run on TREC and one on AG News. Their bodies' ΔW merged by
-   linear task arithmetic (λ = 1 and the mean), TIES, DARE-linear and DARE-TIES (density 0.5 and 0.2);
-   each task scored on test with its own head on the merged body.
+1. Soups: 4 LoRA runs on SST-2 that differ only in learning rate (one seed: the same head init and
+   data order), each scored on dev and test; the uniform soup, and the greedy soup (order and
+   acceptance on dev), both in ΔW space with the heads averaged. "best single" is the run best on dev.
+2. Multi-task: the SST-2 run best on dev, one LoRA run on TREC and one on AG News. Their bodies' ΔW
+   merged by task arithmetic, TIES and DARE (density 0.5 / 0.2), written back as a rank-64 LoRA (SVD;
+   the relative re-factorisation error per module is recorded). θ = θ_pre + λ·τ_merged with λ chosen
+   by mean dev accuracy over the tasks on a grid (TIES paper: λ on validation), the grid extended by
+   one step when the choice sits at its edge; test reported at the dev-chosen λ. Each task scored with
+   its own head on the merged body. "linear mean" (λ = 1/3, fixed) is kept as the untuned baseline.
 3. DIMAT: 5 agents, each an MLP (384 → 64 → 4, its own random init) on frozen MiniLM sentence
-   embeddings of AG News, data split non-IID (Dirichlet α = 0.5); 10 rounds of merge + one local
-   epoch; DIMAT (fully connected, ring), plain weighted averaging (fully connected) and no merging;
-   mean agent accuracy on a global held-out set per round.
+   embeddings of AG News, data split non-IID (Dirichlet α = 0.5, drawn per seed); 10 rounds of merge +
+   one local epoch; DIMAT (fully connected, ring, bipartite), plain weighted averaging (fully
+   connected) and no merging; mean agent accuracy on a fixed global held-out set per round.
 
-    .venv/bin/python benchmarks/merging_minilm.py             # about 20 minutes on 2 cores
+    .venv/bin/python benchmarks/merging_minilm.py             # about 1.5 CPU hours on 1 thread
     .venv/bin/python benchmarks/merging_minilm.py --quick --out /tmp/m    # a smoke run
 
 Every LoRA run: r=8, alpha=16 on attn.q/attn.v, 200 steps of 16 × 64 tokens, 2000 train / 500 dev /
-500 test examples per task (the bench's budget). Writes merging.json, merging.md and soups/multitask/dimat PNGs to --out.
+500 test examples per task. Writes merging.json, then merging.md and the soups/multitask/dimat PNGs
+(merging_minilm_report.py) to --out.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
 
 import petkit
+from merging_minilm_report import render
 from petkit.merge import adapter_soup, add_delta_adapter, check_same_base, merge_deltas, weight_deltas
 from petkit.merge.dimat import run_dimat, topology
 from petkit.pipeline import RunSpec, prepare
@@ -46,20 +54,25 @@ from petkit.pipeline import run as run_one
 from petkit.train import evaluate
 
 SOUP_LRS = (1e-3, 2e-3, 5e-3, 1e-2)
-MERGES = [("linear λ=1", "linear", None, None), ("linear mean", "linear", None, "mean"),
-          ("TIES d=0.5", "ties", 0.5, None), ("TIES d=0.2", "ties", 0.2, None),
-          ("DARE-linear d=0.5", "dare_linear", 0.5, None), ("DARE-TIES d=0.5", "dare_ties", 0.5, None)]
+TASK_LR = 5e-3  # TREC and AG News
+LAMBDAS = (0.5, 0.7, 1.0, 1.3, 1.6)
+RANK = 64  # of the merged LoRA
+MERGES = [("task arithmetic", "linear", None), ("TIES d=0.5", "ties", 0.5), ("TIES d=0.2", "ties", 0.2),
+          ("DARE-linear d=0.5", "dare_linear", 0.5), ("DARE-TIES d=0.5", "dare_ties", 0.5)]
+DIMAT_SCHEDULES = (("DIMAT, fully connected", "fully_connected", True), ("DIMAT, ring", "ring", True),
+                   ("DIMAT, bipartite", "bipartite", True),
+                   ("plain averaging, fully connected", "fully_connected", False),
+                   ("no merging", "disconnected", False))
 
 
-def lora_spec(task: str, lr: float, args) -> RunSpec:
+def lora_spec(task: str, lr: float, seed: int, args) -> RunSpec:
     return RunSpec(model="minilm", data=task, method={"name": "lora", "r": 8, "alpha": 16, "targets": ["attn.q", "attn.v"]},
                    train={"lr": lr, "max_steps": args.steps, "batch_size": 16, "eval_every_epoch": False},
-                   max_length=64, max_train=args.max_train, max_eval=args.max_eval, seed=0)
+                   max_length=64, max_train=args.max_train, max_eval=args.max_eval, seed=seed)
 
 
-def lora_run(task: str, lr: float, args) -> dict:
-    spec = lora_spec(task, lr, args)
-    report = run_one(spec, progress=False, log=lambda *a: None)
+def lora_run(task: str, lr: float, seed: int, args) -> dict:
+    report = run_one(lora_spec(task, lr, seed, args), progress=False, log=lambda *a: None)
     return {"am": report["_adapted"], "prep": report["_prepared"], "task": task, "lr": lr}
 
 
@@ -67,9 +80,9 @@ def accuracy(model, prep, split: str) -> float:
     return float(evaluate(model, getattr(prep, split), prep.task, batch_size=32)["accuracy"])
 
 
-def soups(runs: list[dict], args) -> dict:
+def soups(runs: list[dict], seed: int, args) -> dict:
     """Every SST-2 run's adapter loaded side by side onto one fresh base (same seed: same head init)."""
-    prep = prepare(lora_spec("sst2", runs[0]["lr"], args))
+    prep = prepare(lora_spec("sst2", runs[0]["lr"], seed, args))
     am = prep.model
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
@@ -92,30 +105,65 @@ def soups(runs: list[dict], args) -> dict:
     return out
 
 
-def multitask(runs: dict[str, dict]) -> dict:
+def multitask(runs: dict[str, dict], seed: int) -> dict:
     tasks = list(runs)
     for t in tasks[1:]:
         check_same_base([(runs[t]["am"], "default")], runs[tasks[0]]["am"])
     deltas = [weight_deltas(runs[t]["am"], "default") for t in tasks]
-    results = {"individual": {t: accuracy(runs[t]["am"], runs[t]["prep"], "test") for t in tasks}}
-    for label, method, density, weighting in MERGES:
-        weights = [1.0 / len(tasks)] * len(tasks) if weighting == "mean" else [1.0] * len(tasks)
-        merged = merge_deltas(deltas, method, weights, density, seed=0)
-        row = {}
-        for t in tasks:
-            am = runs[t]["am"]
-            am.add(petkit.ProbeConfig(), "head")  # the task's own trained head, alone
-            _copy_head(am, "default", "head")
-            add_delta_adapter(am, merged, rank=64, into="merged", method=method)
-            am.set_active(petkit.Stack("merged", "head"))
-            row[t] = accuracy(am, runs[t]["prep"], "test")
-            am.set_active("default")
-            am.delete("merged")
-            am.delete("head")
-        row["mean"] = sum(row[t] for t in tasks) / len(tasks)
-        results[label] = row
-    results["individual"]["mean"] = sum(results["individual"][t] for t in tasks) / len(tasks)
+    for t in tasks:  # each task's own trained head, alone, to stack on the merged body
+        runs[t]["am"].add(petkit.ProbeConfig(), "head")
+        _copy_head(runs[t]["am"], "default", "head")
+    results = {"individual": {split: {t: accuracy(runs[t]["am"], runs[t]["prep"], split) for t in tasks}
+                              for split in ("dev", "test")}}
+    mean = merge_deltas(deltas, "linear", [1.0 / len(tasks)] * len(tasks))
+    results["linear mean (λ = 1/3)"] = {split: _scores(runs, mean, 1.0, "linear", split)[0]
+                                        for split in ("dev", "test")}
+    for label, method, density in MERGES:
+        merged = merge_deltas(deltas, method, None, density, seed=seed)  # weights 1: τ_m before λ
+        dev = {}
+
+        def dev_mean(lam):
+            dev[lam] = _scores(runs, merged, lam, method, "dev")[0]
+            return sum(dev[lam].values()) / len(tasks)
+
+        lam, by_lambda, at_edge = choose_lambda(dev_mean, LAMBDAS)
+        test, errors = _scores(runs, merged, lam, method, "test")
+        results[label] = {"lambda": lam, "dev_by_lambda": {f"{k:g}": v for k, v in by_lambda.items()},
+                          "at_edge": at_edge, "dev": dev[lam], "test": test,
+                          "svd_error": {"mean": sum(errors.values()) / len(errors), "max": max(errors.values())}}
+    for t in tasks:
+        runs[t]["am"].delete("head")
     return results
+
+
+def choose_lambda(dev_mean, grid) -> tuple[float, dict[float, float], bool]:
+    """λ with the best mean dev accuracy (the first on ties); when it is the grid's first or last point,
+    one more point a step beyond it is tried. Returns (λ, {λ: mean dev}, whether λ is still at the edge)."""
+    def argmax(scores):  # rounded: a mean of accuracies equal but for float noise is a tie
+        return max(scores, key=lambda lam: round(scores[lam], 9))
+
+    scores = {lam: dev_mean(lam) for lam in grid}
+    best = argmax(scores)
+    if best in (grid[0], grid[-1]):
+        extra = round(grid[0] - (grid[1] - grid[0]) if best == grid[0] else grid[-1] + (grid[-1] - grid[-2]), 6)
+        if extra > 0:
+            scores[extra] = dev_mean(extra)
+            best = argmax(scores)
+    return best, dict(sorted(scores.items())), best in (min(scores), max(scores))
+
+
+def _scores(runs, merged, lam, method, split) -> tuple[dict[str, float], dict[str, float]]:
+    """({task: accuracy on split}, {module: SVD error}) of θ_pre + λ·merged with each task's own head."""
+    out = {}
+    for t, run in runs.items():
+        am = run["am"]
+        report = add_delta_adapter(am, {p: lam * dw for p, dw in merged.items()}, rank=RANK, into="merged",
+                                   method=method)
+        am.set_active(petkit.Stack("merged", "head"))
+        out[t] = accuracy(am, run["prep"], split)
+        am.set_active("default")
+        am.delete("merged")
+    return out, report.errors
 
 
 def _copy_head(am, source: str, target: str) -> None:
@@ -126,9 +174,10 @@ def _copy_head(am, source: str, target: str) -> None:
             delta.module.load_state_dict(heads[path].module.state_dict())
 
 
-def dimat_experiment(args) -> dict:
-    from petkit.models import load_model, load_tokenizer
+def sentence_embeddings(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled frozen MiniLM embeddings and labels of the first dimat_examples AG News rows."""
     from petkit.data import load_dataset
+    from petkit.models import load_model, load_tokenizer
 
     data = load_dataset("ag_news", seed=0)
     rows = (data.train + data.dev + data.test)[: args.dimat_examples]
@@ -142,12 +191,15 @@ def dimat_experiment(args) -> dict:
             mask = enc["attention_mask"][..., None]
             features.append((hidden * mask).sum(1) / mask.sum(1))
             labels += [r["label"] for r in chunk]
-    x, y = torch.cat(features), torch.tensor(labels)
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(y), generator=g)
+    return torch.cat(features), torch.tensor(labels)
+
+
+def dimat_experiment(x: torch.Tensor, y: torch.Tensor, seed: int, args) -> dict:
+    """One seed: the non-IID split and the agents' inits; the held-out fifth is the same for every seed."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     test, train = order[: len(y) // 5], order[len(y) // 5:]
     agents = 5
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     shares = torch.distributions.Dirichlet(torch.full((agents,), 0.5)).sample((4,))  # per class, per agent
     parts = [[] for _ in range(agents)]
     for c in range(4):
@@ -157,8 +209,8 @@ def dimat_experiment(args) -> dict:
             parts[a] += idx[lo:hi].tolist()
     batches = [[(x[p[i:i + 32]], y[p[i:i + 32]]) for i in range(0, len(p), 32)] for p in parts]
 
-    def fresh(seed):
-        torch.manual_seed(seed)
+    def fresh(agent):
+        torch.manual_seed(1000 * seed + agent)
         return nn.Sequential(nn.Linear(x.shape[1], 64), nn.ReLU(), nn.Linear(64, 4))
 
     def train(model, agent):
@@ -172,73 +224,29 @@ def dimat_experiment(args) -> dict:
         with torch.no_grad():
             return sum((m(x[test]).argmax(-1) == y[test]).float().mean().item() for m in models) / len(models)
 
-    out = {"agents": agents, "examples_per_agent": [len(p) for p in parts]}
-    for label, kind, align in (("DIMAT, fully connected", "fully_connected", True), ("DIMAT, ring", "ring", True),
-                               ("plain averaging, fully connected", "fully_connected", False),
-                               ("no merging", "disconnected", False)):
-        models = [fresh(s) for s in range(agents)]
+    out = {"examples_per_agent": [len(p) for p in parts], "curves": {}}
+    for label, kind, align in DIMAT_SCHEDULES:
+        models = [fresh(a) for a in range(agents)]
         for a, m in enumerate(models):  # phase 0: local training before any merging
             train(m, a)
-        out[label] = [score(models)] + run_dimat(models, batches, lambda m, b: m(b[0]), train, args.rounds,
-                                                 topology(kind, agents), align=align, evaluate=score)
+        out["curves"][label] = [score(models)] + run_dimat(models, batches, lambda m, b: m(b[0]), train, args.rounds,
+                                                           topology(kind, agents), align=align, evaluate=score)
     return out
 
 
-def render(results: dict, out: Path) -> None:
-    """merging.md (three tables) and three plots from the results."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    soup, multi, dimat = results["soups"], results["multitask"], results["dimat"]
-    lines = ["## Soups (SST-2, 4 LoRA runs differing in learning rate; accuracy %)", "",
-             "| model | dev | test |", "|---|---|---|"]
-    rows = [(n, v) for n, v in soup["singles"].items()] + [("uniform soup", soup["uniform"]),
-                                                           ("greedy soup (" + ", ".join(soup["greedy_ingredients"]) + ")",
-                                                            soup["greedy"])]
-    lines += [f"| {n} | {100 * v['dev']:.1f} | {100 * v['test']:.1f} |" for n, v in rows]
-    tasks = [t for t in multi["individual"] if t != "mean"]
-    lines += ["", "## Multi-task merge of one LoRA per task (test accuracy %, each task with its own head)", "",
-              "| merge | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
-    lines += [f"| {label} | " + " | ".join(f"{100 * row[t]:.1f}" for t in tasks) + f" | {100 * row['mean']:.1f} |"
-              for label, row in multi.items()]
-    runs = [k for k in dimat if isinstance(dimat[k], list) and k != "examples_per_agent"]
-    lines += ["", f"## DIMAT: {dimat['agents']} agents, non-IID AG News (mean agent accuracy % on held-out data)", "",
-              "| schedule | before merging | after round 1 | last round |", "|---|---|---|---|"]
-    lines += [f"| {k} | {100 * dimat[k][0]:.1f} | {100 * dimat[k][1]:.1f} | {100 * dimat[k][-1]:.1f} |" for k in runs]
-    (out / "merging.md").write_text("\n".join(lines) + "\n")
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(range(len(rows)), [100 * v["test"] for _, v in rows], color=["0.6"] * len(soup["singles"]) + ["C0", "C1"])
-    ax.set_xticks(range(len(rows)), [n.split(" (")[0] for n, _ in rows], rotation=20)
-    ax.set_ylabel("SST-2 test accuracy (%)")
-    ax.set_ylim(min(100 * v["test"] for _, v in rows) - 5, 100)
-    fig.tight_layout()
-    fig.savefig(out / "soups.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / len(tasks)
-    for k, t in enumerate(tasks):
-        ax.bar([i + k * width for i in range(len(multi))], [100 * row[t] for row in multi.values()], width, label=t)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(multi))], list(multi), rotation=20)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(min(100 * row[t] for row in multi.values() for t in tasks) - 5, 100)
-    ax.legend(ncol=len(tasks), loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "multitask.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for k in runs:
-        ax.plot(range(len(dimat[k])), [100 * v for v in dimat[k]], marker="o", label=k)
-    ax.set_xlabel("round (0: local training only)")
-    ax.set_ylabel("mean agent accuracy (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "dimat.png", dpi=120)
-    plt.close("all")
+def one_seed(seed: int, args) -> tuple[dict, dict]:
+    sst2 = [lora_run("sst2", lr, seed, args) for lr in SOUP_LRS]
+    soup = soups(sst2, seed, args)
+    best = next(run for run in sst2 if run["name"] == soup["best_single"]["name"])  # chosen on dev
+    tasks = {"sst2": best, "trec": lora_run("trec", TASK_LR, seed, args),
+             "ag_news": lora_run("ag_news", TASK_LR, seed, args)}
+    return soup, multitask(tasks, seed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "merging-minilm")
     parser.add_argument("--report-only", action="store_true", help="re-render merging.md and the plots from merging.json")
     args = parser.parse_args()
@@ -247,14 +255,19 @@ def main() -> None:
         return
     args.steps, args.max_train, args.max_eval = (10, 64, 32) if args.quick else (200, 2000, 500)
     args.rounds, args.dimat_examples = (2, 400) if args.quick else (10, 7600)
-    torch.set_num_threads(1 if args.quick else 2)
-    sst2 = [lora_run("sst2", lr, args) for lr in SOUP_LRS]
-    soup = soups(sst2, args)
-    best_lr = next(run["lr"] for run in sst2 if run["name"] == soup["best_single"]["name"])
-    tasks = {"sst2": lora_run("sst2", best_lr, args), "trec": lora_run("trec", 5e-3, args),
-             "ag_news": lora_run("ag_news", 5e-3, args)}
-    results = {"soups": soup, "multitask": multitask(tasks), "dimat": dimat_experiment(args), "quick": args.quick}
+    torch.set_num_threads(1)
+    seeds = list(range(args.seeds))
+    results = {"seeds": seeds, "quick": args.quick, "lambdas": list(LAMBDAS), "rank": RANK,
+               "soups": [], "multitask": [], "dimat": {"agents": 5, "per_seed": []}}
     args.out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        soup, multi = one_seed(seed, args)
+        results["soups"].append(soup)
+        results["multitask"].append(multi)
+        (args.out / "merging.json").write_text(json.dumps(results, indent=2) + "\n")  # progress survives a crash
+        print(f"seed {seed} done", flush=True)
+    x, y = sentence_embeddings(args)
+    results["dimat"]["per_seed"] = [dimat_experiment(x, y, seed, args) for seed in seeds]
     (args.out / "merging.json").write_text(json.dumps(results, indent=2) + "\n")
     render(results, args.out)
     print((args.out / "merging.md").read_text())

@@ -70,3 +70,18 @@ def test_bad_merge_specs(two_adapters, tmp_path, change, message, capsys):
     assert main(["merge", write(tmp_path, spec)]) != 0
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "merged").exists()
+
+
+def test_merge_help_names_every_method_of_the_registry_and_every_yaml_key(monkeypatch, capsys):
+    from dataclasses import fields
+
+    from petkit.merge import ops
+    from petkit.merge.run import MergeSpec
+    monkeypatch.setattr(ops, "METHODS", (*ops.METHODS, "a_method_added_later"))  # read from the code, not copied
+    with pytest.raises(SystemExit) as done:
+        main(["merge", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    methods = re.search(r"methods: (.*)", text).group(1).split(", ")
+    assert methods == list(ops.METHODS)
+    assert [f.name for f in fields(MergeSpec)] == re.findall(r"^  (\w+): ", text, re.M)

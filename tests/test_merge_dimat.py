@@ -32,10 +32,24 @@ def test_topologies_are_row_stochastic_with_the_right_neighbours():
     assert torch.allclose(ring.sum(1), torch.ones(5)) and (ring > 0).sum(1).tolist() == [3] * 5
     assert ring[0, 4] > 0 and ring[0, 2] == 0
     assert torch.equal(topology("disconnected", 3), torch.eye(3))
-    hub = topology("bipartite", 5)
-    assert hub[0].tolist() == [0.5, 0.0, 0.0, 0.25, 0.25] and hub[4, 4] == pytest.approx(0.75)
     with pytest.raises(ConfigError, match="topology must be one of"):
         topology("star", 3)
+
+
+def test_bipartite_hubs_average_every_leaf_as_in_the_official_code():
+    """The official BiparTopology, N = 5, a = 1/(N−1) = .25: a leaf keeps 1 − 2a = .5 and takes a from
+    each hub (agents 3, 4); a hub takes a from each of the 3 leaves, keeps 1 − 3a = .25 and takes
+    nothing from the other hub."""
+    expected = torch.tensor([[.50, .00, .00, .25, .25],
+                             [.00, .50, .00, .25, .25],
+                             [.00, .00, .50, .25, .25],
+                             [.25, .25, .25, .25, .00],
+                             [.25, .25, .25, .00, .25]])
+    torch.testing.assert_close(topology("bipartite", 5), expected)
+    torch.testing.assert_close(topology("bipartite", 3), torch.tensor([[0.0, .5, .5], [.5, .5, 0], [.5, 0, .5]]))
+    for n in (3, 4, 5, 8):
+        mixed = torch.linalg.matrix_power(topology("bipartite", n).double(), 60)
+        assert mixed.min() > 0.5 / n  # repeated mixing carries every agent's model to every agent
 
 
 def test_matching_recovers_a_random_permutation_and_the_aligned_average_is_the_model():
@@ -54,6 +68,33 @@ def test_matching_recovers_a_random_permutation_and_the_aligned_average_is_the_m
     for k, v in model.state_dict().items():
         torch.testing.assert_close(dimat[k], v, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(plain["0.weight"], model.state_dict()["0.weight"], atol=1e-3)
+
+
+def test_dimat_rounds_keep_permuted_copies_of_one_model_and_plain_averaging_does_not():
+    """Three agents hold one MLP with its hidden units shuffled differently: the same function. Fully
+    connected rounds (no local training) that align before averaging leave every agent computing it;
+    averaging unaligned units (align=False) does not."""
+    model = mlp(0)
+    g = torch.Generator().manual_seed(5)
+    agents = [copy.deepcopy(model) for _ in range(3)]
+    for agent in agents[1:]:
+        permute_units(agent, [torch.randperm(16, generator=g), torch.randperm(12, generator=g)])
+    x = data(99, 1)[0][0]
+    with torch.no_grad():
+        target = model(x)
+
+    def gap(models):
+        with torch.no_grad():
+            return max((m(x) - target).abs().max().item() for m in models)
+
+    def rounds(align):
+        models = [copy.deepcopy(a) for a in agents]
+        return run_dimat(models, [data(20 + a) for a in range(3)], forward, lambda m, a: None, 2,
+                         topology("fully_connected", 3), align=align, evaluate=gap)
+
+    assert gap(agents) < 1e-5
+    assert max(rounds(align=True)) < 1e-4
+    assert min(rounds(align=False)) > 0.05
 
 
 def test_rounds_bring_agents_together_and_a_disconnected_round_changes_nothing():

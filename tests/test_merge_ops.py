@@ -31,20 +31,48 @@ def test_ties_by_hand():
     torch.testing.assert_close(merged, torch.tensor([[2.0, -1.5], [-1.5, 0.3]]))
 
 
-def test_ties_trims_first_and_weights_the_agreeing_values():
-    """density 0.5 keeps the 2 largest of 4 entries per tensor; then the elected sign's values, weighted 2, 1, 1,
-    averaged over how many agree (entry by entry in plain Python below)."""
-    trimmed = [magnitude_trim(t, 0.5) for t in (A, B, C)]
-    stacked = torch.stack(trimmed)
-    elected = elect_sign(stacked)
-    expected = torch.zeros(2, 2)
-    for i in range(2):
-        for j in range(2):
-            agree = [(w, t[i, j]) for w, t in zip((2.0, 1.0, 1.0), trimmed) if t[i, j] != 0 and t[i, j].sign() == elected[i, j]]
-            expected[i, j] = sum(w * v for w, v in agree) / max(1, len(agree))
-    torch.testing.assert_close(merge_tensors([A, B, C], [2.0, 1.0, 1.0], "ties", 0.5), expected)
+# Three task vectors for the density < 1 cases: no two kept entries of one tensor have the same magnitude.
+T1 = torch.tensor([[6.0, -1.0], [2.0, -0.5]])
+T2 = torch.tensor([[-1.0, 3.0], [-4.0, 0.2]])
+T3 = torch.tensor([[-2.0, 0.3], [-1.5, 1.0]])
+W = [1.0, 2.0, 0.5]
+
+
+def test_ties_trims_elects_and_averages_the_agreeing_values_by_hand():
+    """density 0.75 keeps the 3 largest |τ| of 4: T1 loses −0.5, T2 loses 0.2, T3 loses 0.3, so per entry
+    (values of T1, T2, T3 → sign of their sum → agreeing values weighted 1, 2, 0.5 / how many agree):
+    (0,0):  6, −1, −2   → +3 → 1·6 / 1 = 6        (the sign of the count, −1, would give (2·−1 + .5·−2)/2 = −1.5)
+    (0,1): −1,  3,  0   → +2 → 2·3 / 1 = 6        (dividing by all 3 inputs would give 2)
+    (1,0):  2, −4, −1.5 → −3.5 → (2·−4 + .5·−1.5) / 2 = −4.375
+    (1,1):  0,  0,  1   → +1 → .5·1 / 1 = 0.5     (untrimmed: −.5, .2, 1 → (2·.2 + .5·1)/2 = 0.45)"""
+    merged = merge_tensors([T1, T2, T3], W, "ties", 0.75)
+    torch.testing.assert_close(merged, torch.tensor([[6.0, 6.0], [-4.375, 0.5]]))
     by_weight = merge_tensors([A, B, C], [2.0, 1.0, 1.0], "ties", 1.0, normalize="weights")
     torch.testing.assert_close(by_weight[0, 0], torch.tensor((2 * 1.0 + 3.0) / 3))  # mergekit's normalize=true
+
+
+# DARE's masks: a generator seeded 33 draws these (kept where rand < density 0.5), one tensor after the other.
+DARE_SEED = 33
+MASKS = [torch.tensor([[0, 0], [1, 1]]), torch.tensor([[1, 0], [0, 1]]), torch.tensor([[0, 1], [1, 0]])]
+
+
+def test_the_dare_masks_are_the_ones_typed_here():
+    g = torch.Generator().manual_seed(DARE_SEED)
+    assert [torch.equal((torch.rand(2, 2, generator=g) < 0.5).long(), m) for m in MASKS] == [True] * 3
+
+
+def test_dare_linear_and_dare_ties_by_hand():
+    """Density 0.5: keep the masked entries and rescale them by 1/(1 − p) = 2:
+    T1 → [[0, 0], [4, −1]],   T2 → [[−2, 0], [0, .4]],   T3 → [[0, .6], [−3, 0]].
+    dare_linear, weights 1, 2, .5: [[2·−2, .5·.6], [4 + .5·−3, −1 + 2·.4]] = [[−4, .3], [2.5, −.2]].
+    dare_ties (sign of the sum of the rescaled values, then the mean of the agreeing ones):
+    (0,0): 0, −2, 0 → − → 2·−2 = −4;   (0,1): 0, 0, .6 → + → .5·.6 = .3;
+    (1,0): 4, 0, −3 → + → 1·4 / 1 = 4 (dividing by all 3: 1.33);   (1,1): −1, .4, 0 → − → −1."""
+    def merge(method):
+        return merge_tensors([T1, T2, T3], W, method, 0.5, generator=torch.Generator().manual_seed(DARE_SEED))
+
+    torch.testing.assert_close(merge("dare_linear"), torch.tensor([[-4.0, 0.3], [2.5, -0.2]]))
+    torch.testing.assert_close(merge("dare_ties"), torch.tensor([[-4.0, 0.3], [4.0, -1.0]]))
 
 
 def test_frequency_vote_can_differ_from_the_mass_vote():

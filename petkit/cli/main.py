@@ -15,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from petkit.cli import bench, commands  # noqa: E402
+from petkit.merge.run import merge_help  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.merge_unload)
 
-    p = sub.add_parser("merge", help="merge saved adapters in ΔW space (linear, TIES, DARE, ...) into one adapter")
-    p.add_argument("config", help="merge spec YAML: model, inputs, method, density, rank, output (see petkit/merge/run.py)")
+    p = sub.add_parser("merge", help="merge saved adapters in ΔW space (linear, TIES, DARE, ...) into one adapter",
+                       description=merge_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="merge spec YAML (keys below)")
     p.set_defaults(func=commands.merge)
 
     p = sub.add_parser("soup", help="a greedy (or uniform) soup of the adapters in a folder of runs, in ΔW space")

@@ -27,6 +27,8 @@ from petkit.merge.ops import check_merge_args, low_rank, merge_tensors
 from petkit.methods.head import HeadDelta
 from petkit.methods.lora import LoraConfig, LoraDelta
 
+HEADS = ("none", "average")  # what happens to the inputs' task heads
+
 
 @dataclass
 class MergeReport:
@@ -74,8 +76,8 @@ def merge_adapters(am, names, method: str = "linear", weights=None, density: flo
         raise ConfigError(f"each adapter can be merged once, got {names}")
     if into in am.adapters:
         raise ConfigError(f"an adapter named {into!r} already exists; pick another name for the merge")
-    if heads not in ("none", "average"):
-        raise ConfigError(f"heads must be 'none' or 'average', got {heads!r}")
+    if heads not in HEADS:
+        raise ConfigError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
     head_tensors = _averaged_heads(am, names, weights) if heads == "average" else {}
     deltas = [weight_deltas(am, n) for n in names]
     if rank == "exact":

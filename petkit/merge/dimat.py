@@ -1,17 +1,18 @@
 """DIMAT: decentralised iterative merging-and-training (Saadati et al., CVPR 2024).
 
 N agents, each with its own model and data, on a topology with a row-stochastic mixing matrix π
-(fully connected: 1/N; ring: 1/3 to itself and each neighbour; bipartite-like: the last two agents
-are hubs; disconnected: the identity). A round: every agent i aligns each neighbour's model to its
-own by activation matching — per group of permutable hidden units, the correlation between its
-units' activations and the neighbour's on agent i's data, then the permutation maximising the
-total correlation (Hungarian algorithm) — averages θ_i ← Σ_j π_ij P_j(θ_j), and then trains locally.
+(fully connected: 1/N; ring: 1/3 to itself and each neighbour; bipartite: the last two agents are
+hubs that average every leaf, see `topology`; disconnected: the identity). A round: every agent i
+aligns each neighbour's model to its own by activation matching — per group of permutable hidden
+units, the correlation between its units' activations and the neighbour's on agent i's data, then
+the permutation maximising the total correlation (Hungarian algorithm) — averages
+θ_i ← Σ_j π_ij P_j(θ_j), and then trains locally.
 `align=False` is the plain weighted average (the paper's WA baseline).
 
 Permutable units here: the hidden units between consecutive nn.Linear layers of an MLP (rows of the
 first, columns of the next; element-wise activations commute with permutations). Activation
 statistics come from agent i's own data (the official code uses the whole training set, which a
-decentralised agent does not have; pass `match_batches` to use a shared set instead).
+decentralised agent does not have; give every agent the same shared batches to do that instead).
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ TOPOLOGIES = ("fully_connected", "ring", "bipartite", "disconnected")
 
 
 def topology(kind: str, n: int) -> torch.Tensor:
-    """The mixing matrix π (n × n, rows sum to 1, π_ij > 0 iff j is i's neighbour or i itself)."""
+    """The mixing matrix π (n × n, rows sum to 1; π_ij > 0 only if j is i's neighbour or i itself).
+
+    bipartite (the official `BiparTopology`): the last two agents are hubs, the others leaves, a = 1/(n−1).
+    A leaf keeps 1 − 2a of itself and takes a from each hub; a hub takes a from every leaf, keeps
+    1 − (n−2)a of itself and nothing from the other hub (n = 5: leaf [.5, 0, 0, .25, .25], hubs
+    [.25, .25, .25, .25, 0] and [.25, .25, .25, 0, .25]). The official code rounds a down to two
+    decimals (the same a for n = 3, 5, 6, 11, ...; 0.33 instead of 1/3 for n = 4)."""
     if kind not in TOPOLOGIES:
         raise ConfigError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {kind!r}")
     if not isinstance(n, int) or n < 1 or (kind == "bipartite" and n < 3):
@@ -37,18 +44,25 @@ def topology(kind: str, n: int) -> torch.Tensor:
         return torch.full((n, n), 1.0 / n)
     if kind == "disconnected":
         return torch.eye(n)
-    pi = torch.zeros(n, n)
     if kind == "ring":
+        pi = torch.zeros(n, n)
         for i in range(n):
             for j in {i, (i - 1) % n, (i + 1) % n}:
                 pi[i, j] = 1.0
-    else:  # the last two agents are hubs every agent talks to
-        hubs = [n - 2, n - 1]
-        for i in range(n):
-            pi[i, i] = 2.0
-            for h in hubs:
-                pi[i, h] += 1.0
-    return pi / pi.sum(1, keepdim=True)
+        return pi / pi.sum(1, keepdim=True)
+    return _bipartite(n)
+
+
+def _bipartite(n: int) -> torch.Tensor:
+    a, leaves, hubs = 1.0 / (n - 1), range(n - 2), (n - 2, n - 1)
+    pi = torch.zeros(n, n, dtype=torch.float64)
+    for leaf in leaves:
+        pi[leaf, leaf] = 1 - 2 * a
+        pi[leaf, list(hubs)] = a
+    for hub in hubs:
+        pi[hub, list(leaves)] = a
+        pi[hub, hub] = 1 - (n - 2) * a
+    return pi.float()
 
 
 def linear_pairs(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear]]:

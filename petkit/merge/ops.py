@@ -25,6 +25,7 @@ from petkit.core.errors import ConfigError
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 SIGN_METHODS = ("total", "frequency")
+NORMALIZE = ("count", "weights")  # what TIES' disjoint mean divides by
 
 
 def check_merge_args(count: int, weights: Sequence[float] | None, density: float | None, method: str) -> list[float]:
@@ -81,7 +82,7 @@ def disjoint_mean(stacked: torch.Tensor, weights: torch.Tensor, elected: torch.T
     if normalize == "weights":
         total = (weights * agree).sum(0)
         return torch.where(total != 0, weighted / torch.where(total != 0, total, 1.0), 0.0)
-    raise ConfigError(f"normalize must be count or weights, got {normalize!r}")
+    raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
 
 
 def merge_tensors(taus: Sequence[torch.Tensor], weights: Sequence[float] | None = None, method: str = "linear",

@@ -6,7 +6,7 @@
     inputs:                       # adapter folders (petkit or PEFT format), optionally weighted
       - {path: runs/a/adapter, weight: 0.5}
       - runs/b/adapter            # weight 1
-    method: ties                  # linear, ties, dare_linear, dare_ties, magnitude_prune
+    method: ties                  # one of ops.METHODS (`petkit merge --help` lists them)
     density: 0.5                  # fraction kept (all but linear)
     rank: 16                      # LoRA rank of the result (SVD; error reported), concat or exact
     heads: none                   # or average (inputs of one task)
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from petkit.core.errors import ConfigError
+
+FORMATS = ("petkit", "peft")
 
 
 @dataclass
@@ -68,14 +70,34 @@ class MergeSpec:
         return paths, weights
 
 
+def merge_help() -> str:
+    """`petkit merge --help`'s text: the merge methods and choices as the code defines them, and every
+    YAML key of MergeSpec with its default."""
+    from petkit.merge.adapters import HEADS
+    from petkit.merge.ops import METHODS, NORMALIZE, SIGN_METHODS
+
+    choices = {"method": METHODS, "sign_method": SIGN_METHODS, "normalize": NORMALIZE, "heads": HEADS,
+               "format": FORMATS}
+    lines = ["Merge saved adapters of one base in ΔW space into one adapter, as a merge spec YAML says.", "",
+             f"methods: {', '.join(METHODS)}", "", "YAML keys:"]
+    required = {"model": "the base all inputs were trained on (alias or local folder)",
+                "inputs": "at least two adapter folders, each a path or {path, weight}"}
+    for f in fields(MergeSpec):
+        about = f"required: {required[f.name]}" if f.name in required else f"default {f.default}"
+        lines.append(f"  {f.name}: {about}" + (f"; one of {', '.join(choices[f.name])}" if f.name in choices else ""))
+    return "\n".join(lines + ["", "density: the fraction of entries kept (every method but linear); rank: an integer "
+                               "(SVD), concat or exact; seed: DARE's random drops; force: load inputs saved for "
+                               "another base."])
+
+
 def run_merge(spec: MergeSpec) -> dict:
     """Load the inputs onto the base, merge them, save the result; returns a report."""
     import petkit
     from petkit.merge.adapters import merge_adapters
     from petkit.models import load_model
 
-    if spec.format not in ("petkit", "peft"):
-        raise ConfigError(f"format must be petkit or peft, got {spec.format!r}")
+    if spec.format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {spec.format!r}")
     paths, weights = spec.paths_and_weights()
     num_labels = None
     if spec.task == "classification":
