@@ -187,8 +187,8 @@ class ForwardCounter:
 
 
 def test_one_cached_large_forward_per_block(llamas):
-    """The large base runs once per block and reads only what it has not read: the prompt and each
-    block's tokens once (rejected drafts again after the crop), never the whole sequence again."""
+    """The large base runs once per block and reads only what it has not read: the prompt once, then
+    per block the token before it and its drafts; never the whole sequence again."""
     large, small, ft = llama_trio()
     counters = [ForwardCounter(m) for m in (large, small, ft)]
     ids = prompt(2, 8)
@@ -197,7 +197,6 @@ def test_one_cached_large_forward_per_block(llamas):
     blocks = stats.large_passes
     assert counters[0].calls == counters[1].calls == blocks  # one forward of each base model per block
     assert blocks > 15 / 4  # rejections: fewer than k + 1 tokens per block on average
-    # the prompt once; per block the pending token and the drafts; minus nothing re-read from scratch
     assert counters[0].tokens == counters[1].tokens == 8 + stats.drafted + blocks - 1
     assert counters[2].calls <= stats.drafted + blocks  # the draft: one cached token a forward (+ bonus readings)
 
@@ -265,7 +264,7 @@ def test_cached_speculative_sampling_draws_what_recomputing_draws(llamas, k):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_a_cache_that_cannot_be_cropped_is_read_again(llamas, monkeypatch):
+def test_a_cache_that_cannot_be_cropped_is_read_again(monkeypatch):
     from petkit.compose import eft as eft_module
     monkeypatch.setattr(eft_module, "croppable", lambda cache: False)
     large, small, ft = llama_trio()
