@@ -13,17 +13,23 @@ For reference, the large model fine-tuned the same way (the target EFT emulates 
 Scored on held-out text in nats per token (perplexity = e^nats): Tiny Shakespeare (the fine-tuning
 domain) and BBC News (general text), for each model alone and for EFT at β = 0.5, 1, 1.5. Then decoding:
 greedy samples, and speculative EFT sampling (draft k = 4 tokens with the small fine-tune) with its
-acceptance rate and large-model passes per token; speculative greedy must equal plain greedy.
+acceptance rate and large-model passes per token; speculative greedy must equal plain greedy. Last,
+decoding time (eft_timing.py): cached EFT against speculative EFT at several k and the large model
+alone, wall clock and CPU time on one thread, beside large-model passes per token.
 
-    .venv/bin/python benchmarks/eft_smollm2.py                # about 30 minutes on 2 cores
+    .venv/bin/python benchmarks/eft_smollm2.py                # about 75 minutes on 2 cores
+    .venv/bin/python benchmarks/eft_smollm2.py --models-cache /tmp/eft-models   # keep the trained models
     .venv/bin/python benchmarks/eft_smollm2.py --quick --out /tmp/eft   # a smoke run
 
-Writes eft.json, eft.md and eft.png to --out (benchmarks/results/eft-smollm2).
+Writes eft.json, eft.md and eft.png to --out (benchmarks/results/eft-smollm2). With --models-cache the
+three trained models (and their training losses and times) are saved there and reused by the next run
+with the same training settings, which then takes minutes instead of an hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -49,6 +55,8 @@ from petkit.data.batches import lm_blocks
 from petkit.models import load_model, load_tokenizer
 from petkit.models.structure import truncated
 from petkit.train import TrainConfig, train
+
+from eft_timing import timing, timing_lines  # noqa: E402  (beside this script)
 
 BETAS = (0.5, 1.0, 1.5)
 PROMPTS = ("ROMEO:\nWhat light", "KING HENRY:\nMy lords,", "First Citizen:\nWe are", "LADY MACBETH:\nCome,")
@@ -122,28 +130,36 @@ def decoding(models: dict, eft: EFT, tok, args) -> dict:
         for name, model in models.items():
             gen = model.generate(ids, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             samples[name] = tok.decode(gen[0, ids.shape[1]:])
-        start = time.perf_counter()
         greedy = eft.generate(ids, args.new_tokens)
-        eft_seconds = time.perf_counter() - start
         samples["EFT β=1"] = tok.decode(greedy[0, ids.shape[1]:])
         spec_greedy, _ = eft.speculative_generate(ids, args.new_tokens, k=4)
-        start = time.perf_counter()
         _, stats = eft.speculative_generate(ids, args.new_tokens, k=4, do_sample=True, top_p=0.9,
                                             generator=torch.Generator().manual_seed(0))
         out["speculative"].append({
             "prompt": prompt, "greedy_equal": bool(torch.equal(spec_greedy, greedy)),
             "acceptance": stats.accepted / max(1, stats.drafted), "large_passes_per_token": stats.passes_per_token,
-            "tokens": stats.tokens, "eft_cached_seconds": eft_seconds,
-            "speculative_seconds": time.perf_counter() - start})
+            "tokens": stats.tokens})
         out["greedy"][prompt] = samples
     return out
 
 
-def run(args) -> dict:
-    torch.manual_seed(0)
-    tok = load_tokenizer("smollm2")
-    large = load_model("smollm2", "causal_lm").eval().requires_grad_(False)
-    general, domain = load_dataset("bbc"), load_dataset("tiny_shakespeare")
+TRAINING = ("keep", "distil_steps", "ft_steps", "distil_lr", "ft_lr", "batch", "length")  # what the models depend on
+TRAINED = ("small base", "small fine-tuned", "large fine-tuned")
+
+
+def trained_models(large: nn.Module, tok, general, domain, args) -> tuple[dict, dict, dict]:
+    """The three trained models, their training losses and times: read from --models-cache when it
+    holds models trained with these settings, else trained here (and saved there)."""
+    settings, cache = {k: getattr(args, k) for k in TRAINING}, args.models_cache
+    record = cache / "training.json" if cache else None
+    saved = json.loads(record.read_text()) if record is not None and record.exists() else None
+    if saved is not None and saved["settings"] == settings:
+        models = {name: (truncated(large, args.keep) if name.startswith("small") else copy.deepcopy(large))
+                  for name in TRAINED}
+        for name, model in models.items():
+            model.load_state_dict(torch.load(cache / f"{name.replace(' ', '_')}.pt"))
+            model.eval().requires_grad_(False)
+        return models, saved["train_loss"], {**saved["timings"], "models_from_cache": True}
     timings = {}
     start = time.perf_counter()
     small_base, distil_loss = distil_small_base(large, tok, general, args)
@@ -154,8 +170,24 @@ def run(args) -> dict:
     start = time.perf_counter()
     large_ft, large_ft_loss = lora_finetune(large, tok, domain, args, args.ft_steps)
     timings["large_ft_s"] = time.perf_counter() - start
+    models = dict(zip(TRAINED, (small_base, small_ft, large_ft)))
+    losses = {"distil_kl": distil_loss, "small_ft": small_ft_loss, "large_ft": large_ft_loss}
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, model in models.items():
+            torch.save(model.state_dict(), cache / f"{name.replace(' ', '_')}.pt")
+        record.write_text(json.dumps({"settings": settings, "train_loss": losses, "timings": timings}))
+    return models, losses, timings
 
-    models = {"large base": large, "small base": small_base, "small fine-tuned": small_ft, "large fine-tuned": large_ft}
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    tok = load_tokenizer("smollm2")
+    large = load_model("smollm2", "causal_lm").eval().requires_grad_(False)
+    general, domain = load_dataset("bbc"), load_dataset("tiny_shakespeare")
+    trained, losses, timings = trained_models(large, tok, general, domain, args)
+    small_base, small_ft = trained["small base"], trained["small fine-tuned"]
+    models = {"large base": large, **trained}
     scorers = {name: log_prob_fn(m) for name, m in models.items()}
     for beta in BETAS:
         scorers[f"EFT β={beta:g}"] = EFT(large, small_base, small_ft, beta=beta).log_probs
@@ -164,9 +196,11 @@ def run(args) -> dict:
     scores = {name: {data: nats_per_token(fn, ds) for data, ds in test_sets.items()} for name, fn in scorers.items()}
     eft = EFT(large, small_base, small_ft)
     decode = decoding({k: models[k] for k in ("large base", "small fine-tuned", "large fine-tuned")}, eft, tok, args)
-    return {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only")},
+    prompts = [tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"] for p in PROMPTS[: args.prompts]]
+    decode["timing"] = timing(eft, prompts, args.new_tokens, args.timing_rounds)
+    return {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "models_cache")},
             "params": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
-            "train_loss": {"distil_kl": distil_loss, "small_ft": small_ft_loss, "large_ft": large_ft_loss},
+            "train_loss": losses,
             "eval_tokens": {d: len(ds.blocks) * (args.length - 1) for d, ds in test_sets.items()},
             "nats_per_token": scores, "decoding": decode, "timings": timings, "torch": torch.__version__}
 
@@ -196,6 +230,8 @@ def render(results: dict, out: Path) -> None:
     for row in results["decoding"]["speculative"]:
         lines.append(f"| {row['prompt']!r} | {row['acceptance']:.2f} | {row['large_passes_per_token']:.2f} | "
                      f"{row['greedy_equal']} |")
+    if "timing" in results["decoding"]:
+        lines += ["", *timing_lines(results["decoding"]["timing"])]
     lines += ["", "## Greedy continuations", ""]
     for prompt, samples in results["decoding"]["greedy"].items():
         lines.append(f"**{prompt!r}**\n")
@@ -232,6 +268,8 @@ def main() -> None:
     parser.add_argument("--keep", default="0,6,12,18,24,29", help="the large model's layers the small pair keeps")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "eft-smollm2")
     parser.add_argument("--report-only", action="store_true", help="re-render eft.md and eft.png from eft.json")
+    parser.add_argument("--models-cache", type=Path, default=None,
+                        help="save the trained models here, and reuse them when trained with the same settings")
     args = parser.parse_args()
     if args.report_only:
         render(json.loads((args.out / "eft.json").read_text()), args.out)
@@ -241,6 +279,7 @@ def main() -> None:
     args.distil_steps, args.ft_steps = (3, 3) if quick else (300, 150)
     args.distil_lr, args.ft_lr, args.batch, args.length = 5e-4, 1e-3, 8, 128
     args.eval_blocks, args.prompts, args.new_tokens = (2, 1, 8) if quick else (48, 4, 40)
+    args.timing_rounds = 2 if quick else 5
     args.progress = not quick
     torch.set_num_threads(1 if quick else 2)
     results = run(args)

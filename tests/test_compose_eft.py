@@ -119,3 +119,157 @@ def test_cached_generation_equals_recomputing_sampled_too(models, ids):
         q = sampling_probs(eft.log_probs(expected)[:, -1], True, 1.0, 0.9)
         expected = torch.cat([expected, torch.multinomial(q, 1, generator=g)], dim=1)
     torch.testing.assert_close(out, expected)
+
+
+# Speculative decoding with KV caches, on a tiny Llama trio (SmolLM2's architecture, random weights).
+
+def nearby_llama(seed: int) -> torch.nn.Module:
+    """One random tiny Llama plus 30% noise on every weight (seed), its final norm scaled by random
+    gains: sharper next-token distributions than random init's near-uniform ones, and three such
+    models agree often but not always, so drafts are sometimes accepted and sometimes rejected."""
+    model, noise = tiny_llama(seed=0), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=noise))
+        model.model.norm.weight.copy_(6 * torch.randn(model.model.norm.weight.shape, generator=noise))
+    return model
+
+
+def llama_trio():
+    return tuple(nearby_llama(seed) for seed in (1, 2, 3))  # large base, small base, small "fine-tuned"
+
+
+@pytest.fixture(scope="module")
+def llamas():
+    return llama_trio()
+
+
+PROMPTS = [(0, 3), (1, 6), (2, 9)]  # (row of the batch, prompt length)
+
+
+def prompt(row, length):
+    return tiny_batch(tiny_llama(seed=0), seed=3)["input_ids"][row:row + 1, :length]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_speculative_greedy_equals_cached_greedy_with_rejections(llamas, k):
+    eft, rejected = EFT(*llamas), 0
+    for row, length in PROMPTS:
+        ids = prompt(row, length)
+        out, stats = eft.speculative_generate(ids, 12, k=k)
+        torch.testing.assert_close(out, eft.generate(ids, 12), rtol=0, atol=0)
+        assert stats.tokens == 12
+        rejected += stats.drafted - stats.accepted
+    assert rejected > 0  # the caches were cropped back after rejections
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_speculative_greedy_when_every_draft_is_accepted(llamas, k):
+    """large base == small base: π_EFT is the fine-tune's own distribution, so each greedy draft is its
+    argmax; every block of k drafts passes and brings a bonus token. (The first of the trio serves as
+    the fine-tune: its greedy continuation of this prompt does not just repeat one token.)"""
+    ft, small, _ = llamas
+    eft = EFT(small, small, ft)
+    ids = prompt(1, 5)
+    out, stats = eft.speculative_generate(ids, 12, k=k)
+    torch.testing.assert_close(out, eft.generate(ids, 12), rtol=0, atol=0)
+    assert stats.accepted == stats.drafted and stats.large_passes == -(-12 // (k + 1))
+
+
+class ForwardCounter:
+    def __init__(self, model):
+        self.calls, self.tokens = 0, 0
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls += 1
+        self.tokens += kwargs["input_ids"].shape[1]
+
+
+def test_one_cached_large_forward_per_block(llamas):
+    """The large base runs once per block and reads only what it has not read: the prompt once, then
+    per block the token before it and its drafts; never the whole sequence again."""
+    large, small, ft = llama_trio()
+    counters = [ForwardCounter(m) for m in (large, small, ft)]
+    ids = prompt(2, 8)
+    out, stats = EFT(large, small, ft).speculative_generate(ids, 15, k=3)
+    assert out.shape[1] == 8 + 15 and stats.tokens == 15
+    blocks = stats.large_passes
+    assert counters[0].calls == counters[1].calls == blocks  # one forward of each base model per block
+    assert blocks > 15 / 4  # rejections: fewer than k + 1 tokens per block on average
+    assert counters[0].tokens == counters[1].tokens == 8 + stats.drafted + blocks - 1
+    assert counters[2].calls <= stats.drafted + blocks  # the draft: one cached token a forward (+ bonus readings)
+
+
+def recomputing_stream_check(monkeypatch, checked):
+    """Every cached read of every model must give the log-probs a fresh forward over the whole
+    sequence gives: the caches after crops equal the caches of the accepted prefix."""
+    from petkit.compose import eft as eft_module
+    read, rewind = eft_module._Stream.read, eft_module._Stream.rewind
+
+    def checked_read(stream, ids):
+        fresh_from, out = stream.length, read(stream, ids)
+        expected = log_softmax(stream.model, ids)[:, fresh_from:]
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        checked["reads"] += 1
+        checked["after_crop"] += stream.cropped
+        stream.cropped = 0
+        return out
+
+    def counted_rewind(stream, length):
+        stream.cropped = int(length < stream.length)
+        checked["crops"] += stream.cropped
+        rewind(stream, length)
+
+    monkeypatch.setattr(eft_module._Stream, "cropped", 0, raising=False)
+    monkeypatch.setattr(eft_module._Stream, "read", checked_read)
+    monkeypatch.setattr(eft_module._Stream, "rewind", counted_rewind)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_the_cache_after_a_rejection_equals_a_fresh_cache_of_the_accepted_prefix(llamas, monkeypatch, do_sample):
+    checked = {"reads": 0, "crops": 0, "after_crop": 0}
+    recomputing_stream_check(monkeypatch, checked)
+    EFT(*llamas, beta=0.8).speculative_generate(prompt(0, 6), 14, k=4, do_sample=do_sample, top_p=0.9,
+                                                generator=torch.Generator().manual_seed(1))
+    assert checked["crops"] > 0 and checked["after_crop"] > 0 and checked["reads"] > checked["after_crop"]
+
+
+def recomputing_speculative(eft, ids, max_new_tokens, k, temperature, top_p, generator):
+    """The speculative sampler written without caches: every model over the whole sequence per step."""
+    goal = ids.shape[1] + max_new_tokens
+    while ids.shape[1] < goal:
+        block, start = min(k, goal - ids.shape[1]), ids.shape[1]
+        draft, p = ids, []
+        for _ in range(block):
+            p.append(sampling_probs(log_softmax(eft.small_ft, draft)[0, -1], True, temperature, 1.0))
+            draft = torch.cat([draft, torch.multinomial(p[-1], 1, generator=generator)[None]], dim=1)
+        q = sampling_probs(eft.log_probs(draft)[0, start - 1:], True, temperature, top_p)
+        tokens = draft[0, start:].tolist()
+        accepted, extra = verify(tokens, torch.stack(p), q, True, generator)
+        ids = torch.cat([ids, torch.tensor([(tokens[:accepted] + [extra])[: goal - start]])], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_cached_speculative_sampling_draws_what_recomputing_draws(llamas, k):
+    """Same generator, same draws: the cached sampler tests the same drafts against the same q and p
+    as the recomputing one, so the accept/resample rule (tested for exactness above) sees the right
+    distributions."""
+    eft = EFT(*llamas, beta=1.2)
+    ids = prompt(1, 4)
+    out, _ = eft.speculative_generate(ids, 16, k=k, do_sample=True, temperature=0.7, top_p=0.9,
+                                      generator=torch.Generator().manual_seed(7))
+    expected = recomputing_speculative(eft, ids, 16, k, 0.7, 0.9, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_a_cache_that_cannot_be_cropped_is_read_again(monkeypatch):
+    from petkit.compose import eft as eft_module
+    monkeypatch.setattr(eft_module, "croppable", lambda cache: False)
+    large, small, ft = llama_trio()
+    counter = ForwardCounter(large)
+    eft, ids = EFT(large, small, ft), prompt(0, 5)
+    out, stats = eft.speculative_generate(ids, 10, k=3)
+    torch.testing.assert_close(out, eft.generate(ids, 10), rtol=0, atol=0)
+    assert counter.tokens > 5 + stats.drafted + stats.large_passes - 1  # whole prefixes read again

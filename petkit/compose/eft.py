@@ -11,9 +11,11 @@ small fine-tuned model and accepts each with min(1, q/p) (q: the sampling distri
 p: the draft's), resampling from norm(max(0, q − p)) at the first rejection, plus one bonus token
 when all k pass: exact samples from q with fewer large-model passes per token (counted and returned).
 
-`generate` decodes each model incrementally with its KV cache; the speculative variant recomputes each
-model over the whole sequence per block (simple and exact; its saving is counted in large-model
-passes, which a cache does not change).
+Both decode each model incrementally with its KV cache. In `speculative_generate` the small fine-tuned
+model drafts token by token; the large base and the small base then read the drafted block (with the
+token before it) in one cached forward each; after a rejection every cache is cropped back to the
+accepted prefix, so the next block reads only what is new. Models whose cache cannot be cropped
+(`is_croppable` false, e.g. a sliding window already full) re-read the sequence from the start instead.
 """
 
 from __future__ import annotations
@@ -55,20 +57,24 @@ class EFT:
     @torch.no_grad()
     def log_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """log π_EFT at every position: (batch, length, vocab), normalised per position."""
-        large, base, ft = (_log_softmax(m, input_ids) for m in (self.large, self.small_base, self.small_ft))
+        return self._combine(*(_log_softmax(m, input_ids) for m in (self.large, self.small_base, self.small_ft)))
+
+    def _combine(self, large: torch.Tensor, base: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """log π_EFT from the three models' log-probs at the same positions."""
         return torch.log_softmax(large + self.beta * (ft - base), dim=-1)
+
+    def _streams(self) -> tuple[_Stream, _Stream, _Stream]:
+        return _Stream(self.large), _Stream(self.small_base), _Stream(self.small_ft)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
                  eos_token_id: int | None = None) -> torch.Tensor:
         _check_sampling(max_new_tokens, temperature, top_p)
-        streams = [_Stream(m) for m in (self.large, self.small_base, self.small_ft)]
-        ids, new = input_ids, input_ids
+        streams, ids = self._streams(), input_ids
         for _ in range(max_new_tokens):
-            large, base, ft = (stream.extend(new)[:, -1] for stream in streams)  # each model reads only the new tokens
-            q = sampling_probs(torch.log_softmax(large + self.beta * (ft - base), dim=-1), do_sample, temperature, top_p)
-            new = torch.multinomial(q, 1, generator=generator) if do_sample else q.argmax(-1, keepdim=True)
+            log_q = self._combine(*(stream.read(ids)[:, -1] for stream in streams))  # each reads only the new token
+            new = draw(sampling_probs(log_q, do_sample, temperature, top_p), do_sample, generator)
             ids = torch.cat([ids, new], dim=1)
             if eos_token_id is not None and bool((new == eos_token_id).all()):
                 break
@@ -78,31 +84,37 @@ class EFT:
     def speculative_generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, k: int = 4,
                              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
-        """One sequence (batch 1): blocks of k drafted tokens, each block verified with one pass of each model."""
+        """One sequence (batch 1): blocks of k tokens drafted by the small fine-tune, each block verified
+        with one cached forward of the large base (and of the small base)."""
         _check_sampling(max_new_tokens, temperature, top_p)
         if input_ids.shape[0] != 1:
             raise ConfigError("speculative_generate decodes one sequence at a time (batch 1)")
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ConfigError(f"k (draft tokens per block) must be a positive integer, got {k!r}")
+        large, base, ft = streams = self._streams()
         ids, stats, goal = input_ids, SpeculativeStats(), input_ids.shape[1] + max_new_tokens
         while ids.shape[1] < goal:
-            block = min(k, goal - ids.shape[1])
-            draft, p = ids, []
-            for _ in range(block):  # the cheap draft: the small fine-tuned model alone
-                dist = sampling_probs(_log_softmax(self.small_ft, draft)[:, -1], do_sample, temperature, 1.0)
-                token = torch.multinomial(dist, 1, generator=generator) if do_sample else dist.argmax(-1, keepdim=True)
-                p.append(dist[0])
-                draft = torch.cat([draft, token], dim=1)
-            start = ids.shape[1]
-            log_q = self.log_probs(draft)[0, start - 1:]  # block + 1 positions, one pass per model
+            start, block = ids.shape[1], min(k, goal - ids.shape[1])
+            draft, p, ft_log_p = ids, [], []
+            for _ in range(block):  # the cheap draft: the small fine-tuned model alone, one cached token at a time
+                ft_log_p.append(ft.read(draft)[0, -1])
+                p.append(sampling_probs(ft_log_p[-1], do_sample, temperature, 1.0))
+                draft = torch.cat([draft, draw(p[-1], do_sample, generator)[None]], dim=1)
+            # the token before the block and the block: block + 1 positions, one forward of each base model
+            large_log_p, base_log_p = (stream.read(draft)[0, -block - 1:] for stream in (large, base))
             stats.large_passes += 1
             stats.drafted += block
-            q = sampling_probs(log_q, do_sample, temperature, top_p)
+            q = sampling_probs(self._combine(large_log_p[:block], base_log_p[:block], torch.stack(ft_log_p)),
+                               do_sample, temperature, top_p)
             tokens = draft[0, start:].tolist()
-            accepted, extra = verify(tokens, torch.stack(p), q, do_sample, generator)
+            accepted, extra = first_rejection(tokens, torch.stack(p), q, do_sample, generator)
+            if extra is None:  # all passed: the bonus token needs the fine-tune's reading of the last draft too
+                log_q = self._combine(large_log_p[block], base_log_p[block], ft.read(draft)[0, -1])
+                extra = int(draw(sampling_probs(log_q, do_sample, temperature, top_p), do_sample, generator))
             stats.accepted += accepted
-            new = tokens[:accepted] + [extra]
-            new = new[: goal - ids.shape[1]]
+            for stream in streams:  # forget the rejected drafts: the caches hold the accepted prefix
+                stream.rewind(start + accepted)
+            new = (tokens[:accepted] + [extra])[: goal - start]
             stats.tokens += len(new)
             ids = torch.cat([ids, torch.tensor([new], dtype=ids.dtype)], dim=1)
         return ids, stats
@@ -113,18 +125,29 @@ def verify(tokens: list[int], p: torch.Tensor, q: torch.Tensor, do_sample: bool,
     """Speculative sampling's test of drafted tokens (p: draft probabilities, k × vocab; q: target
     probabilities at the k positions and one more). Returns (tokens accepted, the next token): the
     resample from norm(max(0, q − p)) at the first rejection, or a bonus token from q after the last."""
+    accepted, extra = first_rejection(tokens, p, q, do_sample, generator)
+    return accepted, int(draw(q[len(tokens)], do_sample, generator)) if extra is None else extra
+
+
+def first_rejection(tokens: list[int], p: torch.Tensor, q: torch.Tensor, do_sample: bool,
+                    generator: torch.Generator | None = None) -> tuple[int, int | None]:
+    """The accept/resample part of `verify` (q needs only the k drafted positions): (tokens accepted,
+    the resampled replacement of the first rejected one), or (k, None) when every draft passes."""
     for j, token in enumerate(tokens):
         if not do_sample:  # greedy: the draft must be the target's argmax
             if token != int(q[j].argmax()):
                 return j, int(q[j].argmax())
             continue
-        ratio = q[j, token] / p[j, token]
-        if torch.rand((), generator=generator) >= ratio:
+        if torch.rand((), generator=generator) >= q[j, token] / p[j, token]:
             residual = (q[j] - p[j]).clamp(min=0)
             residual = residual / residual.sum() if residual.sum() > 0 else q[j]
             return j, int(torch.multinomial(residual, 1, generator=generator))
-    last = q[len(tokens)]
-    return len(tokens), int(torch.multinomial(last, 1, generator=generator)) if do_sample else int(last.argmax())
+    return len(tokens), None
+
+
+def draw(probs: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token along the last dimension (kept, size 1): sampled from probs, or its argmax."""
+    return torch.multinomial(probs, 1, generator=generator) if do_sample else probs.argmax(-1, keepdim=True)
 
 
 def sampling_probs(log_probs: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
@@ -150,16 +173,32 @@ def _check_sampling(max_new_tokens, temperature, top_p) -> None:
 
 
 class _Stream:
-    """One model decoding incrementally: its KV cache holds what it has read so far."""
+    """One model decoding incrementally: its KV cache holds the first `length` tokens of the sequence."""
 
     def __init__(self, model: nn.Module):
-        self.model, self.cache, self.argument = model, None, cache_argument(model.forward)
+        self.model, self.argument = model, cache_argument(model.forward)
+        self.cache, self.length = None, 0
 
-    def extend(self, ids: torch.Tensor) -> torch.Tensor:
-        """log-probs at the positions of ids, read after everything before them."""
-        out = self.model(input_ids=ids, use_cache=True, **{self.argument: self.cache})
-        self.cache = find_cache(out)
+    def read(self, ids: torch.Tensor) -> torch.Tensor:
+        """log-probs at the positions of ids past `length`, each read after everything before it."""
+        out = self.model(input_ids=ids[:, self.length:], use_cache=True, **{self.argument: self.cache})
+        self.cache, self.length = find_cache(out), ids.shape[1]
         return torch.log_softmax(out.logits.float(), dim=-1)
+
+    def rewind(self, length: int) -> None:
+        """Keep the first `length` tokens only (drop rejected drafts)."""
+        if length >= self.length:
+            return
+        if croppable(self.cache):
+            self.cache.crop(length - self.length)  # negative: how many to remove (transformers 4 and 5 agree)
+        else:  # what cannot be cut back is read again from the start
+            self.cache, length = None, 0
+        self.length = length
+
+
+def croppable(cache) -> bool:
+    """Whether crop() puts this cache back exactly (a DynamicCache can; a full sliding window cannot)."""
+    return callable(getattr(cache, "crop", None)) and bool(getattr(cache, "is_croppable", True))
 
 
 def _log_softmax(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
