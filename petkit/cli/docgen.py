@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CLI_PAGE = ROOT / "docs" / "cli.md"
 REGENERATE = ".venv/bin/python -m petkit.cli.docgen"
-KIND_NAMES = {"weight": "weight delta", "output": "output delta", "model": "model delta",
-              "selection": "selection", "head": "head"}
+COLUMNS = ("method", "kind", "PEFT type", "mergeable", "what", "reference")
 
 
 def _cell(text: str) -> str:
@@ -26,13 +25,18 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def method_table() -> str:
-    """One row per registered method: what `petkit methods` prints, as markdown."""
+def method_rows() -> list[tuple[str, ...]]:
+    """One row per registered method, in COLUMNS order: the information `petkit methods` prints."""
     from petkit.core.registry import all_methods
-    lines = ["| method | kind | PEFT type | mergeable | what | reference |", "|---|---|---|---|---|---|"]
-    for m in all_methods():
-        lines.append(f"| `{m.name}` | {KIND_NAMES.get(m.kind, m.kind)} | {m.peft_type or 'petkit-only'} "
-                     f"| {'yes' if m.mergeable else 'no'} | {_cell(m.summary)} | {_cell(m.spec)} |")
+    return [(m.name, m.kind, m.peft_type or "petkit-only", "yes" if m.mergeable else "no", m.summary, m.spec)
+            for m in all_methods()]
+
+
+def method_table() -> str:
+    """The README's method table: method_rows() as markdown."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, *cells in method_rows():
+        lines.append(f"| `{name}` | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
