@@ -123,7 +123,9 @@ def render_headline(results: dict, folder: Path, top: int = 3) -> str:
     lines = [f"- **LoRA vs Hugging Face PEFT** (MiniLM, batch {results['settings'].get('batch', 32)} × "
              f"{results['settings'].get('seq', 128)}, r=8): a training step takes "
              f"{_ratio_of(results, 'petkit LoRA step / PEFT LoRA step'):.2f}× PEFT's time and "
-             f"{memory['petkit LoRA / PEFT LoRA']:.2f}× its peak memory; one unmerged adapter costs "
+             f"{memory['petkit LoRA / PEFT LoRA']:.2f}× its peak memory, and "
+             f"{_ratio_of(results, 'petkit LoRA step / ideal step'):.2f}× an ideal frozen step that computes no weight "
+             "gradient; one unmerged adapter costs "
              f"{_ratio_of(results, 'petkit unmerged inference / base'):.2f}× the base model's inference time "
              f"(PEFT {_ratio_of(results, 'PEFT unmerged inference / base'):.2f}×). "
              "[Method and every ratio](benchmarks/README.md#lora-overhead)."]
