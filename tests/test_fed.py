@@ -136,7 +136,7 @@ def test_prompt_systems_need_prompt_tuning_and_sane_settings():
 
 
 def test_personalised_accuracy_weights_classes_by_the_clients_share():
-    from petkit.fed.personal import personal_accuracy
+    from petkit.fed.scoring import personal_accuracy
     assert personal_accuracy([1.0, 0.5, 0.0], [0.5, 0.5, 0.0]) == pytest.approx(0.75)
     # A class the test set lacks (NaN) drops out and the shares are renormalised.
     assert personal_accuracy([1.0, float("nan"), 0.0], [0.25, 0.5, 0.25]) == pytest.approx(0.5)
@@ -168,7 +168,7 @@ def test_evaluate_gives_each_classs_accuracy_on_request():
 
 
 def test_sfprompt_trains_the_prompt_and_the_tail_only():
-    from petkit.fed.sfprompt import adapted
+    from petkit.fed.systems.sfprompt import adapted
     from petkit.models.structure import layer_stacks
     model = _prompted_bert().base  # 4 layers
     am = adapted(model, __import__("petkit").PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
@@ -181,7 +181,7 @@ def test_sfprompt_trains_the_prompt_and_the_tail_only():
 
 def test_sfprompt_model_saves_and_reloads_with_both_adapters(tmp_path):
     import petkit
-    from petkit.fed.sfprompt import adapted
+    from petkit.fed.systems.sfprompt import adapted
     from petkit.testing import tiny_batch, tiny_bert
     am = adapted(tiny_bert(dropout=0.0), petkit.PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
     with torch.no_grad():
@@ -214,7 +214,7 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
     example-weighted mean of what clients 0 and 1 trained (recomputed here, outside Flower)."""
     pytest.importorskip("flwr")
     from petkit.data import DatasetNotFound, load_dataset
-    from petkit.fed.client import local_update, setup
+    from petkit.fed.local import local_update, setup
     from petkit.fed.run import run_federated
 
     try:
@@ -257,9 +257,9 @@ def test_an_sfprompt_round_averages_prompts_and_tail_and_counts_the_link():
     """2 clients, 1 round of SFPrompt: the global (prompt, tail) is the mean of the two clients' rounds
     recomputed outside Flower; the cut's traffic and the clients' FLOPs are reported."""
     _trec_or_skip()
-    from petkit.fed.client import setup
+    from petkit.fed.local import setup
     from petkit.fed.run import run_federated
-    from petkit.fed.sfprompt import client_round
+    from petkit.fed.systems.sfprompt import client_round
 
     job = FedJob(system="sfprompt", method=PROMPT, data="trec", clients=2, rounds=1, local_steps=2, batch_size=4,
                  max_train=40, max_eval=16, keep=0.5, local_loss_steps=2, lr=1e-3)
@@ -317,7 +317,7 @@ def test_a_pfedpg_round_sends_each_client_its_own_prompt_and_keeps_heads_private
 
 def test_pfedpg_free_prompts_with_sgd_lr1_land_on_the_clients_prompts():
     """The spec's sign check: one server step moves P_n exactly to P̃_n = P_n + ΔP_n (not away from it)."""
-    from petkit.fed.pfedpg import FreePrompts, PromptServer
+    from petkit.fed.systems.pfedpg import FreePrompts, PromptServer
     server = PromptServer(FreePrompts(clients=3, length=2, width=4), lr=1.0, optimizer="sgd")
     before = server.prompts([0, 2])
     deltas = [torch.randn(2, 4), torch.randn(2, 4)]
@@ -328,7 +328,7 @@ def test_pfedpg_free_prompts_with_sgd_lr1_land_on_the_clients_prompts():
 
 
 def test_pfedpg_generator_moves_prompts_towards_the_clients_updates():
-    from petkit.fed.pfedpg import PromptGenerator, PromptServer
+    from petkit.fed.systems.pfedpg import PromptGenerator, PromptServer
     server = PromptServer(PromptGenerator(clients=4, length=3, width=8, heads=2), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     targets = [torch.randn(3, 8, generator=g) for _ in range(4)]
@@ -345,7 +345,7 @@ def test_pfedpg_generator_moves_prompts_towards_the_clients_updates():
 
 
 def test_pfedpg_refuses_mismatched_reports():
-    from petkit.fed.pfedpg import FreePrompts, PromptGenerator, PromptServer
+    from petkit.fed.systems.pfedpg import FreePrompts, PromptGenerator, PromptServer
     with pytest.raises(ConfigError, match="one prompt change per client"):
         PromptServer(FreePrompts(2, 1, 4)).step([0, 1], [torch.zeros(1, 4)])
     with pytest.raises(ConfigError, match="divisible"):
@@ -372,7 +372,7 @@ def _prompted_bert():
 
 
 def test_split_step_gives_the_end_to_end_gradients():
-    from petkit.fed.split import Split
+    from petkit.fed.split_learning import Split
     from petkit.testing import tiny_batch
     am = _prompted_bert()
     batch = tiny_batch(am)
@@ -387,7 +387,8 @@ def test_split_step_gives_the_end_to_end_gradients():
 
 
 def test_without_body_skips_exactly_the_middle_layers():
-    from petkit.fed.split import Split, el2n_scores, keep_hardest
+    from petkit.fed.split_learning import Split
+    from petkit.fed.systems.sfprompt import el2n_scores, keep_hardest
     from petkit.models.structure import layer_stacks
     from petkit.testing import tiny_batch
     am = _prompted_bert().eval()
@@ -406,13 +407,13 @@ def test_without_body_skips_exactly_the_middle_layers():
 
 
 def test_a_cut_without_a_body_is_refused():
-    from petkit.fed.split import Split
+    from petkit.fed.split_learning import Split
     with pytest.raises(ConfigError, match="at least one body layer"):
         Split(_prompted_bert(), head_layers=2, tail_layers=2)
 
 
 def test_fedprox_adds_half_mu_times_the_squared_distance_to_the_global_state():
-    from petkit.fed.client import Proximal
+    from petkit.fed.systems.fedprox import Proximal
     from petkit.fed.payload import trainable_state
     from petkit.testing import tiny_lora_family
     am, batch = tiny_lora_family(1)

@@ -204,6 +204,7 @@ def soup(args) -> int:
 
 def fed(args) -> int:
     from petkit.fed import FedJob, run_federated
+    from petkit.fed.registry import get_system
     from petkit.fed.report import rounds_table, save
     settings = read_settings(args.config, "federated job") if args.config else {}
     settings.update(parse_pairs(args.set, "federated"))
@@ -217,7 +218,7 @@ def fed(args) -> int:
     report = run_federated(job)
     where = save(report, job, out)
     console.print(rounds_table(report))
-    console.print(f"{'generator' if job.system == 'pfedpg' else 'global adapter'}: {where}; report: {out / 'report.json'}")
+    console.print(f"{get_system(job.system).keeps}: {where}; report: {out / 'report.json'}")
     return 0
 
 

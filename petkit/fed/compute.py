@@ -4,9 +4,6 @@ multiplied by the examples a client processes."""
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,12 +24,3 @@ def padded_example(prep, length: int) -> dict:
     batch = prep.train.collate([prep.train[0]])
     return {k: torch.nn.functional.pad(v, (0, length - v.shape[1])) if torch.is_tensor(v) and v.dim() == 2
             and v.shape[1] < length else v for k, v in batch.items()}
-
-
-@lru_cache(maxsize=2)
-def whole_model_flops(job_json: str) -> float:
-    """A FedPEFT client's training FLOPs per example: forward + backward of the whole adapted model."""
-    from .client import setup
-
-    prep, am, _, _ = setup(job_json)
-    return count_flops(am, padded_example(prep, json.loads(job_json)["max_length"]), backward=True)

@@ -4,7 +4,6 @@ the ServerApp runs ``serve`` and saves the global adapter and the report where t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tomli_w  # a dependency of flwr's own CLI
@@ -23,7 +22,7 @@ def _serve(grid: Grid, context: Context) -> None:
     from .report import save
     from .run import serve
 
-    job = FedJob.from_dict(json.loads(context.run_config["petkit-job"]))
+    job = FedJob.from_json(context.run_config["petkit-job"])
     save(serve(grid, job), job, Path(context.run_config["petkit-output"]))
 
 

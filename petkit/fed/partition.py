@@ -1,8 +1,8 @@
-"""Splitting one training set over federated clients: IID, or label-skewed by a Dirichlet draw.
+"""Partitioning one training set among federated clients: IID, or label-skewed by a Dirichlet draw.
 
-Dirichlet(α) per label (Hsu et al. 2019, the usual non-IID benchmark split): for each label, the
+Dirichlet(α) per label (Hsu et al. 2019): for each label, the
 shares of its examples that go to the N clients are drawn from Dir(α·1_N); small α gives each client
-few labels, large α approaches IID. Draws are repeated (new seed) until every client has at least
+few labels, large α approaches IID (the usual non-IID benchmark partition). Draws are repeated (new seed) until every client has at least
 ``min_size`` examples, as common benchmark code does, so no client is empty.
 """
 
@@ -45,8 +45,15 @@ def dirichlet(labels: Sequence[int], n_clients: int, alpha: float, seed: int = 0
                 client.extend(part.tolist())
         if min(len(c) for c in clients) >= min_size:
             return [sorted(c) for c in clients]
-    raise ConfigError(f"no Dirichlet(alpha={alpha}) split in {max_tries} draws gives each of {n_clients} clients "
+    raise ConfigError(f"no Dirichlet(alpha={alpha}) partition in {max_tries} draws gives each of {n_clients} clients "
                       f"{min_size} examples: raise alpha or lower the number of clients")
+
+
+def partition_examples(labels: Sequence[int], n_clients: int, how: str, alpha: float, seed: int = 0) -> list[list[int]]:
+    """Example indices per client, partitioned `how`: "dirichlet" (with `alpha`) or "iid"."""
+    if how == "dirichlet":
+        return dirichlet(labels, n_clients, alpha, seed=seed)
+    return iid(len(labels), n_clients, seed=seed)
 
 
 def label_histogram(labels: Sequence[int], parts: list[list[int]], n_labels: int) -> list[list[int]]:

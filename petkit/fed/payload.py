@@ -7,6 +7,8 @@ with the reason; it never reaches the average.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -50,3 +52,11 @@ def check_update(reference: State, update: State, examples=1) -> str | None:
 
 def nbytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+class Reply(NamedTuple):
+    """A client's reply the server accepted."""
+    node: int
+    state: State
+    examples: float
+    metrics: dict

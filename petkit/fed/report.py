@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .local import setup
+from .payload import load_trainable
+from .registry import get_system
+
 
 def public(report: dict) -> dict:
     """The report without tensors (JSON-able)."""
@@ -43,7 +47,8 @@ def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(public(report), indent=1, default=str) + "\n")
     (out / "rounds.md").write_text(rounds_table(report))
-    if report.get("system") == "pfedpg":  # personal models only: no global test accuracy
+    if report.get("initial_test") is None and any("personal" in r for r in report["rounds"]):
+        # personal models only (pFedPG): no global test accuracy to plot
         plot_accuracy({"pFedPG": report}, out / "accuracy.png", "personalised accuracy, mean over clients (%)",
                       metric="personal")
     else:
@@ -51,25 +56,20 @@ def write(report: dict, out: Path) -> None:
 
 
 def save(report: dict, job, out: Path) -> Path:
-    """What the server ends with, then ``write``'s files; returns where the former went. FedPEFT and
-    SFPrompt: the global adapter under out/adapter (SFPrompt's: the prompt and the tail, two named
-    adapters); pFedPG: the prompt generator, out/generator.safetensors (the heads stay with the clients)."""
-    from safetensors.torch import save_file
-
-    from .client import setup
-    from .payload import load_trainable
-
+    """What the server ends with (the system's ``save``, by default ``save_adapter``), then ``write``'s
+    files; returns where the former went."""
     out.mkdir(parents=True, exist_ok=True)
-    if job.system == "pfedpg":
-        where = out / "generator.safetensors"
-        save_file({k: v.contiguous() for k, v in report["final_state"].items()}, where,
-                  metadata={"petkit-job": job.to_json()})
-    else:
-        am = setup(job.to_json()).am  # cached: the process that served the job reuses its model
-        load_trainable(am, report["final_state"])
-        where = out / "adapter"
-        am.save(where)
+    where = (get_system(job.system).save or save_adapter)(report, job, out)
     write(report, out)
+    return where
+
+
+def save_adapter(report: dict, job, out: Path) -> Path:
+    """The global adapter under out/adapter (SFPrompt's: the prompt and the tail, two named adapters)."""
+    am = setup(job).am  # cached: the process that served the job reuses its model
+    load_trainable(am, report["final_state"])
+    where = out / "adapter"
+    am.save(where)
     return where
 
 

@@ -9,7 +9,10 @@ import random
 import time
 
 from .job import FedJob
-from .payload import load_trainable, nbytes, trainable_state
+from .local import setup
+from .payload import load_trainable, nbytes
+from .registry import get_system
+from .scoring import label_shares, personal_accuracy
 
 
 def serve(grid, job: FedJob) -> dict:
@@ -20,21 +23,18 @@ def serve(grid, job: FedJob) -> dict:
 
     from petkit.train import evaluate
 
-    from .client import setup
-    from .personal import label_shares, personal_accuracy
     from .privacy import epsilon
-    from .server import make_strategy
-    from .split import Split
+    from .strategy import PetkitStrategy
 
     started = time.perf_counter()
-    prep, am, parts, _ = setup(job.to_json())  # the server's own copy: initial state and evaluation
-    if job.system == "sfprompt":
-        Split(am, job.head_layers, job.tail_layers)  # a cut the model cannot take fails here, not in every client
-    strategy = make_strategy(job)
-    # pFedPG's global state is the server's generator; its models are personal and scored on the clients.
-    personal_models = job.system == "pfedpg"
-    initial = ({k: v.detach().clone() for k, v in strategy.server.generator.state_dict().items()} if personal_models
-               else trainable_state(am))
+    prepared = setup(job)  # the server's own copy: initial state and evaluation
+    prep, am, parts, _ = prepared
+    system = get_system(job.system)
+    server = system.server(job, prepared)  # refuses a job the model cannot take, before any round
+    # Personal models (pFedPG) are scored on the clients; a global model here, on the test set.
+    personal_models = system.client_evaluate is not None
+    strategy = PetkitStrategy(job, server, evaluate_on_clients=personal_models)
+    initial = server.initial_state()
     shares = [label_shares(prep, part) for part in parts]
     tests: dict = {}
 

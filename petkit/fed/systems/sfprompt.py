@@ -1,4 +1,4 @@
-"""SFPrompt's client round (Cao, Zhu & Gong 2024, arXiv 2407.17533): split federated prompt tuning.
+"""SFPrompt (Cao, Zhu & Gong 2024, arXiv 2407.17533): split federated prompt tuning.
 
 The client holds the head (embeddings, soft prompts, the first ``head_layers`` layers) and the tail
 (the last ``tail_layers`` layers, pooler and classifier); the server holds the frozen body. What the
@@ -6,7 +6,7 @@ client trains and FedAvg averages: the prompts and the tail. Each round, on the 
 
 1. pruning (local): EL2N scores ‖softmax(tail(head(x))) − onehot(y)‖₂ of every local example with the
    body skipped; the hardest ``keep`` share is kept (``prune="random"``: a random share, the ablation);
-2. split training: ``local_steps`` steps on the kept examples across the cut (``Split.step``): the
+2. split learning: ``local_steps`` steps on the kept examples across the cut (``Split.step``): the
    head's activations go to the server, the body's output comes back, the gradient at the body's
    output goes up and the gradient at the head's output comes back;
 3. local-loss update: ``local_loss_steps`` more steps on the kept examples with the body skipped (no
@@ -14,13 +14,13 @@ client trains and FedAvg averages: the prompts and the tail. Each round, on the 
 
 In this simulation the server's body runs in the client's process; what would cross the link is
 counted (``Split.step``), and so is the client's own compute (FLOPs per example of the parts it runs,
-measured once with torch's FlopCounterMode on an example padded to the job's max_length).
+measured once with torch's FlopCounterMode on an example padded to the job's max_length). The server
+averages (prompts, tail) as FedAvg does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -29,14 +29,24 @@ from torch import nn
 from torch.utils.data import Subset
 
 import petkit
+from petkit.core.errors import ConfigError
 from petkit.methods.telly import TellyConfig
 from petkit.models.structure import encoder_stack, hf_model
 from petkit.train.batching import batch_indices, epoch_order, iter_batches
 
-from .compute import count_flops, padded_example
-from .job import FedJob
-from .payload import State, load_trainable, trainable_state
-from .split import Split, el2n_scores, keep_hardest
+from ..checks import prompt_tuning_only
+from ..compute import count_flops, padded_example
+from ..local import round_seed, setup
+from ..payload import State, load_trainable, trainable_state
+from ..registry import FedSystem, register
+from ..split_learning import Split
+from .fedavg import Averaging
+
+SETTINGS = ("head_layers", "tail_layers", "keep", "prune", "local_loss_steps")
+
+
+def build_model(base: nn.Module, method_config, job) -> nn.Module:
+    return adapted(base, method_config, job.tail_layers)
 
 
 def adapted(model: nn.Module, prompt_config, tail_layers: int):
@@ -59,15 +69,14 @@ def batches(data, collate, batch_size: int, steps: int, seed: int) -> Iterator[d
         steps, epoch = steps - len(chunk), epoch + 1
 
 
-def client_round(job: FedJob, partition: int, server_round: int, global_state: State) -> tuple[State, int, float, dict]:
+def client_round(job, partition: int, server_round: int, global_state: State,
+                 node_state=None) -> tuple[State, int, float, dict]:
     """One client's round; returns (its trainable state, examples kept, last split-step loss, metrics)."""
-    from .client import setup
-
-    prep, am, parts, _ = setup(job.to_json())
+    prep, am, parts, _ = setup(job)
     load_trainable(am, global_state)
     split = Split(am, job.head_layers, job.tail_layers)
     local, collate = Subset(prep.train, parts[partition]), prep.train.collate
-    seed = job.seed * 100_003 + server_round * 1_009 + partition
+    seed = round_seed(job, server_round, partition)
 
     scored = len(local) if job.prune == "el2n" and job.keep < 1 else 0  # keep = 1: nothing to rank
     if scored:
@@ -80,7 +89,7 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
     optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
 
     def step() -> None:  # after a backward
-        torch.nn.utils.clip_grad_norm_(params, 1.0)  # as the trainer does for FedPEFT's clients
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # as the trainer does for FedAvg's clients
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -98,20 +107,54 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
             step()
             trained += len(batch["labels"])
 
-    per_example = client_flops(job.to_json())
+    per_example = client_flops(job)
     metrics = {"split-bytes-up": sent["up"], "split-bytes-down": sent["down"],
                "client-flops": per_example["scoring"] * scored + per_example["training"] * trained}
     return trainable_state(am), len(kept), float(loss), metrics
 
 
 @lru_cache(maxsize=2)
-def client_flops(job_json: str) -> dict[str, float]:
+def client_flops(job) -> dict[str, float]:
     """FLOPs per example of the client's parts (head + tail, body skipped): a scoring forward and a
     training forward + backward."""
-    from .client import setup
-
-    job = FedJob.from_dict(json.loads(job_json))
-    prep, am, _, _ = setup(job_json)
+    prep, am, _, _ = setup(job)
     batch = padded_example(prep, job.max_length)
     with Split(am, job.head_layers, job.tail_layers).without_body() as model:
         return {"scoring": count_flops(model, batch, backward=False), "training": count_flops(model, batch, backward=True)}
+
+
+@torch.no_grad()
+def el2n_scores(split: Split, batches) -> list[float]:
+    """SFPrompt's pruning score per example: ‖softmax(tail(head(x))) − onehot(y)‖₂, body skipped."""
+    scores: list[float] = []
+    was_training = split.model.training
+    split.model.eval()
+    try:
+        with split.without_body() as local:
+            for batch in batches:
+                probs = torch.softmax(local(**batch).logits.float(), dim=-1)
+                onehot = torch.nn.functional.one_hot(batch["labels"], probs.shape[-1]).float()
+                scores += (probs - onehot).norm(dim=-1).tolist()
+    finally:
+        split.model.train(was_training)
+    return scores
+
+
+def keep_hardest(scores: list[float], keep: float) -> list[int]:
+    """Indices of the top `keep` fraction by score (hardest first kept), at least one."""
+    if not 0 < keep <= 1:
+        raise ConfigError(f"the keep ratio must be in (0, 1], got {keep}")
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return sorted(order[: max(1, round(keep * len(scores)))])
+
+
+def server(job, setup) -> Averaging:
+    Split(setup.am, job.head_layers, job.tail_layers)  # a cut the model cannot take fails here, not in every client
+    return Averaging(job, setup)
+
+
+SYSTEM = register(FedSystem(
+    name="sfprompt", title="SFPrompt", spec="Cao, Zhu & Gong 2024, arXiv 2407.17533",
+    summary="split federated prompt tuning: clients train prompts and the tail across a cut, the server runs the body",
+    settings=SETTINGS, check=prompt_tuning_only, build_model=build_model, client_train=client_round, server=server,
+))

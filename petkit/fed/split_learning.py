@@ -1,13 +1,15 @@
-"""Split learning of one encoder (SFPrompt's cut): the client runs the head (embeddings, prompts and the
-first layers) and the tail (the last layers and the classifier), the server the frozen body between.
+"""Split learning of one encoder, the one meaning of "split" in ``petkit.fed`` (SFPrompt's cut; the
+division of the data among clients is a *partition*): the client runs the head (embeddings, prompts
+and the first layers) and the tail (the last layers and the classifier), the server the frozen body
+between.
 
-``SplitStep`` runs a training step the way a split deployment exchanges it, in one process: the head's
+``Split.step`` runs a training step the way a split deployment exchanges it, in one process: the head's
 output is cut from the graph (what the client sends), the server runs the body on it and its output is
 cut again (what the server sends back); the client's loss backward stops at that cut, the server
 backpropagates the received gradient through the body, and the client finishes through the head.
 Every cut tensor and gradient that would cross the link is counted. ``without_body`` runs the model
 with the body skipped (the head's output feeds the tail), for SFPrompt's local-loss update and its
-EL2N data pruning.
+EL2N data pruning (``petkit/fed/systems/sfprompt.py``).
 """
 
 from __future__ import annotations
@@ -71,28 +73,3 @@ class Split:
             yield self.model
         finally:
             replace_stack(self.hf, self.stack_name, self.stack)
-
-
-@torch.no_grad()
-def el2n_scores(split: Split, batches) -> list[float]:
-    """SFPrompt's pruning score per example: ‖softmax(tail(head(x))) − onehot(y)‖₂, body skipped."""
-    scores: list[float] = []
-    was_training = split.model.training
-    split.model.eval()
-    try:
-        with split.without_body() as local:
-            for batch in batches:
-                probs = torch.softmax(local(**batch).logits.float(), dim=-1)
-                onehot = torch.nn.functional.one_hot(batch["labels"], probs.shape[-1]).float()
-                scores += (probs - onehot).norm(dim=-1).tolist()
-    finally:
-        split.model.train(was_training)
-    return scores
-
-
-def keep_hardest(scores: list[float], keep: float) -> list[int]:
-    """Indices of the top `keep` fraction by score (hardest first kept), at least one."""
-    if not 0 < keep <= 1:
-        raise ConfigError(f"the keep ratio must be in (0, 1], got {keep}")
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return sorted(order[: max(1, round(keep * len(scores)))])
