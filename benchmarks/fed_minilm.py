@@ -75,14 +75,12 @@ def base_job(args) -> dict:
 def centralised(args) -> dict:
     """LoRA on all the clients' data at once, evaluated on the same test set every `per_round` steps."""
     import petkit
-    from petkit.pipeline import RunSpec, prepare
+    from petkit.pipeline import prepare
     from petkit.train import TrainConfig, evaluate, train
 
-    job = FedJob.from_dict(base_job(args))  # the clients' data is the whole training split
-    spec = RunSpec(model=job.model, data=job.data, method=job.method, max_length=job.max_length,
-                   max_train=job.max_train, max_eval=job.max_eval, seed=job.seed)
-    prep = prepare(spec)
-    am = petkit.adapt(prep.model, spec.method_config())
+    job = FedJob.from_dict(base_job(args))  # the clients' data is the whole training set
+    prep = prepare(job.run)
+    am = petkit.adapt(prep.model, job.run.method_config())
     per_round = args.clients * args.local_steps
     curve = [{"round": 0, "test": evaluate(am, prep.test, prep.task, batch_size=64)}]
 

@@ -75,7 +75,8 @@ class FedJob:
         if unknown:
             raise TypeError(f"FedJob got unknown settings {unknown}")
         run_settings = {k: settings.pop(k) for k in RUN_FIELDS if k in settings}
-        object.__setattr__(self, "run", dataclasses.replace(run or RunSpec(**RUN_DEFAULTS), **run_settings))
+        run = run if run is not None else RunSpec(**copy.deepcopy(RUN_DEFAULTS))
+        object.__setattr__(self, "run", dataclasses.replace(run, **run_settings))
         for f in ours:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             object.__setattr__(self, f.name, settings.get(f.name, default))

@@ -1,8 +1,8 @@
 """Partitioning one training set among federated clients: IID, or label-skewed by a Dirichlet draw.
 
-Dirichlet(α) per label (Hsu et al. 2019): for each label, the
+Dirichlet(α) per label (Hsu et al. 2019, the usual non-IID benchmark partition): for each label, the
 shares of its examples that go to the N clients are drawn from Dir(α·1_N); small α gives each client
-few labels, large α approaches IID (the usual non-IID benchmark partition). Draws are repeated (new seed) until every client has at least
+few labels, large α approaches IID. Draws are repeated (new seed) until every client has at least
 ``min_size`` examples, as common benchmark code does, so no client is empty.
 """
 

@@ -64,7 +64,8 @@ class PetkitStrategy(FedAvg):
         contents = self.server.outgoing([m.metadata.dst_node_id for m in messages]) if messages else None
         if contents is None:
             return messages
-        return [Message(RecordDict({"arrays": ArrayRecord(contents[m.metadata.dst_node_id]), "config": m.content["config"]}),
+        return [Message(RecordDict({"arrays": ArrayRecord(contents[m.metadata.dst_node_id]),
+                                    "config": m.content["config"]}),
                         message_type=m.metadata.message_type, dst_node_id=m.metadata.dst_node_id) for m in messages]
 
     def aggregate_train(self, server_round, replies):

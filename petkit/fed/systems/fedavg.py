@@ -54,6 +54,7 @@ class Averaging:
 
 SYSTEM = register(FedSystem(
     name="fedavg", title="FedAvg", spec="McMahan et al. 2017; DP-FedAvg: McMahan et al. 2018",
-    summary="adapter-only FedAvg: clients train the adapter and head, the server averages them (optional client-level DP)",
+    summary="adapter-only FedAvg: clients train the adapter and head, the server averages them "
+            "(optional client-level DP)",
     settings=DP_SETTINGS, check=check, build_model=build_model, client_train=local_update, server=Averaging,
 ))

@@ -134,7 +134,8 @@ def save_generator(report: dict, job, out: Path) -> Path:
     from safetensors.torch import save_file
 
     where = out / "generator.safetensors"
-    save_file({k: v.contiguous() for k, v in report["final_state"].items()}, where, metadata={"petkit-job": job.to_json()})
+    save_file({k: v.contiguous() for k, v in report["final_state"].items()}, where,
+              metadata={"petkit-job": job.to_json()})
     return where
 
 
