@@ -26,7 +26,8 @@ RUN_FIELDS = ("model", "data", "method", "max_length", "max_train", "max_eval", 
 RUN_DEFAULTS = {"data": "trec", "max_length": 64,
                 "method": {"name": "lora", "r": 8, "alpha": 16, "targets": ["attn.q", "attn.v"]}}
 RENAMED = {"split": "partition"}  # old key → new key ("split" now means split learning only)
-OLD_SYSTEM = "fedpeft"  # the old name of FedAvg and FedProx, told apart by proximal_mu
+# Old system names: each still works, with a warning, as the system chosen when none is named.
+OLD_SYSTEMS = {"fedpeft": "'fedavg' ('fedprox' with proximal_mu > 0)"}
 
 
 @dataclass(frozen=True, init=False)
@@ -84,10 +85,10 @@ class FedJob:
 
     def _validate(self) -> None:
         system = self.system
-        if system == OLD_SYSTEM:
-            warnings.warn(f"system {OLD_SYSTEM!r} is now called 'fedavg' ('fedprox' with proximal_mu > 0)",
-                          FutureWarning, stacklevel=3)
-        if system in (None, OLD_SYSTEM):
+        if system in OLD_SYSTEMS:
+            warnings.warn(f"system {system!r} is now called {OLD_SYSTEMS[system]}", FutureWarning, stacklevel=3)
+            system = None
+        if system is None:
             system = "fedprox" if self.proximal_mu else "fedavg"
         object.__setattr__(self, "system", system)
         get_system(system).check(self)
