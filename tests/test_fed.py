@@ -168,7 +168,7 @@ def test_evaluate_gives_each_classs_accuracy_on_request():
 
 
 def test_sfprompt_trains_the_prompt_and_the_tail_only():
-    from petkit.fed.sfprompt import adapted
+    from petkit.fed.split import adapted
     from petkit.models.structure import layer_stacks
     model = _prompted_bert().base  # 4 layers
     am = adapted(model, __import__("petkit").PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
@@ -181,7 +181,7 @@ def test_sfprompt_trains_the_prompt_and_the_tail_only():
 
 def test_sfprompt_model_saves_and_reloads_with_both_adapters(tmp_path):
     import petkit
-    from petkit.fed.sfprompt import adapted
+    from petkit.fed.split import adapted
     from petkit.testing import tiny_batch, tiny_bert
     am = adapted(tiny_bert(dropout=0.0), petkit.PromptTuningConfig(num_virtual_tokens=3), tail_layers=1)
     with torch.no_grad():
@@ -214,7 +214,8 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
     example-weighted mean of what clients 0 and 1 trained (recomputed here, outside Flower)."""
     pytest.importorskip("flwr")
     from petkit.data import DatasetNotFound, load_dataset
-    from petkit.fed.client import local_update, setup
+    from petkit.fed.fedpeft import local_update
+    from petkit.fed.setup import setup
     from petkit.fed.run import run_federated
 
     try:
@@ -257,7 +258,7 @@ def test_an_sfprompt_round_averages_prompts_and_tail_and_counts_the_link():
     """2 clients, 1 round of SFPrompt: the global (prompt, tail) is the mean of the two clients' rounds
     recomputed outside Flower; the cut's traffic and the clients' FLOPs are reported."""
     _trec_or_skip()
-    from petkit.fed.client import setup
+    from petkit.fed.setup import setup
     from petkit.fed.run import run_federated
     from petkit.fed.sfprompt import client_round
 
@@ -412,7 +413,7 @@ def test_a_cut_without_a_body_is_refused():
 
 
 def test_fedprox_adds_half_mu_times_the_squared_distance_to_the_global_state():
-    from petkit.fed.client import Proximal
+    from petkit.fed.fedpeft import Proximal
     from petkit.fed.payload import trainable_state
     from petkit.testing import tiny_lora_family
     am, batch = tiny_lora_family(1)

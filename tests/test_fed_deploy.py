@@ -134,7 +134,8 @@ def test_one_round_on_a_superlink_and_two_supernodes_over_loopback(tmp_path):
 
     from petkit.core.storage import WEIGHTS_NAME
     from petkit.fed.aggregate import fedavg
-    from petkit.fed.client import local_update, setup
+    from petkit.fed.fedpeft import local_update
+    from petkit.fed.setup import setup
     from petkit.fed.deploy import write_app
     from petkit.fed.payload import load_trainable
 

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from petkit import __version__
+from petkit.version import __version__
 from petkit.bench.config import BenchConfig
 from petkit.core.errors import ConfigError
 

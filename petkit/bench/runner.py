@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from petkit import __version__
+from petkit.version import __version__
 from petkit.bench.child import run_isolated
 from petkit.bench.config import BenchConfig
 from petkit.bench.leaderboard import Board

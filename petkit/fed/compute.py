@@ -32,7 +32,7 @@ def padded_example(prep, length: int) -> dict:
 @lru_cache(maxsize=2)
 def whole_model_flops(job_json: str) -> float:
     """A FedPEFT client's training FLOPs per example: forward + backward of the whole adapted model."""
-    from .client import setup
+    from .setup import setup
 
     prep, am, _, _ = setup(job_json)
     return count_flops(am, padded_example(prep, json.loads(job_json)["max_length"]), backward=True)

@@ -13,9 +13,10 @@ from torch import nn
 
 from petkit.core.errors import ConfigError
 
-from .client import setup, train_locally
+from .fedpeft import train_locally
 from .job import FedJob
 from .payload import State, load_trainable, trainable_state
+from .setup import setup
 
 HEAD_KEY = "petkit-private-head"
 

@@ -20,7 +20,7 @@ def serve(grid, job: FedJob) -> dict:
 
     from petkit.train import evaluate
 
-    from .client import setup
+    from .setup import setup
     from .personal import label_shares, personal_accuracy
     from .privacy import epsilon
     from .server import make_strategy

@@ -100,7 +100,7 @@ def _pfedpg_strategy(job: FedJob, base):
     generator step per round; every client evaluates its personal model after the round."""
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-    from .client import setup
+    from .setup import setup
     from .personal import prompt_key
     from .pfedpg import PromptGenerator, PromptServer
 

@@ -19,7 +19,6 @@ measured once with torch's FlopCounterMode on an example padded to the job's max
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from functools import lru_cache
@@ -28,26 +27,13 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-import petkit
-from petkit.methods.telly import TellyConfig
-from petkit.models.structure import encoder_stack, hf_model
 from petkit.train.batching import batch_indices, epoch_order, iter_batches
 
 from .compute import count_flops, padded_example
 from .job import FedJob
 from .payload import State, load_trainable, trainable_state
+from .setup import setup
 from .split import Split, el2n_scores, keep_hardest
-
-
-def adapted(model: nn.Module, prompt_config, tail_layers: int):
-    """The client's trainable model: prompts at the input, the tail trained in place (layer freezing
-    below it), the task head trained in place with the tail."""
-    depth = len(encoder_stack(hf_model(model, "SFPrompt"), "SFPrompt"))
-    am = petkit.adapt(model, TellyConfig(k=depth - tail_layers), name="tail")
-    am.add(dataclasses.replace(prompt_config, train_head=False), name="prompt")
-    am.set_active(["tail", "prompt"])
-    am.set_trainable("tail")  # adding the prompt froze it; the prompt stays trainable
-    return am
 
 
 def batches(data, collate, batch_size: int, steps: int, seed: int) -> Iterator[dict]:
@@ -61,8 +47,6 @@ def batches(data, collate, batch_size: int, steps: int, seed: int) -> Iterator[d
 
 def client_round(job: FedJob, partition: int, server_round: int, global_state: State) -> tuple[State, int, float, dict]:
     """One client's round; returns (its trainable state, examples kept, last split-step loss, metrics)."""
-    from .client import setup
-
     prep, am, parts, _ = setup(job.to_json())
     load_trainable(am, global_state)
     split = Split(am, job.head_layers, job.tail_layers)
@@ -108,8 +92,6 @@ def client_round(job: FedJob, partition: int, server_round: int, global_state: S
 def client_flops(job_json: str) -> dict[str, float]:
     """FLOPs per example of the client's parts (head + tail, body skipped): a scoring forward and a
     training forward + backward."""
-    from .client import setup
-
     job = FedJob.from_dict(json.loads(job_json))
     prep, am, _, _ = setup(job_json)
     batch = padded_example(prep, job.max_length)

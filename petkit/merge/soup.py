@@ -22,7 +22,7 @@ import torch
 
 from petkit.core.errors import ConfigError
 from petkit.merge.adapters import merge_adapters
-from petkit.methods.head import HeadDelta
+from petkit.core.head import HeadDelta
 
 _CANDIDATE = "_soup_candidate"
 

@@ -50,7 +50,9 @@ from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
 from petkit.core.blocks import linear_io
 from petkit.core.roles import role_paths, roles_of
-from petkit.core.targeting import inside, is_norm, named_base_modules
+from petkit.core.module_types import is_norm
+from petkit.core.targeting import inside
+from petkit.core.unwrapped import named_base_modules
 from petkit.models.calls import cache_argument, call_inputs, find_cache
 from petkit.models.structure import (
     attention_shape,
