@@ -96,7 +96,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as [a, b, ..., a], or None (iterative depth-first search)."""
+    """A short import cycle as [a, b, ..., a], or None: depth-first search finds a cycle, then
+    breadth-first search the shortest way back to each of its modules; the shortest is reported."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for start in sorted(graph):
         if start in state:
@@ -109,12 +110,28 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return min((_shortest_cycle(graph, m) for m in path[path.index(nxt):]), key=len)
             elif nxt not in state:
                 state[nxt] = 1
                 path.append(nxt)
                 stack.append(iter(sorted(graph[nxt])))
     return None
+
+
+def _shortest_cycle(graph: dict[str, set[str]], node: str) -> list[str]:
+    came_from: dict[str, str] = {}
+    queue = [node]
+    for current in queue:
+        for nxt in sorted(graph[current]):
+            if nxt == node:
+                cycle = [current]
+                while cycle[-1] != node:
+                    cycle.append(came_from[cycle[-1]])
+                return [node, *reversed(cycle[:-1]), node] if len(cycle) > 1 else [node, current, node]
+            if nxt not in came_from:
+                came_from[nxt] = current
+                queue.append(nxt)
+    raise AssertionError(f"{node} is on no cycle")
 
 
 def _in(module: str, packages) -> bool:
