@@ -20,14 +20,14 @@ from petkit.core.errors import (
 from petkit.core.load import load
 from petkit.core.model import AdaptedModel, adapt
 from petkit.core.registry import all_methods, get_method
-import petkit.methods  # every built-in method registers itself (core/registry.py relies on this)
+import petkit.methods  # noqa: F401  (every built-in method registers itself; core/registry.py relies on it)
 from petkit.methods.adapters import BottleneckConfig
 from petkit.methods.apet import ApetConfig
 from petkit.methods.apt import AptConfig
 from petkit.methods.bitfit import BitFitConfig
 from petkit.methods.deep_prompt import DeepPromptConfig
-from petkit.methods.dvpt import DvptConfig
 from petkit.methods.dsee import DseeConfig
+from petkit.methods.dvpt import DvptConfig
 from petkit.methods.full import FullConfig
 from petkit.methods.head import ProbeConfig
 from petkit.methods.hst import HstConfig
@@ -35,8 +35,8 @@ from petkit.methods.ia3 import IA3Config
 from petkit.methods.idpt import IdptConfig
 from petkit.methods.layernorm import LayerNormConfig
 from petkit.methods.lora import DoraConfig, LoraConfig
-from petkit.methods.lst import LstConfig
 from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig
+from petkit.methods.lst import LstConfig
 from petkit.methods.miss import MissConfig
 from petkit.methods.mora import MoraConfig
 from petkit.methods.prefix import PrefixTuningConfig

@@ -215,8 +215,8 @@ def test_a_round_averages_the_good_clients_and_survives_the_bad_ones():
     pytest.importorskip("flwr")
     from petkit.data import DatasetNotFound, load_dataset
     from petkit.fed.fedpeft import local_update
-    from petkit.fed.setup import setup
     from petkit.fed.run import run_federated
+    from petkit.fed.setup import setup
 
     try:
         load_dataset("trec")
@@ -258,8 +258,8 @@ def test_an_sfprompt_round_averages_prompts_and_tail_and_counts_the_link():
     """2 clients, 1 round of SFPrompt: the global (prompt, tail) is the mean of the two clients' rounds
     recomputed outside Flower; the cut's traffic and the clients' FLOPs are reported."""
     _trec_or_skip()
-    from petkit.fed.setup import setup
     from petkit.fed.run import run_federated
+    from petkit.fed.setup import setup
     from petkit.fed.sfprompt import client_round
 
     job = FedJob(system="sfprompt", method=PROMPT, data="trec", clients=2, rounds=1, local_steps=2, batch_size=4,

@@ -134,10 +134,10 @@ def test_one_round_on_a_superlink_and_two_supernodes_over_loopback(tmp_path):
 
     from petkit.core.storage import WEIGHTS_NAME
     from petkit.fed.aggregate import fedavg
-    from petkit.fed.fedpeft import local_update
-    from petkit.fed.setup import setup
     from petkit.fed.deploy import write_app
+    from petkit.fed.fedpeft import local_update
     from petkit.fed.payload import load_trainable
+    from petkit.fed.setup import setup
 
     job = FedJob(model="minilm", data="bbc", clients=2, rounds=1, local_steps=2, batch_size=4, max_train=40,
                  max_eval=16, split="iid")

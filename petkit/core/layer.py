@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from petkit.core.state import AdapterState
 from petkit.core.module_types import Conv1D
+from petkit.core.state import AdapterState
 
 
 class Delta(nn.Module):

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 import torch
-from torch import nn
 from torch.utils.data import Subset
 
 from petkit.train.batching import batch_indices, epoch_order, iter_batches

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from petkit.core.errors import ConfigError
+from petkit.core.head import HeadDelta
 from petkit.core.unwrapped import named_base_modules
 from petkit.merge.ops import check_merge_args, low_rank, merge_tensors
-from petkit.core.head import HeadDelta
 from petkit.methods.lora import LoraConfig, LoraDelta
 
 HEADS = ("none", "average")  # what happens to the inputs' task heads

@@ -38,9 +38,9 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, config_from_dict, method_for, register
 from petkit.core.roles import as_on_model
-from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.targeting import method_targets, resolve_targets
 from petkit.core.unwrapped import named_base_modules
 from petkit.methods.sparse import SparseDelta
