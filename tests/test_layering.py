@@ -15,7 +15,8 @@ where a module names the package itself (`import petkit`, `from petkit import ad
 `test_package_inits_import_only_their_own_package` keeps the facades honest: an `__init__` that
 imported from outside its package could close a cycle these rules do not see. A package `__init__`
 that imports its modules by computed name (`importlib.import_module`, as `petkit/methods/__init__.py`
-does to find every method file) is counted as importing every module of the package.
+does to find every method file) is counted as importing every module of the package;
+`importlib.import_module("petkit.x")` with a written-out name counts as `import petkit.x`.
 
 The method registry. `core/registry.py` is filled by the method modules: each one calls
 `register(...)` when it is imported and so imports the registry. The registry therefore must not
@@ -65,9 +66,9 @@ def _target(name: str, modules: dict) -> str | None:
     return None
 
 
-def _computes_imports(tree: ast.Module) -> bool:
-    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-               and node.func.attr == "import_module" for node in ast.walk(tree))
+def _import_module_calls(tree: ast.Module) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -86,10 +87,14 @@ def import_graph() -> dict[str, set[str]]:
                 for alias in node.names:
                     sub = f"{source}.{alias.name}"
                     names.append(sub if sub in modules else source)
-        if is_package and _computes_imports(tree):
-            names += [m for m in modules if m.startswith(module + ".")]
+        for call in _import_module_calls(tree):
+            first = call.args[0] if call.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                names.append(first.value)  # importlib.import_module("petkit.x"): as `import petkit.x`
+            elif is_package:  # a computed name: count every module of the package
+                names += [m for m in modules if m.startswith(module + ".")]
         for name in names:
-            target = _target(name, modules) if name.startswith("petkit") else None
+            target = _target(name, modules)
             if target is not None and target != module:
                 graph[module].add(target)
     return graph
