@@ -1,11 +1,12 @@
-"""Write the README's performance tables from the committed benchmark results (never by hand).
+"""Write the result tables of benchmarks/README.md from the committed benchmark results (never by hand).
 
-    .venv/bin/python benchmarks/render_readme.py          # rewrite the block in README.md
-    .venv/bin/python benchmarks/render_readme.py --check  # exit 1 if README.md is out of date
+    .venv/bin/python benchmarks/render_readme.py          # rewrite the blocks in benchmarks/README.md
+    .venv/bin/python benchmarks/render_readme.py --check  # exit 1 if benchmarks/README.md is out of date
 
 Blocks: `<!-- perf:start -->` … `<!-- perf:end -->` (LoRA overhead), `<!-- leaderboard:start -->` …
 `<!-- leaderboard:end -->` (the MiniLM `petkit bench` leaderboard, or how far its run has got) and
-`<!-- peft:start -->` … `<!-- peft:end -->` (petkit / PEFT ratios from the `--against peft` benches).
+`<!-- peft:start -->` … `<!-- peft:end -->` (petkit / PEFT ratios from the `--against peft` benches);
+and the headline numbers in the top-level README.md, `<!-- headline:start -->` … `<!-- headline:end -->`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "lora_overhead.json"
 LEADERBOARD = ROOT / "benchmarks" / "results" / "minilm"
 AGAINST_PEFT = {"MiniLM": LEADERBOARD, "SmolLM2-135M": ROOT / "benchmarks" / "results" / "smollm2"}
-README = ROOT / "README.md"
+README = ROOT / "benchmarks" / "README.md"
+FRONT_README = ROOT / "README.md"  # the top-level README: headline numbers only
 
 
 def _target(t) -> tuple[str, float] | None:
@@ -110,6 +112,40 @@ def render_peft(folders: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def _ratio_of(results: dict, label: str) -> float:
+    (value,) = [r["median"] for r in results["ratios"] if r["label"] == label]
+    return value
+
+
+def render_headline(results: dict, folder: Path, top: int = 3) -> str:
+    """A few lines for the top-level README, each pointing at the full table in benchmarks/README.md."""
+    memory = {r["label"]: r["absolute"] for r in results["memory"]["ratios"]}
+    lines = [f"- **LoRA vs Hugging Face PEFT** (MiniLM, batch {results['settings'].get('batch', 32)} × "
+             f"{results['settings'].get('seq', 128)}, r=8): a training step takes "
+             f"{_ratio_of(results, 'petkit LoRA step / PEFT LoRA step'):.2f}× PEFT's time and "
+             f"{memory['petkit LoRA / PEFT LoRA']:.2f}× its peak memory, and "
+             f"{_ratio_of(results, 'petkit LoRA step / ideal step'):.2f}× an ideal frozen step that computes no weight "
+             "gradient; one unmerged adapter costs "
+             f"{_ratio_of(results, 'petkit unmerged inference / base'):.2f}× the base model's inference time "
+             f"(PEFT {_ratio_of(results, 'PEFT unmerged inference / base'):.2f}×). "
+             "[Method and every ratio](benchmarks/README.md#lora-overhead)."]
+    board = folder / "leaderboard.json"
+    if board.is_file():
+        data = json.loads(board.read_text(encoding="utf-8"))
+        rows = ", ".join(f"`{row['method']}` " + " / ".join(_cell(row["tasks"][t]).split(" ±")[0] if t in row["tasks"]
+                                                            else "–" for t in data["tasks"])
+                         for row in data["rows"][:top])
+        lines.append(f"- **MiniLM leaderboard** ({', '.join(data['tasks'])} test accuracy, mean over seeds, "
+                     f"ordered by {data.get('ordered_by', 'borda').capitalize()}): {rows}. "
+                     "[Full leaderboard](benchmarks/README.md#minilm-leaderboard).")
+    return "\n".join(lines)
+
+
+def updated_front_readme() -> str:
+    text = FRONT_README.read_text(encoding="utf-8")
+    return _replace_block(text, "headline", render_headline(json.loads(RESULTS.read_text(encoding="utf-8")), LEADERBOARD))
+
+
 def _replace_block(text: str, name: str, content: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     head, _, rest = text.partition(start)
@@ -125,7 +161,8 @@ def updated_readme() -> str:
 
 
 if __name__ == "__main__":
-    new = updated_readme()
+    wanted = {README: updated_readme(), FRONT_README: updated_front_readme()}
     if "--check" in sys.argv:
-        sys.exit(0 if new == README.read_text(encoding="utf-8") else 1)
-    README.write_text(new, encoding="utf-8")
+        sys.exit(0 if all(new == path.read_text(encoding="utf-8") for path, new in wanted.items()) else 1)
+    for path, new in wanted.items():
+        path.write_text(new, encoding="utf-8")

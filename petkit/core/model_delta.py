@@ -10,6 +10,10 @@ it runs only while its adapter is live (active, not disabled) and is removed by 
     saved_tensors() / loaded()    what the adapter file holds (default: the state dict), and the hook
                                   run after a load copied into those tensors
     release()                     remove every hook (the engine calls it on delete/unload/rollback)
+
+Values that one call's pre-hook hands to its post-hook (the call's inputs, how many logits to cut)
+live in a frame of that call (`hook_call`), not in attributes of the delta, so a forward nested in
+another (the model run again from inside its own forward) keeps its own.
     describe()                    one line for summaries
 """
 
@@ -48,6 +52,29 @@ class ModelDelta(nn.Module):
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         self._handles.append(register(guarded, with_kwargs=True))
 
+    def hook_call(self, module: nn.Module, before: Callable | None, after: Callable | None) -> CallFrames:
+        """Hooks around each call of module with a frame (a dict) of that call: before(module, args,
+        kwargs, frame) may return new (args, kwargs); after(module, args, kwargs, out, frame) may return a
+        new out. Both run only while this adapter is live. The frame is opened before any other pre-hook
+        of module and closed after after() even when the forward raises; `frames.top` is the innermost
+        open one, for hooks deeper in the call."""
+        frames = CallFrames()
+
+        def open_(module, args, kwargs):
+            frame = frames.open()
+            return before(module, args, kwargs, frame) if before is not None and self._is_live() else None
+
+        def close(module, args, kwargs, out):
+            try:  # out is None only when the forward raised (PyTorch still runs always_call hooks)
+                if after is not None and out is not None and self._is_live():
+                    return after(module, args, kwargs, out, frames.top)
+                return None
+            finally:
+                frames.close()
+        self._handles.append(module.register_forward_pre_hook(open_, with_kwargs=True, prepend=True))
+        self._handles.append(module.register_forward_hook(close, with_kwargs=True, always_call=True))
+        return frames
+
     def describe(self) -> str:
         """One line for summaries: what this delta does to the model."""
         return type(self).__name__
@@ -62,6 +89,34 @@ class ModelDelta(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+class CallFrames:
+    """The frames of a module's calls under way, innermost last (see ModelDelta.hook_call). Nothing
+    outlives its call. (transformers checkpoints a layer's forward, not its hooks, so hooks on layers
+    are not run again when backward recomputes a layer: no reader needs a closed frame.)"""
+
+    def __init__(self):
+        self._frames: list[dict] = []
+
+    def open(self) -> dict:
+        self._frames.append({})
+        return self._frames[-1]
+
+    def close(self) -> None:
+        if self._frames:
+            self._frames.pop()
+
+    @property
+    def current(self) -> dict | None:
+        """The innermost open frame, or None between calls."""
+        return self._frames[-1] if self._frames else None
+
+    @property
+    def top(self) -> dict:
+        if not self._frames:
+            raise StateError("no forward of this adapter's model is under way")
+        return self._frames[-1]
 
 
 def refuse_routing(method: str, name: str) -> StateError:

@@ -125,8 +125,6 @@ class HstDelta(ModelDelta):
         self.blocks = nn.ModuleList(SideBlock(dims[i], config.heads[i])
                                     for i in range(stages) for _ in range(self.per_stage))
         self.head = nn.Sequential(nn.BatchNorm1d(dims[-1], affine=False), nn.Linear(dims[-1], cfg.num_labels))
-        self._taps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._inputs: dict = {}
 
     def describe(self) -> str:
         return (f"hierarchical side network, {len(self.bridges)} stages x {self.per_stage} blocks, "
@@ -134,15 +132,14 @@ class HstDelta(ModelDelta):
 
     def attach(self, model: nn.Module) -> None:
         self._signature = inspect.signature(self.hf.forward)
-        self.hook(self.hf, pre=True, fn=self._read_call)
-        self.hook(self.hf, pre=False, fn=self._run_side)
+        self._calls = self.hook_call(self.hf, self._read_call, self._run_side)
         for index, layer in enumerate(self.layers):
             self.hook(layer, pre=True, fn=self._insert_meta(index))
             self.hook(layer, pre=False, fn=self._collect(index))
 
-    def _read_call(self, module, args, kwargs):
-        self._inputs = call_inputs(self._signature, args, kwargs, f"HST adapter {self._name!r}")
-        self._taps.clear()
+    def _read_call(self, module, args, kwargs, frame):
+        frame["inputs"] = call_inputs(self._signature, args, kwargs, f"HST adapter {self._name!r}")
+        frame["taps"] = {}  # layer -> (meta token out, patch tokens out)
 
     def _insert_meta(self, index: int):
         def insert(module, args, kwargs):
@@ -154,12 +151,13 @@ class HstDelta(ModelDelta):
     def _collect(self, index: int):
         def collect(module, args, kwargs, out):
             hidden = output_hidden(out)
-            self._taps[index] = (hidden[:, 0], hidden[:, 2:])  # meta out; patch tokens (after [CLS])
+            self._calls.top["taps"][index] = (hidden[:, 0], hidden[:, 2:])  # meta out; patch tokens (after [CLS])
             hidden = hidden[:, 1:]
             return with_output_hidden(out, hidden)
         return collect
 
-    def side_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+    def side_logits(self, pixels: torch.Tensor, taps: dict) -> torch.Tensor:
+        """The side network's logits from the images and what each ViT layer gave out (`taps`)."""
         x = self.stem(pixels.to(self.meta.dtype))
         for stage, bridge in enumerate(self.bridges):
             if stage:
@@ -168,22 +166,19 @@ class HstDelta(ModelDelta):
             tokens = x.flatten(2).transpose(1, 2)
             for j in range(self.per_stage):
                 layer = stage * self.per_stage + j
-                meta, patches = self._taps[layer]
+                meta, patches = taps[layer]
                 grid = bridge(patches).transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
                 feature = nn.functional.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
                 tokens = self.blocks[layer](tokens, feature.flatten(2).transpose(1, 2), bridge(meta))
             x = tokens.transpose(1, 2).reshape(len(pixels), -1, height, width)
         return self.head(tokens.mean(dim=1))
 
-    def _run_side(self, module, args, kwargs, out):
-        inputs, self._inputs = self._inputs, {}
+    def _run_side(self, module, args, kwargs, out, frame):
+        inputs = frame["inputs"]
         pixels = inputs.get("pixel_values")
         if pixels is None:
             raise StateError(f"HST adapter {self._name!r} needs pixel_values")
-        try:
-            logits = self.side_logits(pixels)
-        finally:
-            self._taps.clear()
+        logits = self.side_logits(pixels, frame["taps"])
         return with_logits(out, logits, inputs.get("labels"), self.hf.config)
 
 

@@ -116,8 +116,6 @@ class IdptDelta(ModelDelta):
         self.hidden = config.generator_hidden or self.d
         self.position = nn.Parameter(torch.randn(self.m, self.d) * 0.02)
         self.head = _paper_head(self.hf, config, self.d, self.m) if config.head == "idpt" else None
-        self._features: torch.Tensor | None = None
-        self._labels = None
 
     def describe(self) -> str:
         head = "; its own head reads [CLS ; prompts ; max-pool]" if self.head is not None else ""
@@ -138,9 +136,8 @@ class IdptDelta(ModelDelta):
             self.hook(self.late[-1], pre=False, fn=self._drop)
         else:  # the prompts stay to the encoder's output, where the head reads their final features
             self._signature = inspect.signature(self.hf.forward)
-            self.hook(self.hf, pre=True, fn=self._read_labels)
+            self._calls = self.hook_call(self.hf, self._read_labels, self._replace_logits)
             self.hook(self.hf.base_model, pre=False, fn=self._read_final)
-            self.hook(self.hf, pre=False, fn=self._replace_logits)
 
     def _insert(self, module, args, kwargs):
         tokens = hidden_of(args, kwargs)
@@ -180,18 +177,17 @@ class IdptDelta(ModelDelta):
         pooled = pooled.masked_fill(pooled == float("-inf"), 0.0)  # a sample of position 0 alone
         return torch.cat([final[:, 0], final[:, 1:1 + self.m].flatten(1), pooled], dim=-1)
 
-    def _read_labels(self, module, args, kwargs):
-        self._labels = call_inputs(self._signature, args, kwargs, f"IDPT adapter {self._name!r}").get("labels")
+    def _read_labels(self, module, args, kwargs, frame):
+        frame["labels"] = call_inputs(self._signature, args, kwargs, f"IDPT adapter {self._name!r}").get("labels")
 
     def _read_final(self, module, args, kwargs, out):
         final = out.last_hidden_state
-        self._features = self.head_input(final, self.inputs.padding)
+        self._calls.top["features"] = self.head_input(final, self.inputs.padding)
         out.last_hidden_state = self._without_prompts(final)  # the output keeps the model's own shape
         return out
 
-    def _replace_logits(self, module, args, kwargs, out):
-        features, labels, self._features, self._labels = self._features, self._labels, None, None
-        return with_logits(out, self.head(features), labels, self.hf.config)
+    def _replace_logits(self, module, args, kwargs, out, frame):
+        return with_logits(out, self.head(frame["features"]), frame["labels"], self.hf.config)
 
 
 class IdptEdgeConvDelta(IdptDelta):

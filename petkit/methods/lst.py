@@ -121,8 +121,6 @@ class LstDelta(ModelDelta):
         self.downs = nn.ModuleList(_linear(d, small, std) for _ in self.side_layers)
         self.alphas = nn.Parameter(torch.zeros(len(self.side_layers)))
         self.up = _linear(small, d, std)
-        self._inputs: dict = {}
-        self._first: torch.Tensor | None = None  # Down_0(E(x)) of the forward under way
         self._side_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         if init and config.init == "l1":
             self.init_from_importance(lambda name, w: w.abs())
@@ -186,28 +184,27 @@ class LstDelta(ModelDelta):
         entry = _entry(self.backbone, self.stack_name)
         self._signature = inspect.signature(entry.forward)
         self._side_cache_argument = cache_argument(self.side.forward)
-        self.taps = LayerTaps(self.hook, self.stack, self.side_layers)
-        self.hook(entry, pre=True, fn=self._read_call)
-        self.hook(entry, pre=False, fn=self._run_side)
+        self._calls = self.hook_call(entry, self._read_call, self._run_side)
+        self.taps = LayerTaps(self.hook, self.stack, self._calls, self.side_layers)
         for j, layer in enumerate(self._side_stack()):
             self.hook(layer, pre=True, fn=self._ladder(j))
 
-    def _read_call(self, module, args, kwargs):
-        self._inputs = call_inputs(self._signature, args, kwargs, f"LST adapter {self._name!r}")
+    def _read_call(self, module, args, kwargs, frame):
+        frame["inputs"] = call_inputs(self._signature, args, kwargs, f"LST adapter {self._name!r}")
 
     def _ladder(self, j: int):
         def mix(module, args, kwargs):
             mu = torch.sigmoid(self.alphas[j] / self.temperature)
             ladder = self.downs[j](self.taps.outputs[self.side_layers[j]])
             # the first side layer reads Down_0(E(x)), not what the side's own embedding stage made
-            hidden = self._first if j == 0 else hidden_of(args, kwargs)
+            hidden = self._calls.top["first"] if j == 0 else hidden_of(args, kwargs)
             return with_hidden(args, kwargs, mu * hidden + (1 - mu) * ladder)
         return mix
 
-    def _run_side(self, module, args, kwargs, out):
-        inputs, self._inputs = self._inputs, {}
+    def _run_side(self, module, args, kwargs, out, frame):
+        inputs = frame["inputs"]
         embedding = self.taps.embedding
-        self._first = self.down0(embedding)
+        frame["first"] = self.down0(embedding)  # Down_0(E(x)), what the first side layer reads
         ids = torch.zeros(embedding.shape[:2], dtype=torch.long, device=embedding.device)  # the side's vocabulary: 1
         call = {"input_ids": ids, "attention_mask": inputs.get("attention_mask")}
         if self.decoder:
@@ -217,11 +214,7 @@ class LstDelta(ModelDelta):
                 from transformers import DynamicCache
                 call.update({self._side_cache_argument: self._side_caches.setdefault(cache, DynamicCache()),
                              "use_cache": True})
-        try:
-            hidden = self.up(self.side(**{k: v for k, v in call.items() if v is not None}).last_hidden_state)
-        finally:
-            self.taps.clear()
-            self._first = None
+        hidden = self.up(self.side(**{k: v for k, v in call.items() if v is not None}).last_hidden_state)
         out.last_hidden_state = hidden
         if getattr(out, "pooler_output", None) is not None and getattr(module, "pooler", None) is not None:
             out.pooler_output = module.pooler(hidden)

@@ -79,7 +79,6 @@ class PrefixDelta(ModelDelta):
         if init:
             with torch.no_grad():
                 (self.embedding if config.projection else self.table).normal_()
-        self._prefixes = None  # this forward's table, computed once for all layers
 
     def describe(self) -> str:
         how = "through an MLP" if hasattr(self, "mlp") else "trained directly"
@@ -89,6 +88,20 @@ class PrefixDelta(ModelDelta):
         """P, shaped (layers, 2, kv heads, m, head dim)."""
         table = self.mlp(self.embedding) if hasattr(self, "mlp") else self.table
         return table.view(self.m, len(self.attention), 2, self.kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)
+
+    def layer_prefix(self, layer: int) -> torch.Tensor:
+        """P of one layer, shaped (2, kv heads, m, head dim): its columns of the table (through the
+        MLP's rows for them). Computed where the layer reads it and from nothing the forward left
+        behind, so a layer recomputed under activation checkpointing, or a nested forward, gets it the
+        same way."""
+        width = 2 * self.kv_heads * self.head_dim
+        columns = slice(layer * width, (layer + 1) * width)
+        if hasattr(self, "mlp"):
+            first, tanh, last = self.mlp
+            table = nn.functional.linear(tanh(first(self.embedding)), last.weight[columns], last.bias[columns])
+        else:
+            table = self.table[:, columns]
+        return table.view(self.m, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
 
     @torch.no_grad()
     def fold(self, config: PrefixTuningConfig) -> PrefixTuningConfig:
@@ -104,8 +117,8 @@ class PrefixDelta(ModelDelta):
     def attach(self, model: nn.Module) -> None:
         core = self.hf.base_model  # (GPT2Model, LlamaModel, ...): every path to the layers goes through it
         self._signature = inspect.signature(core.forward)
-        self.hook(core, pre=True, fn=self._before_forward)
-        self.hook(core, pre=False, fn=self._after_forward)
+        if self.causal:
+            self.hook(core, pre=True, fn=self._shift_positions)
         for layer, module in enumerate(self.attention):
             self._handles.append(_Removable(add_prefix(self.hf, module, self._provider(layer))))
 
@@ -113,20 +126,13 @@ class PrefixDelta(ModelDelta):
         def provide(batch: int):
             if not self._is_live():
                 return None
-            # outside the model's forward (a layer run on its own) there is no table of this forward
-            kv = (self._prefixes if self._prefixes is not None else self.prefixes())[layer]
+            kv = self.layer_prefix(layer)
             return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1)
         return provide
 
-    def _before_forward(self, module, args, kwargs):
-        self._prefixes = self.prefixes()
-        if not self.causal:
-            return None
-        inputs = call_inputs(self._signature, args, kwargs, f"prefix adapter {self._name!r}")
-        return (), self._shift_positions(inputs)
-
-    def _shift_positions(self, inputs: dict) -> dict:
+    def _shift_positions(self, module, args, kwargs):
         """Decoder-only models: the input's positions start after the prefix, m."""
+        inputs = call_inputs(self._signature, args, kwargs, f"prefix adapter {self._name!r}")
         reference = inputs.get("input_ids")
         if reference is None:
             reference = inputs.get("inputs_embeds")
@@ -146,11 +152,7 @@ class PrefixDelta(ModelDelta):
                               f"model's {self.max_positions} positions; truncate inputs to "
                               f"{self.max_positions - self.m} tokens")
         inputs["position_ids"] = positions
-        return inputs
-
-    def _after_forward(self, module, args, kwargs, out):
-        self._prefixes = None
-        return out
+        return (), inputs
 
 
 class _Removable:

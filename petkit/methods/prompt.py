@@ -83,7 +83,6 @@ class PromptDelta(ModelDelta):
                                   f"{self.max_positions} positions; use fewer virtual tokens")
         dtype = (self.entry.cls_token if self.vision else self.entry.weight).dtype
         self.embedding = nn.Parameter(torch.zeros(self.m, width, dtype=dtype))
-        self._cut = 0  # prompt positions to cut from the logits of the forward under way
         if init:
             self._init(config)
 
@@ -110,17 +109,16 @@ class PromptDelta(ModelDelta):
             self.hook(self.entry, pre=False, fn=self._after_vit_embeddings)
             return
         self._signature = inspect.signature(self.hf.forward)
-        self.hook(self.hf, pre=True, fn=self._before_forward)
-        self.hook(self.hf, pre=False, fn=self._after_forward)
+        self.hook_call(self.hf, self._before_forward, self._after_forward)
 
     def _after_vit_embeddings(self, module, args, kwargs, out):
         prompt = self.embedding.to(out.dtype).expand(out.shape[0], -1, -1)
         return torch.cat([out[:, :1], prompt, out[:, 1:]], dim=1)
 
-    def _before_forward(self, module, args, kwargs):
+    def _before_forward(self, module, args, kwargs, frame):
         inputs = call_inputs(self._signature, args, kwargs, f"prompt adapter {self._name!r}")
         if cached_length(inputs):
-            return (), self._continue(inputs)
+            return (), self._continue(inputs)  # nothing to cut from this call's logits
         ids, embeds = inputs.pop("input_ids", None), inputs.get("inputs_embeds")
         if embeds is None:
             if ids is None:
@@ -151,7 +149,7 @@ class PromptDelta(ModelDelta):
         token_level = not self.encoder_decoder and labels is not None and labels.dim() == 2 and labels.shape[1] == length
         if token_level:
             front("labels", -100)
-        self._cut = 0 if self.encoder_decoder else self.m + length
+        frame["cut"] = 0 if self.encoder_decoder else self.m + length
         return (), inputs
 
     def _continue(self, inputs: dict) -> dict:
@@ -163,13 +161,12 @@ class PromptDelta(ModelDelta):
         for name in ("position_ids", "cache_position"):
             if inputs.get(name) is not None:
                 inputs[name] = inputs[name] + self.m
-        self._cut = 0
         return inputs
 
-    def _after_forward(self, module, args, kwargs, out):
+    def _after_forward(self, module, args, kwargs, out, frame):
         # token-level logits over prompt + input lose the prompt positions (not when the caller asked for
         # the last few positions only, as generate() does with logits_to_keep)
-        total, self._cut = self._cut, 0
+        total = frame.get("cut", 0)
         logits = getattr(out, "logits", None)
         if total and isinstance(logits, torch.Tensor) and logits.dim() == 3 and logits.shape[1] == total:
             out.logits = logits[:, self.m:]

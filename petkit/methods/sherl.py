@@ -65,6 +65,7 @@ class SherlDelta(ModelDelta):
                               f"{len(stacks)} ({', '.join(n for n, _ in stacks)})")
         stack = own_layers(hf, stacks[0][1], "SHERL")
         object.__setattr__(self, "stack", stack)  # looked at, not owned
+        object.__setattr__(self, "hf", hf)
         self.late = config.late_layers
         if self.late >= len(stack):
             raise ConfigError(f"late_layers={self.late} leaves no early layer to read: the model has {len(stack)} "
@@ -84,7 +85,8 @@ class SherlDelta(ModelDelta):
         return f"aggregate of {self.split + 1} frozen tiers feeds the last {self.late} layer(s)"
 
     def attach(self, model: nn.Module) -> None:
-        self.taps = LayerTaps(self.hook, self.stack, range(self.split - 1))  # layer J−1's output is layer J's input
+        calls = self.hook_call(self.hf, None, None)  # the frame each forward's taps are kept in
+        self.taps = LayerTaps(self.hook, self.stack, calls, range(self.split - 1))  # layer J−1's output is layer J's input
         self.hook(self.stack[self.split], pre=True, fn=self._replace_input)
 
     def aggregate(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -101,7 +103,6 @@ class SherlDelta(ModelDelta):
     def _replace_input(self, module, args, kwargs):
         deepest = hidden_of(args, kwargs)
         features = [self.taps.embedding] + [self.taps.outputs[i] for i in range(self.split - 1)] + [deepest.detach()]
-        self.taps.clear()
         out = self.aggregate(features).to(deepest.dtype)
         return with_hidden(args, kwargs, out)
 

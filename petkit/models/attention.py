@@ -6,7 +6,10 @@ cache. `add_prefix` registers a provider for one attention module and switches t
 "petkit+eager" or "petkit+sdpa": the wrapper of the model's own implementation that, for modules with
 live providers, puts their keys and values in front and widens the mask (and T5's position bias)
 by the same m columns, all allowed. Every other module runs the original function untouched, and
-the model goes back to its own implementation when its last provider is removed.
+the model goes back to its own implementation when its last provider is removed. The two wrappers
+are added to transformers' attention (and mask) tables under their own names only, through the
+tables' `register`, once, while some module has a provider, and taken out with the last
+provider: models that were never adapted never reach them and run bit for bit as before.
 
 This works for every family that uses the interface (BERT, GPT-2, Llama, T5, ViT and most others),
 also those that do not accept a KV cache (encoders), and leaves the cache holding real tokens only,
@@ -28,7 +31,6 @@ from petkit.core.errors import StateError, TargetError
 _PROVIDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PREFIX = "petkit+"
 _WRAPPABLE = ("eager", "sdpa")
-_registered = False
 
 Provider = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
 
@@ -63,7 +65,7 @@ def is_cross_attention_path(path: str) -> bool:
 
 def add_prefix(hf_model: nn.Module, module: nn.Module, provider: Provider) -> Callable[[], None]:
     """Put provider's keys and values in front of module's; returns the function that takes them out."""
-    _register()
+    _install()
     config = hf_model.config
     current = config._attn_implementation
     if not current.startswith(_PREFIX):
@@ -82,19 +84,42 @@ def add_prefix(hf_model: nn.Module, module: nn.Module, provider: Provider) -> Ca
         own = hf_model.config._attn_implementation
         if own.startswith(_PREFIX) and not any(m in _PROVIDERS for m in hf_model.modules()):
             hf_model.set_attn_implementation(own[len(_PREFIX):])
+        uninstall_if_unused()
     return remove
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
+def _interfaces():
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    return AttentionInterface, AttentionMaskInterface
+
+
+def installed() -> bool:
+    """Whether petkit's attention wrappers are in transformers' tables."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    return _PREFIX + _WRAPPABLE[0] in ALL_ATTENTION_FUNCTIONS
+
+
+def _install() -> None:
+    # the class-wide tables (`register`), not one instance's: transformers' mask code looks names up there
+    if installed():
+        return
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    attention, masks = _interfaces()
     for name in _WRAPPABLE:
-        AttentionInterface.register(_PREFIX + name, _wrapper(name))
-        AttentionMaskInterface.register(_PREFIX + name, ALL_MASK_ATTENTION_FUNCTIONS[name])
-    _registered = True
+        attention.register(_PREFIX + name, _wrapper(name))
+        masks.register(_PREFIX + name, ALL_MASK_ATTENTION_FUNCTIONS[name])
+
+
+def uninstall_if_unused() -> None:
+    """Take the wrappers out of transformers' tables when no module has a provider (run when a prefix
+    is removed; a model dropped while adapted leaves its providers with it, at garbage collection)."""
+    if _PROVIDERS:
+        return
+    # transformers has no unregister: take petkit's own names out of the class-wide tables `register` filled
+    for interface in _interfaces():
+        for name in _WRAPPABLE:
+            interface._global_mapping.pop(_PREFIX + name, None)
 
 
 def _original(name: str, module: nn.Module) -> Callable:

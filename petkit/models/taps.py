@@ -51,28 +51,36 @@ class Captures:
 
 
 class LayerTaps:
-    """`embedding` (layer 0's input) and `outputs[i]` (layer i's output) of the forward under way.
+    """`embedding` (layer 0's input) and `outputs[i]` (layer i's output) of the forward under way,
+    kept in that call's frame (`frames`, the CallFrames of a ModelDelta.hook_call around the stack),
+    so a forward nested in another does not overwrite the outer one's.
 
     Installs its hooks through `hook(module, pre, fn)` (a ModelDelta's, so they follow its adapter's
     live state); `layers` limits which outputs are kept."""
 
-    def __init__(self, hook, stack: nn.ModuleList, layers=None):
-        self.embedding: torch.Tensor | None = None
-        self.outputs: dict[int, torch.Tensor] = {}
+    def __init__(self, hook, stack: nn.ModuleList, frames, layers=None):
+        self._frames = frames
         keep = range(len(stack)) if layers is None else layers
         hook(stack[0], True, self._read_input)
         for i in keep:
             hook(stack[i], False, self._writer(i))
 
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        frame = self._frames.current
+        return None if frame is None else frame.get("taps.embedding")
+
+    @property
+    def outputs(self) -> dict[int, torch.Tensor]:
+        frame = self._frames.current
+        return {} if frame is None else frame.get("taps.outputs", {})
+
     def _read_input(self, module, args, kwargs):
-        self.outputs.clear()
-        self.embedding = hidden_of(args, kwargs).detach()
+        frame = self._frames.top
+        frame["taps.embedding"] = hidden_of(args, kwargs).detach()
+        frame["taps.outputs"] = {}
 
     def _writer(self, index: int):
         def write(module, args, kwargs, out):
-            self.outputs[index] = output_hidden(out).detach()
+            self._frames.top["taps.outputs"][index] = output_hidden(out).detach()
         return write
-
-    def clear(self) -> None:
-        self.embedding = None
-        self.outputs.clear()
