@@ -95,7 +95,7 @@ def petkit_lora(model, names=("default",), seed=1):
         am.add(cfg, name=n)
     am.set_active(names[0])
     am.set_trainable(names[0])
-    n_layers = len(am._modules_of[names[0]])
+    n_layers = len(am.state.modules[names[0]])
     assert n_layers == 36, f"expected 36 adapted linears, got {n_layers}"
     _random_b(am.named_parameters(), seed)
     am.eval()

@@ -167,7 +167,7 @@ def _scores(runs, merged, lam, method, split) -> tuple[dict[str, float], dict[st
 
 
 def _copy_head(am, source: str, target: str) -> None:
-    from petkit.methods.head import HeadDelta
+    from petkit.core.head import HeadDelta
     heads = {p: d for p, _, d in am.layers(source) if isinstance(d, HeadDelta)}
     with torch.no_grad():
         for path, _, delta in am.layers(target):

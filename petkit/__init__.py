@@ -7,11 +7,9 @@
     am2 = petkit.load(fresh_model, "out/")
 """
 
-__version__ = "0.1.0"
-
-from petkit.core.composition import Average, BatchSplit, Parallel, Stack  # noqa: E402
-from petkit.core.config import AdapterConfig  # noqa: E402
-from petkit.core.errors import (  # noqa: E402
+from petkit.core.composition import Average, BatchSplit, Parallel, Stack
+from petkit.core.config import AdapterConfig
+from petkit.core.errors import (
     AdapterFileError,
     BaseModelMismatch,
     ConfigError,
@@ -19,37 +17,39 @@ from petkit.core.errors import (  # noqa: E402
     StateError,
     TargetError,
 )
-from petkit.core.files import load  # noqa: E402
-from petkit.core.model import AdaptedModel, adapt  # noqa: E402
-from petkit.core.registry import all_methods, get_method  # noqa: E402
-from petkit.methods.adapters import BottleneckConfig  # noqa: E402
-from petkit.methods.apet import ApetConfig  # noqa: E402
-from petkit.methods.apt import AptConfig  # noqa: E402
-from petkit.methods.bitfit import BitFitConfig  # noqa: E402
-from petkit.methods.deep_prompt import DeepPromptConfig  # noqa: E402
-from petkit.methods.dvpt import DvptConfig  # noqa: E402
-from petkit.methods.dsee import DseeConfig  # noqa: E402
-from petkit.methods.full import FullConfig  # noqa: E402
-from petkit.methods.head import ProbeConfig  # noqa: E402
-from petkit.methods.hst import HstConfig  # noqa: E402
-from petkit.methods.ia3 import IA3Config  # noqa: E402
-from petkit.methods.idpt import IdptConfig  # noqa: E402
-from petkit.methods.layernorm import LayerNormConfig  # noqa: E402
-from petkit.methods.lora import DoraConfig, LoraConfig  # noqa: E402
-from petkit.methods.lst import LstConfig  # noqa: E402
-from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig  # noqa: E402
-from petkit.methods.miss import MissConfig  # noqa: E402
-from petkit.methods.mora import MoraConfig  # noqa: E402
-from petkit.methods.prefix import PrefixTuningConfig  # noqa: E402
-from petkit.methods.prompt import PromptTuningConfig  # noqa: E402
-from petkit.methods.sara import SaraConfig  # noqa: E402
-from petkit.methods.sherl import SherlConfig  # noqa: E402
-from petkit.methods.svfit import SVFitConfig  # noqa: E402
-from petkit.methods.telly import TellyConfig  # noqa: E402
-from petkit.methods.vlpet import VLPetConfig  # noqa: E402
+from petkit.core.load import load
+from petkit.core.model import AdaptedModel, adapt
+from petkit.core.registry import all_methods, get_method
+import petkit.methods  # noqa: F401  (every built-in method registers itself; core/registry.py relies on it)
+from petkit.methods.adapters import BottleneckConfig
+from petkit.methods.apet import ApetConfig
+from petkit.methods.apt import AptConfig
+from petkit.methods.bitfit import BitFitConfig
+from petkit.methods.deep_prompt import DeepPromptConfig
+from petkit.methods.dsee import DseeConfig
+from petkit.methods.dvpt import DvptConfig
+from petkit.methods.full import FullConfig
+from petkit.methods.head import ProbeConfig
+from petkit.methods.hst import HstConfig
+from petkit.methods.ia3 import IA3Config
+from petkit.methods.idpt import IdptConfig
+from petkit.methods.layernorm import LayerNormConfig
+from petkit.methods.lora import DoraConfig, LoraConfig
+from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig
+from petkit.methods.lst import LstConfig
+from petkit.methods.miss import MissConfig
+from petkit.methods.mora import MoraConfig
+from petkit.methods.prefix import PrefixTuningConfig
+from petkit.methods.prompt import PromptTuningConfig
+from petkit.methods.sara import SaraConfig
+from petkit.methods.sherl import SherlConfig
+from petkit.methods.svfit import SVFitConfig
+from petkit.methods.telly import TellyConfig
+from petkit.methods.vlpet import VLPetConfig
+from petkit.version import __version__
 
 __all__ = [
-    "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
+    "__version__", "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
     "Stack", "Parallel", "Average", "BatchSplit",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import torch
 
-import petkit
+from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError
+from petkit.core.load import load
+from petkit.core.model import adapt
 from petkit.core.registry import config_from_dict
 from petkit.core.storage import WEIGHTS_NAME
+from petkit.core.unwrapped import base_parameters
 
 DEFAULT_METHOD = {"name": "lora", "r": 8, "alpha": 16, "targets": ["query", "value"]}
 
@@ -52,7 +55,7 @@ class RunSpec:
             raise ConfigError(f"unknown run settings {unknown}; known: {', '.join(sorted(known))}")
         return cls(**data)
 
-    def method_config(self) -> petkit.AdapterConfig:
+    def method_config(self) -> AdapterConfig:
         method = dict(self.method)
         if "name" not in method:
             raise ConfigError("the method needs a name, e.g. method: {name: lora, r: 8}")
@@ -131,9 +134,9 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
     prep = prepare(spec)
     log(f"{spec.model} on {spec.data}: {len(prep.train)} train / {len(prep.dev)} dev / {len(prep.test)} test examples")
     before = evaluate(prep.model, prep.test, prep.task, batch_size=cfg.eval_batch_size or cfg.batch_size)
-    am = petkit.adapt(prep.model, config)
+    am = adapt(prep.model, config)
     trainable = sum(p.numel() for p in am.trainable_parameters())
-    base_params = sum(p.numel() for n, p in am.base.named_parameters() if ".deltas." not in n)
+    base_params = sum(p.numel() for p in base_parameters(am.base).values())
     log(f"{config.method}: {trainable:,} trainable parameters ({100 * trainable / base_params:.2f}% of {base_params:,})")
     start = time.perf_counter()
     result = train(am, prep.train, cfg, eval_data=prep.dev, task=prep.task, resume=resume, progress=progress)
@@ -165,5 +168,5 @@ def evaluate_adapter(model: str, data: str, adapter: str | None, split: str = "t
     prep = prepare(RunSpec(model=model, data=data, max_eval=max_eval, max_train=1, max_length=max_length, seed=seed))
     if split not in ("dev", "test", "train"):
         raise ConfigError(f"split must be dev, test or train, got {split!r}")
-    target = petkit.load(prep.model, adapter, force=force) if adapter else prep.model
+    target = load(prep.model, adapter, force=force) if adapter else prep.model
     return evaluate(target, getattr(prep, split), prep.task, batch_size=batch_size)

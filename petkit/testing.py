@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from petkit.core.model import adapt
+from petkit.methods.lora import LoraConfig
+
 VOCAB_SIZE = 100
 _COMMON = {"attn_implementation": "eager"}
 
@@ -238,12 +241,10 @@ def saved_for_backward_bytes(model: nn.Module, batch: dict) -> int:
 def tiny_lora_family(n: int, prefix: str = "a", scale: float = 0.3, family: str = "bert", seed: int = 0):
     """A tiny model with n LoRA adapters (r=2 on query and value) named prefix0 … prefix{n-1}, every
     adapter (and head) parameter moved by N(0, scale²) so that they differ; with a batch for it."""
-    import petkit
-
     base = TINY_MODELS[family](seed=0)
-    am = petkit.adapt(base, petkit.LoraConfig(r=2, targets=["query", "value"]), f"{prefix}0")
+    am = adapt(base, LoraConfig(r=2, targets=["query", "value"]), f"{prefix}0")
     for i in range(1, n):
-        am.add(petkit.LoraConfig(r=2, targets=["query", "value"]), f"{prefix}{i}")
+        am.add(LoraConfig(r=2, targets=["query", "value"]), f"{prefix}{i}")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(n):

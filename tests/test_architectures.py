@@ -101,7 +101,7 @@ def test_default_targets_resolve_and_summary_says_where_roles_came_from(arch, ta
     am = petkit.adapt(model, petkit.IA3Config())
     am.add(petkit.LoraConfig(r=2), "lora")
     kv = resolve_targets(model, ["attn.kv"])
-    assert kv and all(p in am._modules_of["default"] for p in kv)
+    assert kv and all(p in am.state.modules["default"] for p in kv)
     how = "from the table" if arch in FAMILIES else "derived from structure"
     assert f"roles of {model.config.model_type}: {how}" in am.summary(print_it=False)
 
@@ -111,7 +111,7 @@ def test_lora_defaults_are_pefts(arch, task):
     # PEFT's choice for the model type; for types its table lacks, the same rule (q and v, or fused qkv).
     model = build(arch, task)
     am = petkit.adapt(model, petkit.LoraConfig(r=2), copy=True)
-    ours = {p for p in am._modules_of["default"] if p not in task_head_names(model)}
+    ours = {p for p in am.state.modules["default"] if p not in task_head_names(model)}
     if model.config.model_type not in peft_tables.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         with pytest.raises(ValueError, match="target_modules"):
             peft.get_peft_model(model, peft.LoraConfig(r=2, task_type=PEFT_TASKS[task]))
@@ -151,7 +151,7 @@ def test_all_linear_trains_the_head_whole_and_leaves_it_out_of_targets(arch):
     am = petkit.adapt(model, petkit.LoraConfig(r=2, targets="all-linear"))
     heads = [p for p, _, d in am.layers("default") if type(d).__name__ == "HeadDelta"]
     assert heads == HEADS[arch]
-    assert not [p for p in am._modules_of["default"] if any(p.startswith(h + ".") for h in heads)]
+    assert not [p for p in am.state.modules["default"] if any(p.startswith(h + ".") for h in heads)]
 
 
 def test_a_base_model_under_another_name_is_not_part_of_the_head():
@@ -170,9 +170,9 @@ def test_a_target_inside_the_head_is_an_error_unless_the_head_is_left_alone():
         petkit.adapt(model, petkit.LoraConfig(r=2, targets=["out_proj"]))
     assert not any(hasattr(m, "deltas") for m in model.modules())
     am = petkit.adapt(model, petkit.LoraConfig(r=2, targets=["value", "re:.*(out_proj|query)"]))  # the head's left out
-    assert am._modules_of["default"][-1] == "classifier" and "classifier.out_proj" not in am._modules_of["default"]
+    assert am.state.modules["default"][-1] == "classifier" and "classifier.out_proj" not in am.state.modules["default"]
     am = petkit.adapt(build("roberta", "classification"), petkit.LoraConfig(r=2, targets=["out_proj"], train_head=False))
-    assert am._modules_of["default"] == ["classifier.out_proj"]
+    assert am.state.modules["default"] == ["classifier.out_proj"]
 
 
 # -- the PEFT round trip, both directions -------------------------------------------------------------

@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import petkit  # noqa: E402
-from petkit.methods.head import HeadDelta  # noqa: E402
+from petkit.core.head import HeadDelta  # noqa: E402
 from petkit.testing import (  # noqa: E402
     ARCHITECTURE_TASKS,
     DECODER_ARCHITECTURES,

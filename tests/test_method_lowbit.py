@@ -386,7 +386,7 @@ def test_bad_config_values(kwargs, match):
 
 def test_bad_targets_and_bits_for_the_low_level_functions():
     # the paper's q/v default is GPT-2's fused qkv layer (the engine's rule for default targets)
-    adapted = petkit.adapt(tiny_gpt2(), LowbitLoraConfig())._modules_of["default"]
+    adapted = petkit.adapt(tiny_gpt2(), LowbitLoraConfig()).state.modules["default"]
     assert adapted == [f"transformer.h.{i}.attn.c_attn" for i in (0, 1)]
     with pytest.raises(petkit.TargetError, match="block input"):  # the adapter reads a block input: attn.out/mlp.out
         petkit.adapt(tiny_bert(), LowbitAdapterConfig(targets=["attn.q"]))

@@ -54,7 +54,7 @@ def test_k_equal_to_depth_trains_only_the_top():
 def test_fraction_rounds_down(fraction, k):
     by_fraction = petkit.adapt(tiny_bert(), TellyConfig(fraction=fraction))
     by_k = petkit.adapt(tiny_bert(), TellyConfig(k=k))
-    assert by_fraction._selected["default"] == by_k._selected["default"]
+    assert by_fraction.state.selected["default"] == by_k.state.selected["default"]
     assert TellyConfig().fraction == 0.5
 
 
@@ -77,8 +77,8 @@ def test_selection_sees_through_other_adapters():
     am = petkit.adapt(tiny_bert(), petkit.LoraConfig(r=2, targets=["query"]), name="lora")
     petkit.adapt(am, TellyConfig(k=1), name="telly")
     assert select_trainable(am.base, TellyConfig(k=1)) == plain
-    frozen = {n for n in am._selected["telly"] if ".layer.0." in n or "embeddings" in n}
-    assert not frozen and any("layer.1.attention.self.query.weight" in n for n in am._selected["telly"])
+    frozen = {n for n in am.state.selected["telly"] if ".layer.0." in n or "embeddings" in n}
+    assert not frozen and any("layer.1.attention.self.query.weight" in n for n in am.state.selected["telly"])
 
 
 def test_counts_from_the_papers_logs():

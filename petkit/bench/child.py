@@ -22,10 +22,9 @@ class RunFailed(RuntimeError):
 
 
 def run_isolated(job: dict) -> dict:
-    import petkit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     # the child imports the same petkit as this process, installed or not
-    root = str(Path(petkit.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds petkit/
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "petkit.bench.child"], input=json.dumps(job),
                           capture_output=True, text=True, env=env, check=False)  # a failure is read below

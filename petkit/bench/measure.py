@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-import petkit
 from petkit.bench.config import WARMUP_STEPS
 from petkit.bench.memory import PeakMemory
-from petkit.core.errors import StateError
+from petkit.core.errors import ConfigError, StateError
+from petkit.core.model import adapt
 from petkit.core.storage import WEIGHTS_NAME
 from petkit.pipeline import RunSpec, prepare
 
@@ -64,7 +64,7 @@ def measure_run(job: dict) -> dict:
     spec = run_spec(job)
     prep = prepare(spec)
     if prep.task not in ("classification", "causal_lm"):
-        raise petkit.ConfigError(f"the bench scores classification and causal-LM tasks; {job['task']} is {prep.task}")
+        raise ConfigError(f"the bench scores classification and causal-LM tasks; {job['task']} is {prep.task}")
     base_params = sum(p.numel() for p in prep.model.parameters())
 
     # --- training, with its memory and step times
@@ -105,7 +105,7 @@ def _attach(library: str, model, spec: RunSpec):
         with warnings.catch_warnings():  # PEFT calls a transformers API that warns of its own deprecation
             warnings.simplefilter("ignore", FutureWarning)
             return peft_model(model, spec.method_config())
-    return petkit.adapt(model, spec.method_config())
+    return adapt(model, spec.method_config())
 
 
 def _scores(metrics: dict) -> dict:

@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import petkit
+from petkit.core.config import AdapterConfig
+from petkit.core.errors import ConfigError
+from petkit.core.model import adapt
 from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME
 from petkit.interop.peft import EXPORTABLE
 
@@ -26,16 +28,16 @@ MISS_FIELDS = ("r", "miss_dropout", "mini_r", "init_weights")
 PROMPT_FIELDS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers")
 
 
-def peft_model(model: nn.Module, config: petkit.AdapterConfig) -> nn.Module:
+def peft_model(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """`peft.get_peft_model(model, <config petkit exports for config>)` with petkit's initial weights."""
     import peft
 
     if config.method not in EXPORTABLE:
-        raise petkit.ConfigError(f"{config.method} has no Hugging Face PEFT counterpart; "
+        raise ConfigError(f"{config.method} has no Hugging Face PEFT counterpart; "
                                  f"those are {', '.join(EXPORTABLE)}")
     # The petkit twin's starting point, exported, then removed again: `delete` unwraps every module,
     # leaving `model` as it was (no copy of the model, which would blur the memory measurement).
-    mirror = petkit.adapt(model, config)
+    mirror = adapt(model, config)
     with tempfile.TemporaryDirectory() as tmp:
         mirror.save(tmp, format="peft")
         exported = json.loads((Path(tmp) / CONFIG_NAME).read_text())

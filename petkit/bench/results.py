@@ -14,9 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from petkit import __version__
 from petkit.bench.config import BenchConfig
 from petkit.core.errors import ConfigError
+from petkit.version import __version__
 
 RESULTS_NAME = "results.jsonl"
 KEY = ("library", "method", "task", "seed", "lr")

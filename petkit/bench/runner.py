@@ -23,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from petkit import __version__
 from petkit.bench.child import run_isolated
 from petkit.bench.config import BenchConfig
 from petkit.bench.leaderboard import Board
@@ -33,6 +32,7 @@ from petkit.bench.results import RESULTS_NAME, Results, key_of
 from petkit.bench.summary import lr_search, task_name
 from petkit.core.errors import ConfigError
 from petkit.interop.peft import EXPORTABLE
+from petkit.version import __version__
 
 
 def run_bench(config: BenchConfig, *, fresh: bool = False, progress: bool = True, log: Callable | None = None,

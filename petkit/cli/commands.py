@@ -12,6 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from petkit.cli.report import print_report
 from petkit.core.errors import ConfigError, PetkitError
 
 console = Console()
@@ -78,22 +79,6 @@ def _spec_from_args(args):
     return RunSpec.from_dict(data)
 
 
-def _print_report(report: dict) -> None:
-    table = Table(title=f"{report['method']} on {report['model']} / {report['data']}")
-    table.add_column("")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    for key in report["test_after"]:
-        table.add_row(f"test {key}", f"{report['test_before'].get(key, float('nan')):.4f}", f"{report['test_after'][key]:.4f}")
-    console.print(table)
-    pct = 100 * report["trainable_parameters"] / report["base_parameters"]
-    console.print(f"trainable parameters: {report['trainable_parameters']:,} ({pct:.2f}% of {report['base_parameters']:,})")
-    processes = f" in {report['processes']} processes" if report.get("processes", 1) > 1 else ""
-    console.print(f"training: {report['steps']} steps in {report['train_seconds']} s{processes}")
-    if "adapter" in report:
-        console.print(f"adapter: {report['adapter']} ({report['adapter_bytes'] / 1024:.1f} KiB)")
-
-
 def train(args) -> int:
     from petkit.pipeline import run
     from petkit.train import distributed
@@ -106,7 +91,7 @@ def train(args) -> int:
         report = run(spec, resume=args.resume, progress=not args.no_progress,
                      log=console.print if ranks.main else (lambda *a, **k: None))
         if ranks.main:
-            _print_report(report)
+            print_report(report, console)
     finally:
         distributed.shutdown()
     return 0
@@ -166,25 +151,16 @@ def inspect(args) -> int:
 
 
 def merge_unload(args) -> int:
-    import petkit
+    from petkit.core.files import num_labels_of
+    from petkit.core.load import load
     from petkit.models import load_model
     num_labels = num_labels_of(args.adapter) if args.task == "classification" else None
     model = load_model(args.model, task=args.task, num_labels=num_labels)
-    am = petkit.load(model, args.adapter, force=args.force)
+    am = load(model, args.adapter, force=args.force)
     plain = am.merge_and_unload()
     plain.save_pretrained(args.output)
     console.print(f"merged model saved to {args.output}")
     return 0
-
-
-def num_labels_of(adapter: str) -> int | None:
-    """The head size stored with an adapter, so the base is built with a matching head."""
-    from petkit.core.storage import WEIGHTS_NAME, read_tensors
-    tensors, _ = read_tensors(Path(adapter) / WEIGHTS_NAME)
-    for key, t in tensors.items():
-        if key.endswith(("classifier.weight", "classifier.module.weight", "score.weight", "score.module.weight")) and t.dim() == 2:
-            return t.shape[0]
-    return None
 
 
 def merge(args) -> int:

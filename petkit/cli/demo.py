@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from rich.console import Console
 
-import petkit
+from petkit.cli.report import print_report
+from petkit.core.load import load
 from petkit.pipeline import RunSpec, prepare, run
 
 console = Console()
@@ -35,13 +36,12 @@ def run_demo(epochs: int = 1, max_train: int | None = None, output: str = "runs/
     )
     console.rule("petkit demo: LoRA on all-MiniLM-L6-v2, BBC News (5 topics)")
     report = run(spec, log=console.print)
-    from petkit.cli.commands import _print_report
-    _print_report(report)
+    print_report(report, console)
 
     console.rule("reload check")
     trained = _predictions(report["_adapted"], report["_prepared"].test)
     fresh = prepare(RunSpec(model="minilm", data="bbc", max_train=1, max_length=128)).model
-    reloaded = petkit.load(fresh, report["adapter"])
+    reloaded = load(fresh, report["adapter"])
     again = _predictions(reloaded, report["_prepared"].test)
     same = torch.equal(trained.argmax(-1), again.argmax(-1)) and torch.allclose(trained, again, atol=1e-5)
     console.print(f"petkit reload of the PEFT-format adapter: predictions {'identical' if same else 'DIFFER'} "

@@ -33,7 +33,7 @@ def member_logits(am, names: Sequence[str], batch: dict) -> torch.Tensor:
     names = list(names)
     if len(names) < 2:
         raise ConfigError(f"an ensemble needs at least two members, got {names}")
-    am._check_names(names)
+    am.state.check_names(names)
     size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
     repeated = {k: v.repeat(len(names), *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items() if k != "labels"}

@@ -9,7 +9,8 @@ from collections import Counter
 
 from torch import nn
 
-from petkit.core.targeting import LINEAR_TYPES, Conv1D, named_base_modules
+from petkit.core.module_types import LINEAR_TYPES, Conv1D
+from petkit.core.unwrapped import named_base_modules
 
 
 def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:

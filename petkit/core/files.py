@@ -1,4 +1,6 @@
-"""Saving and loading adapters: the petkit format, with PEFT's format delegated to `interop.peft`.
+"""petkit's adapter file format: saving (PEFT's format delegated to `interop.peft`), reading into a
+model, and describing a folder without the base model. `petkit.load`, which picks the format of a
+folder, is in load.py.
 
 petkit format: one folder, `adapter_config.json` (every adapter's config, the modules it touches,
 the base-model fingerprint) and `adapter_model.safetensors` (keys `<adapter>/<module path>.<tensor>`).
@@ -8,38 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from petkit import __version__
 from petkit.core.composition import from_dict
-from petkit.core.errors import (
-    AdapterFileError,
-    BaseModelMismatch,
-    ConfigError,
-    PetkitError,
-)
-from petkit.core.fingerprint import mismatch
-from petkit.core.model import AdaptedModel
+from petkit.core.errors import AdapterFileError, ConfigError
+from petkit.core.load_checks import check_base, check_tensors, copy_tensors
 from petkit.core.registry import config_from_dict
-from petkit.core.storage import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    read_json,
-    read_tensors,
-    write_files,
-)
+from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_files
+from petkit.interop.peft import save_peft
+from petkit.version import __version__
 
 FORMATS = ("petkit", "peft")
 
 
-def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) -> None:
+def save_adapters(am, path, format: str = "petkit", names=None) -> None:
     names = am.adapters if names is None else ([names] if isinstance(names, str) else list(names))
-    am._check_names(names)
+    am.state.check_names(names)
     if not names:
         raise ConfigError("there is no adapter to save")
     if format == "peft":
-        from petkit.interop.peft import save_peft
         return save_peft(am, Path(path), names)
     if format != "petkit":
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -48,7 +35,7 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
     for n in names:
         for key, value in am.adapter_parameters(n).items():
             tensors[f"{n}/{key}"] = value
-        adapters[n] = {"config": am.config(n).to_dict(), "modules": am._modules_of.get(n, [])}
+        adapters[n] = {"config": am.config(n).to_dict(), "modules": am.state.modules.get(n, [])}
     config = {
         "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
         "base_fingerprint": am.base_fingerprint, "adapters": adapters,
@@ -59,51 +46,8 @@ def save_adapters(am: AdaptedModel, path, format: str = "petkit", names=None) ->
     write_files(Path(path), {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
 
 
-def load(model: nn.Module, path, name: str | None = None, *, as_name: str | None = None, force: bool = False,
-         trainable: bool = False) -> AdaptedModel:
-    """Load adapters saved by petkit or Hugging Face PEFT onto `model` (wrapped in place).
-
-    name: load only that adapter from a multi-adapter petkit file (PEFT: the name to give it).
-    as_name: the name the one loaded adapter gets (to load several files saved as "default" side by side).
-    force: load even if the file was saved for a different base model.
-    On any error the model is left exactly as it was.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterFileError(f"adapter folder {path} does not exist")
-    config = read_json(path / CONFIG_NAME)
-    created = not isinstance(model, AdaptedModel)
-    am = AdaptedModel(model) if created else model
-    before = set(am.adapters)
-    grads = [(p, p.requires_grad) for p in am.parameters()]  # adding an adapter freezes the base
-    try:
-        if config.get("format") == "petkit":
-            _load_petkit(am, path, config, name, force, as_name)
-        elif "peft_type" in config:
-            from petkit.interop.peft import load_peft
-            load_peft(am, path, config, as_name or name or "default", force)
-        else:
-            raise AdapterFileError(f"{path / CONFIG_NAME} is neither a petkit nor a PEFT adapter config")
-    except Exception as exc:
-        for n in set(am.adapters) - before:
-            am.delete(n)  # new adapters are never merged, so this restores the model exactly
-        for p, flag in grads:
-            p.requires_grad_(flag)
-        if isinstance(exc, PetkitError):
-            raise
-        raise AdapterFileError(f"could not load {path}: {exc}") from exc
-    for n in set(am.adapters) - before:
-        am.set_trainable(n, trainable)
-    return am
-
-
-def check_base(am: AdaptedModel, saved, force: bool, where) -> None:
-    why = mismatch(saved, am.base_fingerprint)
-    if why and not force:
-        raise BaseModelMismatch(f"{where} does not fit this model: {why}; pass force=True to load it anyway")
-
-
-def _load_petkit(am: AdaptedModel, path: Path, config: dict, name, force: bool, as_name: str | None = None) -> None:
+def load_petkit(am, path: Path, config: dict, name, force: bool, as_name: str | None = None) -> None:
+    """Add the adapters of a petkit-format folder (or the one named) to `am` and fill them from the file."""
     adapters = config.get("adapters")
     if not isinstance(adapters, dict) or not adapters:
         raise AdapterFileError(f"{path / CONFIG_NAME} lists no adapters")
@@ -157,31 +101,6 @@ def _check_rank(cfg, saved: dict, where: str) -> None:
         raise AdapterFileError(f"{where}: rank {max(ranks)} is larger than any tensor in the file; the config is corrupt")
 
 
-def check_tensors(expected: dict, saved: dict, where: str) -> None:
-    """Check that saved tensors match the adapter's tensors in names, shapes and kind."""
-    missing = sorted(set(expected) - set(saved))
-    extra = sorted(set(saved) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]!r})")
-        if extra:
-            parts.append(f"{len(extra)} tensors for modules this model lacks (e.g. {extra[0]!r})")
-        raise AdapterFileError(f"{where} does not match the model: {'; '.join(parts)}")
-    for key, target in expected.items():
-        if tuple(saved[key].shape) != tuple(target.shape):
-            raise AdapterFileError(f"{where}: shape mismatch for {key!r}: file has {tuple(saved[key].shape)}, "
-                                   f"model expects {tuple(target.shape)}")
-        if not saved[key].is_floating_point() and target.is_floating_point():
-            raise AdapterFileError(f"{where}: {key!r} has dtype {saved[key].dtype}, expected a float tensor")
-
-
-def copy_tensors(expected: dict, saved: dict) -> None:
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(saved[key].to(target.dtype))
-
-
 def describe(path) -> dict:
     """What an adapter folder holds (for `petkit inspect`), without needing the base model."""
     path = Path(path)
@@ -209,3 +128,12 @@ def describe(path) -> dict:
         info["petkit_fingerprint"] = "petkit_base" in metadata
     info["config"] = config  # a fresh object from read_json: plain JSON values
     return info
+
+
+def num_labels_of(adapter) -> int | None:
+    """The head size stored with an adapter, so the base is built with a matching head."""
+    tensors, _ = read_tensors(Path(adapter) / WEIGHTS_NAME)
+    for key, t in tensors.items():
+        if key.endswith(("classifier.weight", "classifier.module.weight", "score.weight", "score.module.weight")) and t.dim() == 2:
+            return t.shape[0]
+    return None

@@ -14,24 +14,22 @@ import torch
 from torch import nn
 
 from petkit.core.targeting import task_head_names
+from petkit.core.unwrapped import base_parameters
 
 SAMPLES_PER_TENSOR = 4
 
 
-def _base_parameters(model: nn.Module):
+def _fingerprinted(model: nn.Module):
+    """The base parameters but the task head's."""
     heads = tuple(h + "." for h in task_head_names(model))
-    for name, p in model.named_parameters():
-        clean = name.replace(".base_layer.", ".")
-        if ".deltas." in name or clean.startswith(heads):
-            continue
-        yield clean, p
+    return [(name, p) for name, p in base_parameters(model).items() if not name.startswith(heads)]
 
 
 def fingerprint(model: nn.Module) -> dict:
     arch = hashlib.sha256()
     sample: list[float] = []
     count = 0
-    for name, p in sorted(_base_parameters(model), key=lambda kv: kv[0]):
+    for name, p in sorted(_fingerprinted(model), key=lambda kv: kv[0]):
         arch.update(f"{name}:{tuple(p.shape)};".encode())
         flat = p.detach().reshape(-1)
         count += flat.numel()

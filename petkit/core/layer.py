@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from petkit.core.module_types import Conv1D
 from petkit.core.state import AdapterState
-from petkit.core.targeting import Conv1D
 
 
 class Delta(nn.Module):
@@ -59,8 +59,6 @@ class Delta(nn.Module):
 
 
 class AdaptedLayer(nn.Module):
-    _petkit_wrapper = True  # lets targeting see through wrappers without importing this module
-
     def __init__(self, base_layer: nn.Module, path: str, state: AdapterState):
         super().__init__()
         self.base_layer = base_layer

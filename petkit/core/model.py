@@ -17,16 +17,18 @@ from torch import nn
 from petkit.core.composition import Average, BatchSplit, Composition, Stack
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
+from petkit.core.files import save_adapters
 from petkit.core.fingerprint import fingerprint
+from petkit.core.head import HeadDelta
 from petkit.core.layer import AdaptedLayer
-from petkit.core.model_delta import refuse_routing
+from petkit.core.model_delta import MODEL_KEY, refuse_routing
 from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
-from petkit.core.targeting import HEAD_NAMES, method_targets, named_base_modules, resolve_targets, task_head_names
-from petkit.methods.head import HeadDelta
+from petkit.core.summary import render_summary
+from petkit.core.targeting import HEAD_NAMES, method_targets, resolve_targets, task_head_names
+from petkit.core.unwrapped import base_parameters, named_base_modules
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-MODEL_KEY = "(model)"  # key prefix of a model-level delta's tensors in adapter_parameters() and files
 
 
 class AdaptedModel(nn.Module):
@@ -38,8 +40,6 @@ class AdaptedModel(nn.Module):
         self.train(base.training)
         self.state = AdapterState()
         self.base_fingerprint = fingerprint(base)
-        self._modules_of: dict[str, list[str]] = {}  # adapter -> wrapped module paths (method + head)
-        self._selected: dict[str, list[str]] = {}    # selection adapters -> base parameter names
         self.model_deltas = nn.ModuleDict()            # model-level adapters (prompts, side networks) by name
 
     # -- building ---------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ class AdaptedModel(nn.Module):
         except Exception:
             self._remove_deltas(name, paths)
             raise
-        self._modules_of[name] = paths
+        self.state.modules[name] = paths
         self.state.configs[name] = config
         self.set_trainable(name, trainable)
         if not self.state.active:
@@ -113,7 +113,7 @@ class AdaptedModel(nn.Module):
         return heads if wanted else []
 
     def _select(self, name, config):
-        if self._selected:
+        if self.state.selected:
             raise ConfigError("only one full fine-tuning (selection) adapter can be attached at a time")
         method = method_for(config)
         targets = config.targets or ("all",)
@@ -123,9 +123,8 @@ class AdaptedModel(nn.Module):
             modules = [""]
         else:
             modules = resolve_targets(self.base, targets, config.exclude)
-        params = [n.replace(".base_layer.", ".") for n, _ in self.base.named_parameters() if ".deltas." not in n]
-        params = [n for n in params if any(m in ("", n) or n.startswith(m + ".") for m in modules)]
-        self._selected[name] = params
+        params = [n for n in base_parameters(self.base) if any(m in ("", n) or n.startswith(m + ".") for m in modules)]
+        self.state.selected[name] = params
         self.state.merged.append(name)  # its change lives in the base weights from the start
 
     def _attach(self, path: str, name: str, delta) -> None:
@@ -162,7 +161,7 @@ class AdaptedModel(nn.Module):
                 layer.deltas[name].release()
                 del layer.deltas[name]
                 self._unwrap_if_empty(p)
-        self._selected.pop(name, None)
+        self.state.selected.pop(name, None)
         if name in self.state.merged:
             self.state.merged.remove(name)
 
@@ -176,7 +175,7 @@ class AdaptedModel(nn.Module):
         return self.state.active
 
     def config(self, name: str = "default") -> AdapterConfig:
-        self._check_names([name])
+        self.state.check_names([name])
         return self.state.configs[name]
 
     def layer(self, path: str) -> AdaptedLayer | None:
@@ -188,7 +187,7 @@ class AdaptedModel(nn.Module):
 
     def layers(self, name: str):
         """(path, AdaptedLayer, Delta) for every module the adapter touches."""
-        for p in self._modules_of.get(name, []):
+        for p in self.state.modules.get(name, []):
             layer = self.layer(p)
             yield p, layer, layer.deltas[name]
 
@@ -202,16 +201,16 @@ class AdaptedModel(nn.Module):
         return method_for(self.config(name))
 
     def is_selection(self, name: str) -> bool:
-        return name in self._selected
+        return name in self.state.selected
 
     def selected_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """A selection adapter's base parameters, by their names in the unwrapped model."""
-        params = {n.replace(".base_layer.", "."): p for n, p in self.base.named_parameters() if ".deltas." not in n}
-        return {n: params[n] for n in self._selected.get(name, [])}
+        params = base_parameters(self.base)
+        return {n: params[n] for n in self.state.selected.get(name, [])}
 
     def adapter_parameters(self, name: str, include_head: bool = True) -> dict[str, torch.Tensor]:
         """Every parameter (and saved buffer) of one adapter, keyed by `<module path>.<tensor name>`."""
-        if name in self._selected:
+        if name in self.state.selected:
             return dict(self.selected_parameters(name))
         out = {}
         for p, _, delta in self.layers(name):
@@ -225,7 +224,7 @@ class AdaptedModel(nn.Module):
         return out
 
     def num_parameters(self, name: str, include_head: bool = True) -> int:
-        if name in self._selected:
+        if name in self.state.selected:
             return sum(p.numel() for p in self.selected_parameters(name).values())
         return sum(t.numel() for delta in self.deltas(name) if include_head or not isinstance(delta, HeadDelta)
                    for t in delta.parameters())
@@ -235,12 +234,11 @@ class AdaptedModel(nn.Module):
 
     def set_trainable(self, name: str, trainable: bool = True) -> None:
         """Freeze everything in the base, then mark `name`'s parameters trainable (or frozen)."""
-        self._check_names([name])
+        self.state.check_names([name])
         if trainable:
-            for n, p in self.base.named_parameters():
-                if ".deltas." not in n:
-                    p.requires_grad_(False)
-        if name in self._selected:
+            for p in base_parameters(self.base).values():
+                p.requires_grad_(False)
+        if name in self.state.selected:
             for p in self.selected_parameters(name).values():
                 p.requires_grad_(trainable)
         for delta in self.deltas(name):
@@ -248,21 +246,15 @@ class AdaptedModel(nn.Module):
                 p.requires_grad_(trainable)
 
     # -- activation -----------------------------------------------------------------------------
-    def _check_names(self, names) -> None:
-        for n in names:
-            if n not in self.state.configs:
-                known = ", ".join(self.state.configs) or "none"
-                raise ConfigError(f"no adapter named {n!r}; adapters: {known}")
-
     def set_active(self, names) -> None:
         """One name, a list (stacked in order), or a composition: Stack, Parallel, Average, BatchSplit
         (petkit.core.composition)."""
         composition = names if isinstance(names, Composition) else None
         names = (names,) if isinstance(names, str) else tuple(composition.leaves() if composition else names)
-        self._check_names(names)
+        self.state.check_names(names)
         if composition is not None:
             self._check_composition(composition)
-        stray = [n for n in self.state.merged if n not in names and n not in self._selected]
+        stray = [n for n in self.state.merged if n not in names and n not in self.state.selected]
         if stray:
             raise StateError(f"adapters {stray} are merged into the weights; unmerge() before changing the active set")
         if composition is not None and self.state.merged and not _merge_compatible(composition):
@@ -280,7 +272,7 @@ class AdaptedModel(nn.Module):
     @contextlib.contextmanager
     def disabled(self):
         """Run the base model alone inside the block."""
-        if self._selected:
+        if self.state.selected:
             raise StateError("full fine-tuning changed the base weights in place, so they cannot be disabled; "
                              "use adapt(model, config, copy=True) to keep the original model")
         if self.state.merged:
@@ -298,7 +290,7 @@ class AdaptedModel(nn.Module):
                              "into the weights would not reproduce; merge them with petkit.merge.merge_adapters, or "
                              "set_active(name) first")
         names = self.state.active if names is None else ((names,) if isinstance(names, str) else tuple(names))
-        self._check_names(names)
+        self.state.check_names(names)
         for n in names:
             if n in self.state.merged:
                 continue
@@ -319,7 +311,7 @@ class AdaptedModel(nn.Module):
     def fold(self, name: str = "default") -> None:
         """Compute away a training-only reparametrisation (prefix tuning's MLP): same outputs, fewer
         tensors; the adapter's config changes to describe what is left."""
-        self._check_names([name])
+        self.state.check_names([name])
         delta = self.model_deltas[name] if name in self.model_deltas else None
         if not hasattr(delta, "fold"):
             raise StateError(f"{self.method_of(name).name} adapter {name!r} has nothing to fold")
@@ -336,7 +328,7 @@ class AdaptedModel(nn.Module):
         return {i for i, count in owners.items() if count > 1}
 
     def unmerge(self) -> None:
-        for n in reversed([n for n in self.state.merged if n not in self._selected]):
+        for n in reversed([n for n in self.state.merged if n not in self.state.selected]):
             for _, layer, delta in self.layers(n):
                 delta.unmerge(layer.base_layer)
             self.state.merged.remove(n)
@@ -345,18 +337,18 @@ class AdaptedModel(nn.Module):
         """Merge the active adapters and return the plain base model (every wrapper removed)."""
         self.merge()
         for name in list(self.state.configs):
-            self._remove_deltas(name, self._modules_of.get(name, []))
+            self._remove_deltas(name, self.state.modules.get(name, []))
         self.state.configs.clear()
         self.state.active, self.state.merged, self.state.composition = (), [], None
-        self._modules_of.clear()
-        self._selected.clear()
+        self.state.modules.clear()
+        self.state.selected.clear()
         return self.base
 
     def delete(self, name: str) -> None:
-        self._check_names([name])
-        if name in self.state.merged and name not in self._selected:
+        self.state.check_names([name])
+        if name in self.state.merged and name not in self.state.selected:
             raise StateError(f"adapter {name!r} is merged; unmerge() before deleting it")
-        self._remove_deltas(name, self._modules_of.pop(name, []))
+        self._remove_deltas(name, self.state.modules.pop(name, []))
         del self.state.configs[name]
         self.state.active = tuple(n for n in self.state.active if n != name)
         if self.state.composition is not None and name in self.state.composition.leaves():
@@ -414,7 +406,7 @@ class AdaptedModel(nn.Module):
     def routing(self, adapter_names):
         """Mixed-adapter batch: sample i runs with adapter_names[i] (None = the base alone)."""
         names = list(adapter_names)
-        self._check_names({n for n in names if n is not None})
+        self.state.check_names({n for n in names if n is not None})
         whole_model = sorted({n for n in names if n in self.model_deltas})
         if whole_model:
             raise refuse_routing(self.method_of(whole_model[0]).name, whole_model[0])
@@ -435,11 +427,9 @@ class AdaptedModel(nn.Module):
 
     # -- reporting and files ---------------------------------------------------------------------
     def summary(self, print_it: bool = True) -> str:
-        from petkit.core.summary import render_summary
         return render_summary(self, print_it)
 
     def save(self, path, format: str = "petkit", names=None) -> None:
-        from petkit.core.files import save_adapters
         save_adapters(self, path, format=format, names=names)
 
 

@@ -26,6 +26,8 @@ from torch import nn
 
 from petkit.core.errors import StateError
 
+MODEL_KEY = "(model)"  # key prefix of a model-level delta's tensors in adapter_parameters() and files
+
 
 class ModelDelta(nn.Module):
     mergeable = False

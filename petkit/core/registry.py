@@ -1,4 +1,10 @@
-"""The method registry: one entry per method, filled by `@register` in `petkit/methods/*`."""
+"""The method registry: one entry per method, filled by `register(...)` in `petkit/methods/*`.
+
+The registry imports no method: each method module registers itself when it is imported, and
+`petkit/__init__.py` imports `petkit.methods` (every built-in method). Python runs that `__init__`
+before any `petkit.*` module, so the built-ins are here before anyone can look one up. A method
+defined elsewhere registers the same way, by being imported.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,6 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
-    _ensure_loaded()
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
@@ -69,7 +74,6 @@ def method_for(config: AdapterConfig) -> Method:
 
 
 def all_methods() -> list[Method]:
-    _ensure_loaded()
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 
@@ -80,7 +84,3 @@ def config_from_dict(data: dict, saved: bool = False) -> AdapterConfig:
         raise ConfigError("an adapter config must be a JSON object with a 'method' name")
     config = get_method(data["method"]).config
     return config.from_saved(data) if saved else config.from_dict(data)
-
-
-def _ensure_loaded() -> None:
-    import petkit.methods  # noqa: F401  (importing registers every built-in method)

@@ -17,7 +17,8 @@ import re
 from torch import nn
 
 from petkit.core.blocks import block_linears, layer_stacks, residual_width
-from petkit.core.targeting import LINEAR_TYPES, is_norm, named_base_modules
+from petkit.core.module_types import LINEAR_TYPES, is_norm
+from petkit.core.unwrapped import named_base_modules
 
 SELF = ("q", "k", "v", "qkv", "out")
 PARTS = SELF + tuple("x" + p for p in SELF) + ("gate", "up", "gate_up", "in", "down", "norm")

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from petkit.core.errors import TargetError
+from petkit.core.role_structure import derive_parts, norm_paths
 from petkit.core.role_tables import FAMILIES, LORA_DEFAULT_EXCEPTIONS
+from petkit.core.unwrapped import named_base_modules
 
 log = logging.getLogger("petkit")
 
@@ -99,9 +101,6 @@ def roles_of(model: nn.Module) -> RoleMap:
 
 
 def _build(model: nn.Module) -> RoleMap:
-    from petkit.core.role_structure import derive_parts, norm_paths
-    from petkit.core.targeting import named_base_modules
-
     family = family_of(model)
     norms = frozenset(norm_paths(model))
     table = FAMILIES.get(family or "")

@@ -1,6 +1,8 @@
-"""One place for adapter state: which adapters exist, which are active, merged, or routed.
+"""One place for adapter state: which adapters exist, what each one touches, which are active,
+merged, or routed.
 
 Wrapped layers hold only tensors; they read this object (shared by reference) on every forward.
+The engine (AdaptedModel) writes it; everything else (files, summaries, merging tools) reads it here.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import torch
 
 from petkit.core.composition import Composition
 from petkit.core.config import AdapterConfig
+from petkit.core.errors import ConfigError
 
 
 @dataclass
 class AdapterState:
     configs: dict[str, AdapterConfig] = field(default_factory=dict)
+    modules: dict[str, list[str]] = field(default_factory=dict)   # adapter -> wrapped module paths (method + head)
+    selected: dict[str, list[str]] = field(default_factory=dict)  # selection adapter -> base parameter names
     active: tuple[str, ...] = ()
     merged: list[str] = field(default_factory=list)  # in merge order; unmerge runs in reverse
     disabled: bool = False
@@ -29,3 +34,10 @@ class AdapterState:
         if self.disabled:
             return []
         return [n for n in self.active if n in present and n not in self.merged]
+
+    def check_names(self, names) -> None:
+        """Raise a ConfigError naming the known adapters if any of `names` is not one of them."""
+        for n in names:
+            if n not in self.configs:
+                known = ", ".join(self.configs) or "none"
+                raise ConfigError(f"no adapter named {n!r}; adapters: {known}")

@@ -11,10 +11,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from petkit.core.roles import roles_of
-
-
-def _base_count(am) -> int:
-    return sum(p.numel() for n, p in am.base.named_parameters() if ".deltas." not in n)
+from petkit.core.unwrapped import base_parameters
 
 
 def compress_paths(paths: list[str]) -> list[str]:
@@ -42,7 +39,7 @@ def compress_paths(paths: list[str]) -> list[str]:
 
 
 def render_summary(am, print_it: bool = True) -> str:
-    base_total = _base_count(am)
+    base_total = sum(p.numel() for p in base_parameters(am.base).values())
     table = Table(title=f"{type(am.base).__name__}: {base_total:,} base parameters")
     for col in ("adapter", "method", "kind", "params", "% of base", "head params", "active", "merged"):
         table.add_column(col, justify="right" if "param" in col or "%" in col else "left")
@@ -57,7 +54,7 @@ def render_summary(am, print_it: bool = True) -> str:
         branch = tree.add(f"{name} ({method.name})")
         if name in am.model_deltas:
             branch.add(f"the whole model: {am.model_deltas[name].describe()}")
-        paths = am._modules_of.get(name) or [n.rsplit(".", 1)[0] for n in am._selected.get(name, [])]
+        paths = am.state.modules.get(name) or [n.rsplit(".", 1)[0] for n in am.state.selected.get(name, [])]
         for line in compress_paths(list(dict.fromkeys(paths))):
             branch.add(line)
     console = Console(record=True, width=120, file=io.StringIO())

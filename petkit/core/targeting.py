@@ -13,38 +13,11 @@ import re
 from torch import nn
 
 from petkit.core.errors import TargetError
+from petkit.core.module_types import LINEAR_TYPES, is_norm
 from petkit.core.roles import MissingRole, as_on_model, role_paths
+from petkit.core.unwrapped import named_base_modules
 
-try:  # GPT-2's Conv1D is a linear layer with a transposed weight
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency
-    Conv1D = ()
-
-LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
 HEAD_NAMES = ("classifier", "score", "qa_outputs", "classification_head")  # freshly initialised task heads
-
-
-def named_base_modules(model: nn.Module):
-    """named_modules() as if no petkit wrapper were there: a wrapped layer shows as its base layer,
-    and what is inside it (a task head trained whole) under the names it had."""
-    seen: set[int] = set()
-
-    def walk(module: nn.Module, prefix: str):
-        if getattr(module, "_petkit_wrapper", False):
-            module = module.base_layer
-        if id(module) in seen:  # a module at several paths (tied embeddings) shows once, as named_modules does
-            return
-        seen.add(id(module))
-        yield prefix, module
-        for name, child in module.named_children():
-            yield from walk(child, f"{prefix}.{name}" if prefix else name)
-
-    yield from walk(model, "")
-
-
-def is_norm(module: nn.Module) -> bool:
-    name = type(module).__name__
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or name.endswith(("RMSNorm", "LayerNorm"))
 
 
 def output_head_names(model: nn.Module) -> set[str]:

@@ -18,10 +18,13 @@ import torch
 from torch import nn
 
 from petkit.core.errors import AdapterFileError, BaseModelMismatch, ConfigError
-from petkit.core.model import AdaptedModel
+from petkit.core.head import HeadDelta
+from petkit.core.load_checks import check_base, check_tensors, copy_tensors
+from petkit.core.module_types import Conv1D
 from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_tensors, write_files
-from petkit.core.targeting import HEAD_NAMES, Conv1D, task_head_names
-from petkit.methods.head import HeadDelta
+from petkit.core.unwrapped import base_parameters
+from petkit.interop.peft_common import check_heads, head_of, module_names, peft_task_type, short
+from petkit.interop.peft_prompt import export_prompt, load_prompt
 from petkit.methods.ia3 import IA3Config, IA3Delta
 from petkit.methods.lora import DoraConfig, DoraDelta, LoraConfig
 from petkit.methods.miss import MissConfig, MissDelta
@@ -31,33 +34,9 @@ EXPORTABLE = ("lora", "dora", "ia3", "miss", "prompt", "prefix", "deep_prompt")
 MISS_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
 
 
-# The heads PEFT's task types add to modules_to_save by name (peft_model.py, classifier_module_names).
-_PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
-                    "QUESTION_ANS": ("qa_outputs",)}
-
-
-def peft_task_type(am: AdaptedModel, heads: list[str]) -> str | None:
-    """PEFT's task_type for an adapter that trained `heads`. PEFT's classification task types always
-    restore the heads they name (modules_to_save), so an adapter that did not train those must not
-    claim one, or PEFT fails looking for their weights."""
-    task = _task_type(am.base)
-    named = [h for h in task_head_names(am.base) if h.split(".")[-1] in _PEFT_TASK_HEADS.get(task, ())]
-    return task if all(h in heads for h in named) else None
-
-
-def _task_type(model: nn.Module) -> str | None:
-    cls = type(model).__name__
-    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForCausalLM", "CAUSAL_LM"),
-                         ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
-                         ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS")):
-        if cls.endswith(suffix):
-            return task
-    return None
-
-
 # -- export ----------------------------------------------------------------------------------------
 
-def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
+def save_peft(am, folder: Path, names: list[str]) -> None:
     for n in names:
         method = am.method_of(n).name
         if method not in EXPORTABLE:
@@ -66,7 +45,6 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
     for n in names:
         sub = "" if n == "default" else f"{n}/"
         if am.method_of(n).name in ("prompt", "prefix", "deep_prompt"):
-            from petkit.interop.peft_prompt import export_prompt
             config, tensors = export_prompt(am, n)
         else:
             config, tensors = _export_one(am, n)
@@ -76,7 +54,7 @@ def save_peft(am: AdaptedModel, folder: Path, names: list[str]) -> None:
     write_files(folder, files)  # all adapters or none: a failed save leaves the old folder as it was
 
 
-def _export_one(am: AdaptedModel, name: str):
+def _export_one(am, name: str):
     cfg = am.config(name)
     tensors: dict[str, torch.Tensor] = {}
     heads, targets, ranks, alphas, feedforward = [], [], {}, {}, []
@@ -151,34 +129,31 @@ _LEAVES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding
            "miss_block")
 
 
-def load_peft(am: AdaptedModel, folder: Path, config: dict, name: str, force: bool) -> None:
-    from petkit.core.files import check_base, check_tensors, copy_tensors
-
+def load_peft(am, folder: Path, config: dict, name: str, force: bool) -> None:
     file = folder / WEIGHTS_NAME
     peft_type = config.get("peft_type")
     if peft_type in ("PROMPT_TUNING", "PREFIX_TUNING"):
-        from petkit.interop.peft_prompt import load_prompt
         expected, saved, metadata = load_prompt(am, folder, config, name)
         check_tensors(expected, saved, str(folder))
         check_base(am, _fingerprint(metadata, file), force, folder)
         copy_tensors(expected, saved)
         return
     if peft_type not in ("LORA", "IA3", "MISS"):
-        raise AdapterFileError(f"PEFT adapters of type {_short(peft_type)} are not supported yet; "
+        raise AdapterFileError(f"PEFT adapters of type {short(peft_type)} are not supported yet; "
                                "petkit reads LORA (incl. DoRA), IA3, MISS, PROMPT_TUNING and PREFIX_TUNING")
     for key, off in _UNSUPPORTED.items():
         if config.get(key, off) not in (off, [], {}, False, None):
-            raise AdapterFileError(f"this PEFT adapter uses {key}={_short(config[key])}, which petkit does not support")
+            raise AdapterFileError(f"this PEFT adapter uses {key}={short(config[key])}, which petkit does not support")
     init = config.get("init_lora_weights", True) if peft_type == "LORA" else True
     if init not in _PLAIN_INITS + ("pissa",):
-        raise AdapterFileError(f"this PEFT adapter was initialised with init_lora_weights={_short(init)}, which rewrites the "
+        raise AdapterFileError(f"this PEFT adapter was initialised with init_lora_weights={short(init)}, which rewrites the "
                                "base weights; save it in PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
     tensors, metadata = read_tensors(file)
     fingerprint = _fingerprint(metadata, file)
-    adapter, heads, base_copies = _sort_tensors(tensors, _names(config.get("modules_to_save")), file)
+    adapter, heads, base_copies = _sort_tensors(tensors, module_names(config.get("modules_to_save")), file)
     if not adapter:
         raise AdapterFileError(f"{file} holds no adapter tensors")
-    train_head = check_heads(am, heads, _names(config.get("modules_to_save")), file)
+    train_head = check_heads(am, heads, module_names(config.get("modules_to_save")), file)
     cfg = _petkit_config(config, peft_type, adapter, train_head, folder)
     am.add(cfg, name, init=init == "pissa")  # PiSSA: recompute the initial factors from the base
     expected, saved = {}, {}
@@ -204,18 +179,6 @@ def _fingerprint(metadata: dict, file: Path):
         raise AdapterFileError(f"{file}: the petkit_base metadata is corrupt") from None
 
 
-def _short(value) -> str:
-    text = repr(value)  # values from a file: keep garbage from flooding a message
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _names(value) -> list[str]:
-    """A PEFT module-name list (a string or a list of strings; anything else holds no names)."""
-    if isinstance(value, str):
-        return [value]
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
 def _sort_tensors(tensors: dict, head_names: list[str], file: Path):
     """Split PEFT keys into {module: {leaf: tensor}} for adapter tensors and heads, and base-weight copies."""
     adapter: dict[str, dict] = {}
@@ -223,10 +186,10 @@ def _sort_tensors(tensors: dict, head_names: list[str], file: Path):
     base_copies: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
-            raise AdapterFileError(f"{file}: key {_short(key)} does not start with {PREFIX!r}")
+            raise AdapterFileError(f"{file}: key {short(key)} does not start with {PREFIX!r}")
         rest = key[len(PREFIX):]
         leaf = next((l for l in _LEAVES if rest.endswith("." + l)), None)
-        head = _head_of(rest, head_names)
+        head = head_of(rest, head_names)
         if leaf:
             adapter.setdefault(rest[: -len(leaf) - 1], {})[leaf] = value
         elif head:
@@ -236,41 +199,13 @@ def _sort_tensors(tensors: dict, head_names: list[str], file: Path):
     return adapter, heads, base_copies
 
 
-def _head_of(key: str, names: list[str]) -> str | None:
-    """The module in modules_to_save that holds `key`. PEFT matches names as plain string suffixes, so
-    "classifier" also saves DistilBERT's pre_classifier."""
-    parts = key.split(".")
-    for i in range(1, len(parts)):
-        prefix = ".".join(parts[:i])
-        if any(prefix.endswith(n) for n in names):
-            return prefix
-    return None
-
-
-def check_heads(am: AdaptedModel, heads: dict, names: list[str], file: Path):
-    """The train_head setting that restores the head modules a file saved (modules_to_save): True for
-    the whole task head, the list of its parts for some of them (PEFT saves DistilBERT's classifier,
-    not its pre_classifier), False for none."""
-    task_heads = task_head_names(am.base)
-    for h in heads:
-        if h not in task_heads:
-            raise AdapterFileError(f"{file} saves module {h!r} (modules_to_save), but petkit restores only the task "
-                                   f"head ({', '.join(task_heads) or f'none here; heads are named {HEAD_NAMES}'})")
-    for h in task_heads:
-        if h not in heads and any(h.endswith(n) for n in names):
-            raise AdapterFileError(f"{file} lists the task head {h!r} in modules_to_save but holds no weights for it")
-    if not heads:
-        return False
-    return True if set(heads) == set(task_heads) else tuple(h for h in task_heads if h in heads)
-
-
-def _check_base_copies(am: AdaptedModel, copies: dict, force: bool, file: Path) -> None:
+def _check_base_copies(am, copies: dict, force: bool, file: Path) -> None:
     """Base weights saved in the file must be this model's own: petkit never replaces base weights."""
-    params = {n.replace(".base_layer.", "."): p for n, p in am.base.named_parameters() if ".deltas." not in n}
+    params = base_parameters(am.base)
     for key, value in copies.items():
         p = params.get(key.replace(".base_layer.", "."))
         if p is None:
-            raise AdapterFileError(f"{file}: tensor {_short(key)} is neither an adapter tensor nor a weight of this model")
+            raise AdapterFileError(f"{file}: tensor {short(key)} is neither an adapter tensor nor a weight of this model")
         if tuple(value.shape) != tuple(p.shape):
             raise AdapterFileError(f"{file}: shape mismatch for {key!r}: file has {tuple(value.shape)}, model has "
                                    f"{tuple(p.shape)} (was the vocabulary resized?)")
@@ -287,7 +222,7 @@ def _peft_pattern(patterns: dict, path: str, default, file: Path):
             if re.match(rf"(.*\.)?({key})$", path):
                 return value
         except re.error:
-            raise AdapterFileError(f"{file.parent / CONFIG_NAME}: pattern {_short(key)} is not a valid regex") from None
+            raise AdapterFileError(f"{file.parent / CONFIG_NAME}: pattern {short(key)} is not a valid regex") from None
     return default
 
 
@@ -304,11 +239,11 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head, folder: Pa
             if isinstance(ff, str):  # PEFT: a string is a regex (full match), a list holds plain suffixes
                 is_ff = lambda p: re.fullmatch(ff, p) is not None  # noqa: E731
             else:
-                is_ff = lambda p: any(p.endswith(k) for k in _names(ff))  # noqa: E731
+                is_ff = lambda p: any(p.endswith(k) for k in module_names(ff))  # noqa: E731
             try:
                 feedforward = [_literal(p) for p in targets if is_ff(p)]
             except re.error:
-                raise AdapterFileError(f"{file}: feedforward_modules {_short(ff)} is not a valid regex") from None
+                raise AdapterFileError(f"{file}: feedforward_modules {short(ff)} is not a valid regex") from None
             return IA3Config(targets=[_literal(p) for p in targets], feedforward=feedforward, train_head=head)
         if peft_type == "MISS":
             return _miss_config(config, targets, head, file)
@@ -327,7 +262,7 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head, folder: Pa
                 raise AdapterFileError(f"{folder / WEIGHTS_NAME}: {path!r} has no lora_A/lora_B tensors")
             if not (isinstance(r, int) and dims == {r}):
                 raise AdapterFileError(f"{folder / WEIGHTS_NAME}: the tensors of {path!r} have rank "
-                                       f"{', '.join(map(str, sorted(dims)))}, the config says r={_short(r)}")
+                                       f"{', '.join(map(str, sorted(dims)))}, the config says r={short(r)}")
             if r != r0:
                 rank_pattern[_literal(path)] = r
             if alpha != a0:
@@ -343,7 +278,7 @@ def _petkit_config(config: dict, peft_type: str, adapter: dict, head, folder: Pa
 def _miss_config(config: dict, targets: list[str], head, file: Path) -> MissConfig:
     init = config.get("init_weights", True)
     if init not in (True, False, "bat", "mini") or not isinstance(init, (bool, str)):
-        raise AdapterFileError(f"{file}: MiSS init_weights={_short(init)} is unknown; petkit reads true, false, 'bat' and 'mini'")
+        raise AdapterFileError(f"{file}: MiSS init_weights={short(init)} is unknown; petkit reads true, false, 'bat' and 'mini'")
     variant = init if isinstance(init, str) else "miss"  # False: PEFT's random init for its tests, same forward
     return MissConfig(targets=[_literal(p) for p in targets], r=config.get("r", 64), variant=variant,
                       mini_r=config.get("mini_r", 1) if variant == "mini" else 1,

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from petkit.core.errors import AdapterFileError, ConfigError
-from petkit.core.model import MODEL_KEY, AdaptedModel
+from petkit.core.head import HeadDelta
+from petkit.core.model_delta import MODEL_KEY
 from petkit.core.storage import WEIGHTS_NAME, read_tensors
-from petkit.methods.head import HeadDelta
+from petkit.interop.peft_common import check_heads, head_of, module_names, peft_task_type, short
 from petkit.methods.prefix import PrefixDelta, PrefixTuningConfig
 from petkit.methods.prompt import PromptTuningConfig
 
@@ -31,9 +32,7 @@ HEAD_PREFIX = "base_model."
 PROMPT_KEY = "prompt_embeddings"
 
 
-def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
-    from petkit.interop.peft import peft_task_type
-
+def export_prompt(am, name: str) -> tuple[dict, dict]:
     delta = am.model_deltas[name]
     if am.method_of(name).name == "deep_prompt" and not isinstance(delta, PrefixDelta):
         raise ConfigError("PEFT has no per-layer prompt tokens (VPT-deep); save this adapter with format='petkit'")
@@ -74,27 +73,25 @@ def export_prompt(am: AdaptedModel, name: str) -> tuple[dict, dict]:
     }, tensors
 
 
-def load_prompt(am: AdaptedModel, folder: Path, config: dict, name: str):
+def load_prompt(am, folder: Path, config: dict, name: str):
     """Add the adapter and return (expected, saved) tensors for the caller's checks and copy."""
-    from petkit.interop.peft import _head_of, _names, _short, check_heads
-
     file = folder / WEIGHTS_NAME
     tensors, metadata = read_tensors(file)
     subs, m = config.get("num_transformer_submodules", 1), config.get("num_virtual_tokens")
     if subs not in (1, None):
-        raise AdapterFileError(f"{file}: num_transformer_submodules={_short(subs)} (a prompt for the decoder too); "
+        raise AdapterFileError(f"{file}: num_transformer_submodules={short(subs)} (a prompt for the decoder too); "
                                "petkit prompts the encoder only and reads files with 1")
     if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
-        raise AdapterFileError(f"{folder}: num_virtual_tokens must be a positive integer, got {_short(m)}")
+        raise AdapterFileError(f"{folder}: num_virtual_tokens must be a positive integer, got {short(m)}")
     prompt = tensors.pop(PROMPT_KEY, None)
     if prompt is None:
         raise AdapterFileError(f"{file} holds no {PROMPT_KEY!r} tensor")
-    names = _names(config.get("modules_to_save"))
+    names = module_names(config.get("modules_to_save"))
     heads: dict[str, dict] = {}
     for key, value in tensors.items():
-        head = _head_of(key[len(HEAD_PREFIX):], names) if key.startswith(HEAD_PREFIX) else None
+        head = head_of(key[len(HEAD_PREFIX):], names) if key.startswith(HEAD_PREFIX) else None
         if head is None:
-            raise AdapterFileError(f"{file}: tensor {_short(key)} is neither the prompt nor a task head's")
+            raise AdapterFileError(f"{file}: tensor {short(key)} is neither the prompt nor a task head's")
         heads.setdefault(head, {})[key[len(HEAD_PREFIX) + len(head) + 1:]] = value
     train_head = check_heads(am, heads, names, file)
     if config.get("peft_type") == "PREFIX_TUNING":

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from petkit.core.errors import ConfigError
-from petkit.core.targeting import named_base_modules
+from petkit.core.head import HeadDelta
+from petkit.core.unwrapped import named_base_modules
 from petkit.merge.ops import check_merge_args, low_rank, merge_tensors
-from petkit.methods.head import HeadDelta
 from petkit.methods.lora import LoraConfig, LoraDelta
 
 HEADS = ("none", "average")  # what happens to the inputs' task heads
@@ -46,7 +46,7 @@ class MergeReport:
 
 def weight_deltas(am, name: str) -> dict[str, torch.Tensor]:
     """{module path: ΔW (out × in)} of one adapter; a clear error for adapters with no weight delta."""
-    am._check_names([name])
+    am.state.check_names([name])
     method = am.method_of(name).name
     if name in am.model_deltas or am.is_selection(name):
         raise ConfigError(f"{method} adapter {name!r} has no per-module weight change to merge (it acts on the whole "

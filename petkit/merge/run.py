@@ -92,7 +92,8 @@ def merge_help() -> str:
 
 def run_merge(spec: MergeSpec) -> dict:
     """Load the inputs onto the base, merge them, save the result; returns a report."""
-    import petkit
+    from petkit.core.files import num_labels_of
+    from petkit.core.load import load
     from petkit.merge.adapters import merge_adapters
     from petkit.models import load_model
 
@@ -101,13 +102,12 @@ def run_merge(spec: MergeSpec) -> dict:
     paths, weights = spec.paths_and_weights()
     num_labels = None
     if spec.task == "classification":
-        from petkit.cli.commands import num_labels_of
         num_labels = num_labels_of(paths[0])
     model = load_model(spec.model, task=spec.task, num_labels=num_labels)
     names = [f"input{i}" for i in range(len(paths))]
     am = None
     for path, name in zip(paths, names):
-        am = petkit.load(am if am is not None else model, path, as_name=name, force=spec.force)
+        am = load(am if am is not None else model, path, as_name=name, force=spec.force)
     report = merge_adapters(am, names, spec.method, weights, spec.density, rank=spec.rank, into="default",
                             heads=spec.heads, sign_method=spec.sign_method, normalize=spec.normalize, seed=spec.seed)
     am.save(Path(spec.output), format=spec.format, names=["default"])
@@ -139,7 +139,7 @@ def run_soup(runs: str, model: str, data: str, *, greedy: bool = True, strict: b
              output: str = "runs/soup", max_eval: int | None = None, max_length: int = 128, force: bool = False,
              batch_size: int = 32) -> dict:
     """Soup the adapters of a folder of runs: held-out = the data's dev split, reported on test too."""
-    import petkit
+    from petkit.core.load import load
     from petkit.merge.soup import adapter_soup
     from petkit.pipeline import RunSpec, prepare
     from petkit.train import evaluate
@@ -148,7 +148,7 @@ def run_soup(runs: str, model: str, data: str, *, greedy: bool = True, strict: b
     prep = prepare(RunSpec(model=model, data=data, max_eval=max_eval, max_train=1, max_length=max_length))
     am = prep.model
     for name, path in adapters.items():
-        am = petkit.load(am, path, as_name=name, force=force)
+        am = load(am, path, as_name=name, force=force)
     metric = "accuracy" if prep.task == "classification" else "loss"
 
     def score(target, split) -> float:

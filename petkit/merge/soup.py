@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from petkit.core.errors import ConfigError
+from petkit.core.head import HeadDelta
 from petkit.merge.adapters import merge_adapters
-from petkit.methods.head import HeadDelta
 
 _CANDIDATE = "_soup_candidate"
 

@@ -48,8 +48,10 @@ from torch.nn.utils import skip_init
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import TargetError
 from petkit.core.layer import Delta, in_out_features
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES, named_base_modules, pattern_matcher
+from petkit.core.targeting import pattern_matcher
+from petkit.core.unwrapped import named_base_modules
 from petkit.models.taps import Captures
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": partial(F.gelu, approximate="tanh"),

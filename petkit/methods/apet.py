@@ -38,9 +38,11 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, config_from_dict, method_for, register
 from petkit.core.roles import as_on_model
-from petkit.core.targeting import LINEAR_TYPES, method_targets, named_base_modules, resolve_targets
+from petkit.core.targeting import method_targets, resolve_targets
+from petkit.core.unwrapped import named_base_modules
 from petkit.methods.sparse import SparseDelta
 
 LEVELS = ("element", "tensor")

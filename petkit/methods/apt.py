@@ -27,7 +27,8 @@ from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import StateError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.registry import Method, register
-from petkit.core.targeting import named_base_modules, resolve_targets
+from petkit.core.targeting import resolve_targets
+from petkit.core.unwrapped import named_base_modules
 from petkit.models.attention import is_cross_attention_path
 from petkit.models.structure import hf_model, hidden_size
 from petkit.models.taps import Captures

@@ -13,8 +13,8 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig
 from petkit.core.layer import Delta
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 
 
 def _out_features(base: nn.Module) -> int:

@@ -46,8 +46,8 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, StateError
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 from petkit.methods.lora import LoraDelta
 from petkit.methods.sparse import SparseDelta
 

@@ -15,8 +15,9 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, _as_tuple, check
 from petkit.core.layer import Delta, in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES, matches_any
+from petkit.core.targeting import matches_any
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from torch.func import functional_call
 
 from petkit.core.config import AdapterConfig
 from petkit.core.layer import Delta
+from petkit.core.module_types import is_norm
 from petkit.core.registry import Method, register
-from petkit.core.targeting import is_norm
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
 from petkit.core.roles import lora_default_targets
-from petkit.core.targeting import LINEAR_TYPES, matches_any
+from petkit.core.targeting import matches_any
 from petkit.methods.lora_kernel import lora_linear, lora_linear_routed
 
 INITS = ("kaiming", "gaussian", "pissa")

@@ -39,12 +39,12 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError
+from petkit.core.head import HeadDelta
 from petkit.core.layer import Delta, add_to_weight, in_out_features
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 from petkit.methods import quantize as qz
 from petkit.methods.adapters import BlockInput
-from petkit.methods.head import HeadDelta
 
 FULL = 32  # bits value meaning "no quantisation"
 ALLOWED_BITS = qz.BITS + (FULL,)

@@ -44,13 +44,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petkit.core.blocks import linear_io
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
+from petkit.core.module_types import is_norm
 from petkit.core.registry import Method, register
-from petkit.core.blocks import linear_io
 from petkit.core.roles import role_paths, roles_of
-from petkit.core.targeting import inside, is_norm, named_base_modules
+from petkit.core.targeting import inside
+from petkit.core.unwrapped import named_base_modules
 from petkit.models.calls import cache_argument, call_inputs, find_cache
 from petkit.models.structure import (
     attention_shape,

@@ -27,8 +27,8 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, in_out_features
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 
 
 @dataclass(frozen=True)

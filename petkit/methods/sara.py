@@ -46,8 +46,8 @@ import torch
 from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.errors import ConfigError, StateError
 from petkit.core.layer import in_out_features, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 from petkit.methods.sparse import SparseDelta, support_at, with_support
 
 

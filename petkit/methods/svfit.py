@@ -26,8 +26,8 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.layer import Delta, add_to_weight, weight_oi
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES
 
 DEFAULT_ENERGY = 0.99
 

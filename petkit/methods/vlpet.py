@@ -46,8 +46,9 @@ from torch.nn.utils import skip_init
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, in_out_features
+from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
-from petkit.core.targeting import LINEAR_TYPES, matches_any
+from petkit.core.targeting import matches_any
 from petkit.methods.adapters import ACTIVATIONS, BlockInput, Bottleneck, BottleneckDelta
 
 GRANULARITIES = ("large", "middle_x", "middle_y", "small")

@@ -10,7 +10,7 @@ from torch import nn
 
 from petkit.core.blocks import layer_stacks  # noqa: F401  (methods read stacks from here)
 from petkit.core.errors import TargetError
-from petkit.core.targeting import named_base_modules
+from petkit.core.unwrapped import named_base_modules
 
 
 def hf_model(model: nn.Module, method: str) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from petkit.core.targeting import Conv1D, is_norm
+from petkit.core.module_types import Conv1D, is_norm
 
 
 def io_features(m: nn.Module) -> tuple[int, int]:

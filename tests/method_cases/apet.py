@@ -1,7 +1,8 @@
 """APET matrix cases: a LoRA-sized budget at random elements, and whole tensors (budget = all of them)."""
 
 from method_cases._shapes import io_features, method_layers
-from petkit.core.targeting import named_base_modules, resolve_targets
+from petkit.core.targeting import resolve_targets
+from petkit.core.unwrapped import named_base_modules
 from petkit.methods.apet import ApetConfig
 
 REFERENCE = {"method": "lora", "r": 2, "targets": ["attn.qkv"]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-import petkit
+from petkit.core.model import adapt
 from petkit.core.errors import ConfigError
 
 from ..aggregate import dp_fedavg, fedavg
@@ -19,7 +19,7 @@ DP_SETTINGS = ("dp_clip", "dp_noise", "dp_delta")
 
 
 def build_model(base, method_config, job):
-    return petkit.adapt(base, method_config)
+    return adapt(base, method_config)
 
 
 def check(job) -> None:

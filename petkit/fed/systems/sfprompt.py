@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-import petkit
+from petkit.core.model import adapt
 from petkit.core.errors import ConfigError
 from petkit.methods.telly import TellyConfig
 from petkit.models.structure import encoder_stack, hf_model
@@ -53,7 +53,7 @@ def adapted(model: nn.Module, prompt_config, tail_layers: int):
     """The client's trainable model: prompts at the input, the tail trained in place (layer freezing
     below it), the task head trained in place with the tail."""
     depth = len(encoder_stack(hf_model(model, "SFPrompt"), "SFPrompt"))
-    am = petkit.adapt(model, TellyConfig(k=depth - tail_layers), name="tail")
+    am = adapt(model, TellyConfig(k=depth - tail_layers), name="tail")
     am.add(dataclasses.replace(prompt_config, train_head=False), name="prompt")
     am.set_active(["tail", "prompt"])
     am.set_trainable("tail")  # adding the prompt froze it; the prompt stays trainable
