@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from petkit.core.model import adapt
 from petkit.core.errors import ConfigError
+from petkit.core.model import adapt
 
 from ..aggregate import dp_fedavg, fedavg
 from ..local import local_update

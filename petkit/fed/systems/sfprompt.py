@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from petkit.core.model import adapt
 from petkit.core.errors import ConfigError
+from petkit.core.model import adapt
 from petkit.methods.telly import TellyConfig
 from petkit.models.structure import encoder_stack, hf_model
 from petkit.train.batching import batch_indices, epoch_order, iter_batches
