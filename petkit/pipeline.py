@@ -24,6 +24,7 @@ import torch
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError
 from petkit.core.load import load
+from petkit.core.mapping import check_keys, config_from_mapping, field_names
 from petkit.core.model import adapt
 from petkit.core.registry import config_from_dict
 from petkit.core.storage import WEIGHTS_NAME
@@ -47,13 +48,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
-        if not isinstance(data, dict):
-            raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown run settings {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return config_from_mapping(cls, data, where="run")
 
     def method_config(self) -> AdapterConfig:
         method = dict(self.method)
@@ -67,11 +62,10 @@ class RunSpec:
         settings = {"seed": self.seed, **self.train}
         if self.output and "output_dir" not in settings:
             settings["output_dir"] = str(Path(self.output) / "train")
+        settings = check_keys(settings, field_names(TrainConfig), where="train")  # a typo names the closest key
         try:
             return TrainConfig(**settings)
-        except TypeError as exc:
-            raise ConfigError(f"invalid train settings: {exc}") from None
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid train settings: {exc}") from None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from petkit.bench.defaults import FULL_PRESET, method_defaults
 from petkit.core.errors import ConfigError
+from petkit.core.mapping import config_from_mapping, field_names, int_at_least
 
 # The step time is the median of the steps after the first WARMUP_STEPS (allocations, first-touch
 # caches); fewer than MIN_STEPS steps leave too few to take a median of.
@@ -128,16 +129,13 @@ class BenchConfig:
         if "budget" in data:
             data.update(parse_budget(data.pop("budget")))
         data = {**(FULL_PRESET if preset == "full" else {}), **data}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown bench settings {unknown}; known: budget, preset, {', '.join(sorted(known))}")
         if data.get("methods") == "all":
             from petkit.core.registry import all_methods
             data["methods"] = [m.name for m in all_methods()]
         if data.get("tasks") == "local":
             data["tasks"] = local_tasks()
-        return cls(**data)
+        # budget and preset are read above; they stay in the keys a misspelling is matched against
+        return config_from_mapping(cls, data, where="bench", keys=(*field_names(cls), "budget", "preset"))
 
     def replace(self, **changes) -> BenchConfig:
         return dataclasses.replace(self, **changes)
@@ -174,13 +172,6 @@ def local_tasks() -> list[str]:
 def _plain(value):
     """JSON round trip: tuples become lists, so settings compare equal to those read from results.jsonl."""
     return json.loads(json.dumps(value))
-
-
-def _positive_int(name: str, value, minimum: int = 1, hint: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}{hint}")
 
 
 def _validate_variants(variants, registered: list[str]) -> None:
@@ -232,17 +223,17 @@ def _validate(cfg: BenchConfig) -> None:
             raise ConfigError(f"settings of {method} must map config fields to values, got {values!r}")
     if len(set(cfg.methods)) != len(cfg.methods) or len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError("methods and tasks must not repeat")
-    _positive_int("seeds", cfg.seeds)
-    _positive_int("extend", cfg.extend, 0)
-    _positive_int("steps", cfg.steps, MIN_STEPS,
-                  f": the budget is too small to evaluate. The step time is the median of the steps after the "
-                  f"first {WARMUP_STEPS} (warm-up), so a run needs at least {MIN_STEPS} steps; "
-                  f"use --budget steps={MIN_STEPS} or more")
+    int_at_least("seeds", cfg.seeds)
+    int_at_least("extend", cfg.extend, 0)
+    int_at_least("steps", cfg.steps, MIN_STEPS,
+                 f": the budget is too small to evaluate. The step time is the median of the steps after the "
+                 f"first {WARMUP_STEPS} (warm-up), so a run needs at least {MIN_STEPS} steps; "
+                 f"use --budget steps={MIN_STEPS} or more")
     for name in ("batch_size", "max_length", "eval_batch_size", "infer_batch", "infer_reps", "jobs"):
-        _positive_int(name, getattr(cfg, name))
+        int_at_least(name, getattr(cfg, name))
     for name in ("max_train", "max_eval", "threads"):
         if getattr(cfg, name) is not None:
-            _positive_int(name, getattr(cfg, name))
+            int_at_least(name, getattr(cfg, name))
     if cfg.jobs > 1 and not cfg.isolate:
         raise ConfigError("jobs > 1 runs each run in its own process; it cannot be combined with --in-process")
     if cfg.against not in (None, *AGAINST):

@@ -8,11 +8,11 @@ the method that builds its deltas.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from petkit.core.errors import ConfigError
+from petkit.core.mapping import config_from_mapping, is_int
 
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:
@@ -74,24 +74,23 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
-        """Build from a saved dict; unknown keys (from a newer petkit) are warned about and dropped."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a {cls.__name__} must be read from a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in known and k != "method")
-        if unknown:
-            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown} (written by a newer petkit?)", stacklevel=2)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:  # wrong value types that slipped through the field checks
-            raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+        """Build from a dict a user wrote (a `method` key is allowed and ignored): an unknown key is a
+        ConfigError naming the closest field."""
+        return cls._from_mapping(data, saved=False)
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "AdapterConfig":
-        """Build from a config an adapter file holds: fields it predates take `saved_defaults`."""
+        """Build from a config an adapter file holds: fields it predates take `saved_defaults`, and
+        unknown keys (from a newer petkit) are warned about and dropped, so the file still loads."""
         if isinstance(data, dict):
             data = {**{k: v for k, v in cls.saved_defaults.items() if k not in data}, **data}
-        return cls.from_dict(data)
+        return cls._from_mapping(data, saved=True)
+
+    @classmethod
+    def _from_mapping(cls, data, saved: bool) -> "AdapterConfig":
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "method"}
+        return config_from_mapping(cls, data, where=cls.method or cls.__name__, saved=saved)
 
     def replace(self, **changes) -> "AdapterConfig":
         return dataclasses.replace(self, **changes)
@@ -108,7 +107,8 @@ def is_number(value) -> bool:
 
 
 def is_pos_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    """The predicate method configs word their own messages around (`r must be a positive int, got 0`)."""
+    return is_int(value) and value > 0
 
 
 __all__ = ["AdapterConfig", "check", "is_number", "is_pos_int"]

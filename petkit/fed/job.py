@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from petkit.core.errors import ConfigError
+from petkit.core.mapping import config_from_mapping, int_at_least
 from petkit.pipeline import RunSpec
 
 from .registry import get_system
@@ -72,7 +73,7 @@ class FedJob:
                               FutureWarning, stacklevel=2)
                 settings[new] = settings.pop(old)
         ours = _own_fields()
-        unknown = sorted(set(settings) - set(RUN_FIELDS) - {f.name for f in ours})
+        unknown = sorted(set(settings) - set(_flat_keys()))
         if unknown:
             raise TypeError(f"FedJob got unknown settings {unknown}")
         run_settings = {k: settings.pop(k) for k in RUN_FIELDS if k in settings}
@@ -99,13 +100,12 @@ class FedJob:
         if self.server_lr <= 0:
             raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
         for name in ("head_layers", "tail_layers", "generator_heads"):
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.local_loss_steps, int) or self.local_loss_steps < 0:
-            raise ConfigError(f"local_loss_steps must be an integer >= 0, got {self.local_loss_steps!r}")
+            int_at_least(name, getattr(self, name))
+        int_at_least("local_loss_steps", self.local_loss_steps, 0)
         if self.partition not in PARTITIONS:
             raise ConfigError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         for name in ("clients", "rounds", "local_steps", "batch_size"):
-            _positive_int(name, getattr(self, name))
+            int_at_least(name, getattr(self, name))
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction (clients per round) must be in (0, 1], got {self.fraction}")
         if self.lr <= 0 or self.proximal_mu < 0 or self.dp_noise < 0:
@@ -135,11 +135,8 @@ class FedJob:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FedJob":
-        known = set(RUN_FIELDS) | {f.name for f in _own_fields()}
-        unknown = sorted(set(data) - known - set(RENAMED))
-        if unknown:
-            raise ConfigError(f"unknown federated settings {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        """From the flat form; the old names in RENAMED still work, with a FutureWarning."""
+        return config_from_mapping(cls, data, where="federated", keys=(*_flat_keys(), *RENAMED))
 
     @classmethod
     def from_json(cls, text: str) -> "FedJob":
@@ -155,6 +152,6 @@ def _own_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(FedJob) if f.name != "run"]
 
 
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def _flat_keys() -> tuple[str, ...]:
+    """The keys of the flat form: the run's fields the job sets and the federated settings."""
+    return (*RUN_FIELDS, *(f.name for f in _own_fields()))

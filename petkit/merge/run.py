@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from petkit.core.errors import ConfigError
+from petkit.core.mapping import check_keys, field_names
 
 FORMATS = ("petkit", "peft")
 
@@ -48,10 +49,7 @@ class MergeSpec:
     def from_dict(cls, data) -> MergeSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"a merge spec is a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown merge settings {unknown}; known: {', '.join(sorted(known))}")
+        data = check_keys(data, field_names(cls), where="merge")  # first: `modle` names `model`
         if "model" not in data:
             raise ConfigError("a merge spec needs model: the base model the inputs were trained on")
         return cls(**data)

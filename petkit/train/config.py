@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from petkit.core.errors import ConfigError
+from petkit.core.mapping import config_from_mapping, int_at_least
 
 SCHEDULES = ("linear", "cosine", "constant")
 PARALLEL = ("ddp", "fsdp")
@@ -46,28 +46,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _number("lr", self.lr, minimum=0, strict=True)
-        _integer("epochs", self.epochs, minimum=1)
+        int_at_least("epochs", self.epochs, minimum=1)
         if self.max_steps is not None:
-            _integer("max_steps", self.max_steps, minimum=1)
-        _integer("batch_size", self.batch_size, minimum=1)
+            int_at_least("max_steps", self.max_steps, minimum=1)
+        int_at_least("batch_size", self.batch_size, minimum=1)
         if self.eval_batch_size is not None:
-            _integer("eval_batch_size", self.eval_batch_size, minimum=1)
-        _integer("grad_accum", self.grad_accum, minimum=1)
+            int_at_least("eval_batch_size", self.eval_batch_size, minimum=1)
+        int_at_least("grad_accum", self.grad_accum, minimum=1)
         if self.max_grad_norm is not None:
             _number("max_grad_norm", self.max_grad_norm, minimum=0, strict=True)
         if isinstance(self.warmup, float):
             if not 0 <= self.warmup < 1:
                 raise ConfigError(f"warmup as a ratio must be in [0, 1), got {self.warmup} (use an int for steps)")
         else:
-            _integer("warmup", self.warmup, minimum=0)
+            int_at_least("warmup", self.warmup, minimum=0)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _number("weight_decay", self.weight_decay, minimum=0)
-        _integer("seed", self.seed, minimum=0)
+        int_at_least("seed", self.seed, minimum=0)
         if not isinstance(self.eval_every_epoch, bool):
             raise ConfigError(f"eval_every_epoch must be True or False, got {self.eval_every_epoch!r}")
-        _integer("checkpoint_every", self.checkpoint_every, minimum=0)
-        _integer("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        int_at_least("checkpoint_every", self.checkpoint_every, minimum=0)
+        int_at_least("keep_checkpoints", self.keep_checkpoints, minimum=1)
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.checkpoint_every and not self.output_dir:
@@ -78,20 +78,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Build from a dict (JSON/YAML); unknown keys are reported and ignored so newer files still load."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            warnings.warn(f"TrainConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
-def _integer(name: str, value, minimum: int) -> None:
-    # bool is an int subclass; `epochs=True` is a mistake, not 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        """Build from a dict (JSON/YAML, `-t key=value`): an unknown key is a ConfigError naming the closest one."""
+        return config_from_mapping(cls, values, where="train")
 
 
 def _number(name: str, value, minimum: float, strict: bool = False) -> None:
