@@ -7,7 +7,7 @@
     am2 = petkit.load(fresh_model, "out/")
 """
 
-from petkit.core.composition import Average, BatchSplit, Parallel, Stack
+from petkit.core.composition import Average, BatchSplit, Parallel, Stack, Sum, WeightedSum
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import (
     AdapterFileError,
@@ -50,7 +50,7 @@ from petkit.version import __version__
 
 __all__ = [
     "__version__", "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
-    "Stack", "Parallel", "Average", "BatchSplit",
+    "Stack", "Sum", "WeightedSum", "BatchSplit", "Parallel", "Average",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
