@@ -11,7 +11,7 @@ deterministic.
   uniformly at random without replacement from all entries of the targeted weight matrices
   (default "all-linear"). Each layer's share is a multivariate hypergeometric draw, then its
   positions are a uniform subset; each layer is a `SparseDelta` (values start at 0, the sparse
-  backward of sparse.py). Trainable: exactly the budget.
+  backward of `petkit/kernels/sparse.py`). Trainable: exactly the budget.
 - level="tensor" (the official code, yushengsu-thu/PET_Scaling): whole weight and bias tensors of
   the targeted layers, visited in a seeded random order and taken whenever they fit in what is
   left of the budget (greedy, as the code). Rule: count <= budget, and every tensor left out is
@@ -43,7 +43,7 @@ from petkit.core.registry import Method, config_from_dict, method_for, register
 from petkit.core.roles import as_on_model
 from petkit.core.targeting import method_targets, resolve_targets
 from petkit.core.unwrapped import named_base_modules
-from petkit.methods.sparse import SparseDelta
+from petkit.kernels.sparse import SparseDelta
 
 LEVELS = ("element", "tensor")
 DEFAULT_REFERENCE = {"method": "lora", "r": 8, "targets": ["attn.q", "attn.v"]}  # when neither is given (_default_reference)

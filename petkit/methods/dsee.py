@@ -49,7 +49,7 @@ from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
 from petkit.methods.lora import LoraDelta
-from petkit.methods.sparse import SparseDelta
+from petkit.kernels.sparse import SparseDelta
 
 SUPPORTS = ("grebsmo", "omp", "random")
 PRUNED = ("", "unstructured", "heads")

@@ -2,7 +2,7 @@
 
 ΔW = s · B A with A ∈ R^{r×in}, B ∈ R^{out×r}, s = alpha / r (rsLoRA: alpha / sqrt(r)).
 B starts at zero, so the adapted model equals the base at init. Works on Linear, GPT-2 Conv1D,
-Embedding and Conv2d; the linear forward is the fused kernel in `lora_kernel.py`.
+Embedding and Conv2d; the linear forward is the fused kernel in `petkit/kernels/lora.py`.
 
 PiSSA (Meng et al. 2024) starts A, B from the top-r singular triplets of W. Instead of rewriting the
 base weight to the residual (as the paper and PEFT do), petkit keeps the initial factors A0, B0 as
@@ -25,7 +25,7 @@ from petkit.core.module_types import LINEAR_TYPES
 from petkit.core.registry import Method, register
 from petkit.core.roles import lora_default_targets
 from petkit.core.targeting import matches_any
-from petkit.methods.lora_kernel import lora_linear, lora_linear_routed
+from petkit.kernels.lora import lora_linear, lora_linear_routed
 
 INITS = ("kaiming", "gaussian", "pissa")
 
