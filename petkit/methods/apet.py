@@ -39,7 +39,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, config_from_dict, method_for, register
+from petkit.core.registry import Method, MethodDefaults, config_from_dict, method_for, register
 from petkit.core.roles import as_on_model
 from petkit.core.targeting import method_targets, resolve_targets
 from petkit.core.unwrapped import named_base_modules
@@ -173,4 +173,6 @@ register(Method(
     spec="Su et al., EMNLP 2023 (arXiv 2306.02320); code yushengsu-thu/PET_Scaling",
     summary="a parameter budget (a count or a reference method's) at random elements or whole tensors",
     default_targets=("all-linear",),
+    # bench: LoRA r=8 on q, v's budget at random elements
+    bench=MethodDefaults({}, (1e-3, 5e-3), "sparse"),
 ))
