@@ -21,39 +21,15 @@ from petkit.core.load import load
 from petkit.core.model import AdaptedModel, adapt
 from petkit.core.registry import all_methods, get_method
 import petkit.methods  # noqa: F401  (every built-in method registers itself; core/registry.py relies on it)
-from petkit.methods.adapters import BottleneckConfig
-from petkit.methods.apet import ApetConfig
-from petkit.methods.apt import AptConfig
-from petkit.methods.bitfit import BitFitConfig
-from petkit.methods.deep_prompt import DeepPromptConfig
-from petkit.methods.dsee import DseeConfig
-from petkit.methods.dvpt import DvptConfig
-from petkit.methods.full import FullConfig
-from petkit.methods.head import ProbeConfig
-from petkit.methods.hst import HstConfig
-from petkit.methods.ia3 import IA3Config
-from petkit.methods.idpt import IdptConfig
-from petkit.methods.layernorm import LayerNormConfig
-from petkit.methods.lora import DoraConfig, LoraConfig
-from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig
-from petkit.methods.lst import LstConfig
-from petkit.methods.miss import MissConfig
-from petkit.methods.mora import MoraConfig
-from petkit.methods.prefix import PrefixTuningConfig
-from petkit.methods.prompt import PromptTuningConfig
-from petkit.methods.sara import SaraConfig
-from petkit.methods.sherl import SherlConfig
-from petkit.methods.svfit import SVFitConfig
-from petkit.methods.telly import TellyConfig
-from petkit.methods.vlpet import VLPetConfig
 from petkit.version import __version__
+
+# Every registered method's config under its class name (petkit.LoraConfig, ...), read from the
+# registry: a method's own file is the one place that names its config.
+_CONFIGS = {m.config.__name__: m.config for m in all_methods()}
+globals().update(_CONFIGS)
 
 __all__ = [
     "__version__", "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
-    "Stack", "Parallel", "Average", "BatchSplit",
-    "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
-    "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
-    "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",
-    "DeepPromptConfig", "LstConfig", "SherlConfig", "AptConfig", "DvptConfig", "IdptConfig", "HstConfig",
+    "Stack", "Parallel", "Average", "BatchSplit", *_CONFIGS,
     "PetkitError", "ConfigError", "TargetError", "AdapterFileError", "BaseModelMismatch", "StateError",
 ]
