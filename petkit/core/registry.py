@@ -28,7 +28,7 @@ class MethodDefaults:
 
 @dataclass(frozen=True)
 class Method:
-    """What the engine needs to know about a method.
+    """Everything the engine and the other layers need to know about a method (its one record).
 
     build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
     build(model, config, init=...) -> ModelDelta       (model kind: see petkit/core/model_delta.py)

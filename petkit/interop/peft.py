@@ -5,6 +5,9 @@ LoRA's (peft_tuner.py), a `PromptFormat` for prompt learning (peft_prompt.py), o
 files cannot hold its adapters. Saving writes each adapter with its method's format, non-default
 adapters in a subfolder named after them; loading picks the one format that reads the file's
 `peft_type`. petkit adds its base-model fingerprint to the safetensors metadata, which PEFT ignores.
+
+A format is any object with `peft_type`, `reads`, `twin`, `export(am, name) -> (adapter_config,
+tensors)` and `load(am, folder, adapter_config, name, force)`; the two classes cover PEFT's layouts.
 """
 
 from __future__ import annotations
