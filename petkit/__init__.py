@@ -21,6 +21,8 @@ from petkit.core.load import load
 from petkit.core.model import AdaptedModel, adapt
 from petkit.core.registry import all_methods, get_method
 import petkit.methods  # noqa: F401  (every built-in method registers itself; core/registry.py relies on it)
+# every method's config, spelled out so editors and type checkers see them (tests/test_registry_record.py
+# checks the list against the registry)
 from petkit.methods.adapters import BottleneckConfig
 from petkit.methods.apet import ApetConfig
 from petkit.methods.apt import AptConfig
