@@ -59,7 +59,7 @@ SHIFT_PEFT = TunerFormat(
 @pytest.fixture
 def shift_method(monkeypatch):
     """The method registered for one test only (the registry as it was comes back afterwards)."""
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry._METHODS, "records", dict(registry._METHODS.records))
     return register(Method(name="toy_shift", config=ShiftConfig, kind="output",
                            build=lambda base, config, path, model, init=True: ShiftDelta(base),
                            layer_types=(nn.Linear,), mergeable=False, spec="a test", summary="output shift",

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError
+from petkit.core.named_table import NamedTable
 
 KINDS = ("weight", "output", "model", "selection", "head")
 
@@ -69,23 +70,20 @@ class Method:
         return self.peft.peft_type if self.peft is not None else None
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: NamedTable[Method] = NamedTable(
+    "method", lambda name, known: f"unknown method {name!r}; known methods: {known}")
 
 
 def register(method: Method) -> Method:
     if method.kind not in KINDS:
         raise ValueError(f"unknown kind {method.kind!r} for {method.name}")
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
+    _METHODS.add(method.name, method)
     method.config.method = method.name
-    _METHODS[method.name] = method
     return method
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def method_for(config: AdapterConfig) -> Method:
@@ -95,7 +93,7 @@ def method_for(config: AdapterConfig) -> Method:
 
 
 def all_methods() -> list[Method]:
-    return [_METHODS[k] for k in sorted(_METHODS)]
+    return _METHODS.all()
 
 
 def config_from_dict(data: dict, saved: bool = False) -> AdapterConfig:
