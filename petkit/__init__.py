@@ -7,7 +7,7 @@
     am2 = petkit.load(fresh_model, "out/")
 """
 
-from petkit.core.composition import Average, BatchSplit, Parallel, Stack
+from petkit.core.composition import Average, BatchSplit, Parallel, Stack, Sum, WeightedSum
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import (
     AdapterFileError,
@@ -21,6 +21,8 @@ from petkit.core.load import load
 from petkit.core.model import AdaptedModel, adapt
 from petkit.core.registry import all_methods, get_method
 import petkit.methods  # noqa: F401  (every built-in method registers itself; core/registry.py relies on it)
+# every method's config, spelled out so editors and type checkers see them (tests/test_registry_record.py
+# checks the list against the registry)
 from petkit.methods.adapters import BottleneckConfig
 from petkit.methods.apet import ApetConfig
 from petkit.methods.apt import AptConfig
@@ -50,7 +52,7 @@ from petkit.version import __version__
 
 __all__ = [
     "__version__", "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
-    "Stack", "Parallel", "Average", "BatchSplit",
+    "Stack", "Sum", "WeightedSum", "BatchSplit", "Parallel", "Average",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",
     "ApetConfig", "LowbitLoraConfig", "LowbitAdapterConfig", "MoraConfig", "PromptTuningConfig", "PrefixTuningConfig",

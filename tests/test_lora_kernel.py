@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import petkit
 from petkit.methods.lora import LoraDelta
-from petkit.methods.lora_kernel import LoraLinearFn, lora_linear, lora_linear_routed
+from petkit.kernels.lora import LoraLinearFn, lora_linear, lora_linear_routed
 
 
 def ref(x, W, b, A, B, s, mask=None):

@@ -14,7 +14,7 @@ from petkit.methods.apet import (
     greedy_tensors,
     sample_positions,
 )
-from petkit.methods.sparse import SparseDelta
+from petkit.kernels.sparse import SparseDelta
 from petkit.testing import tiny_batch, tiny_bert, tiny_llama, tiny_t5
 
 LORA_QV = {"method": "lora", "r": 8, "targets": ["attn.q", "attn.v"]}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import petkit
-from petkit.methods import quantize as qz
+from petkit.kernels import quantize as qz
 from petkit.methods.lowbit import (
     LowbitAdapterConfig,
     LowbitLoraConfig,

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from petkit.methods import sparse
-from petkit.methods.sparse import (
+from petkit.kernels import sparse
+from petkit.kernels.sparse import (
     SparseDelta,
     gathered_grad,
     sorted_support,

@@ -6,7 +6,7 @@
 Read in this order: config.py (what a bench is) → runner.py (the grid, top to bottom) → measure.py
 (one run and how each number is measured) → results.py (resume, refusing mixed setups) →
 summary.py / leaderboard.py / report.py / plots.py (from records to the leaderboard).
-defaults.py is the one table of per-method settings and learning-rate grids.
+defaults.py reads each method's settings and learning-rate grid from its registry record.
 """
 
 from petkit.bench.config import MIN_STEPS, BenchConfig

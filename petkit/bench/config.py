@@ -239,9 +239,9 @@ def _validate(cfg: BenchConfig) -> None:
     if cfg.against not in (None, *AGAINST):
         raise ConfigError(f"against must be one of {', '.join(AGAINST)}, got {cfg.against!r}")
     if cfg.against == "peft":
-        from petkit.interop.peft import EXPORTABLE
-        if not set(cfg.methods) & set(EXPORTABLE):
-            raise ConfigError(f"--against peft compares the methods both libraries have ({', '.join(EXPORTABLE)}); "
+        from petkit.interop.peft import exportable
+        if not set(cfg.methods) & set(exportable()):
+            raise ConfigError(f"--against peft compares the methods both libraries have ({', '.join(exportable())}); "
                               f"none of them is in this bench")
     if cfg.order_by not in ORDER_BY:
         raise ConfigError(f"order_by must be one of {', '.join(ORDER_BY)}, got {cfg.order_by!r}")

@@ -20,21 +20,19 @@ from torch import nn
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError
 from petkit.core.model import adapt
+from petkit.core.registry import all_methods, method_for
 from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME
-from petkit.interop.peft import EXPORTABLE
-
-LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "rank_pattern", "alpha_pattern")
-MISS_FIELDS = ("r", "miss_dropout", "mini_r", "init_weights")
-PROMPT_FIELDS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers")
 
 
 def peft_model(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """`peft.get_peft_model(model, <config petkit exports for config>)` with petkit's initial weights."""
     import peft
 
-    if config.method not in EXPORTABLE:
-        raise ConfigError(f"{config.method} has no Hugging Face PEFT counterpart; "
-                                 f"those are {', '.join(EXPORTABLE)}")
+    fmt = method_for(config).peft
+    twin = fmt.twin if fmt is not None else None
+    if twin is None:
+        raise ConfigError(f"{config.method} has no Hugging Face PEFT counterpart here; those are "
+                          f"{', '.join(m.name for m in all_methods() if m.peft and m.peft.twin)}")
     # The petkit twin's starting point, exported, then removed again: `delete` unwraps every module,
     # leaving `model` as it was (no copy of the model, which would blur the memory measurement).
     mirror = adapt(model, config)
@@ -44,7 +42,7 @@ def peft_model(model: nn.Module, config: AdapterConfig) -> nn.Module:
         weights = load_file(str(Path(tmp) / WEIGHTS_NAME))
     mirror.delete("default")
 
-    peft_config = _peft_config(peft, exported)
+    peft_config = _peft_config(peft, twin, exported)
     pm = peft.get_peft_model(model, peft_config)
     result = peft.set_peft_model_state_dict(pm, weights)
     if "prompt_embeddings" in weights:  # loaded by PEFT apart from the state dict, which lists it as unexpected
@@ -56,15 +54,8 @@ def peft_model(model: nn.Module, config: AdapterConfig) -> nn.Module:
     return pm
 
 
-def _peft_config(peft, exported: dict):
-    """The PEFT config object for what petkit exported (the same fields, training mode)."""
-    common = {"modules_to_save": exported["modules_to_save"], "task_type": exported["task_type"], "inference_mode": False}
-    kind = exported["peft_type"]
-    if kind == "PROMPT_TUNING":
-        return peft.PromptTuningConfig(**{k: exported[k] for k in PROMPT_FIELDS}, **common)
-    common["target_modules"] = exported["target_modules"]
-    if kind == "IA3":
-        return peft.IA3Config(feedforward_modules=exported["feedforward_modules"], **common)
-    if kind == "MISS":
-        return peft.MissConfig(**{k: exported[k] for k in MISS_FIELDS}, **common)
-    return peft.LoraConfig(**{k: exported[k] for k in LORA_FIELDS}, **common)
+def _peft_config(peft, twin: tuple, exported: dict):
+    """The PEFT config object for what petkit exported (the fields the method's twin names, training mode)."""
+    cls, fields = twin
+    return getattr(peft, cls)(**{k: exported[k] for k in fields}, modules_to_save=exported["modules_to_save"],
+                              task_type=exported["task_type"], inference_mode=False)

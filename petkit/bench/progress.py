@@ -18,8 +18,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from petkit.train.progress import LiveProgress
 
-class GridProgress:
+
+class GridProgress(LiveProgress):
     def __init__(self, total: int, enabled: bool = True, log=None, jobs: int = 1):
         self.total, self.done, self.ran, self.busy, self.jobs = total, 0, 0, 0.0, jobs
         self._log = log
@@ -32,15 +34,6 @@ class GridProgress:
         ) if enabled else None
         if self._progress:
             self._task = self._progress.add_task("grid", total=total, eta="-", current="")
-
-    def __enter__(self) -> GridProgress:
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress:
-            self._progress.stop()
 
     def start(self, label: str) -> int:
         self._next += 1

@@ -31,7 +31,7 @@ from petkit.bench.report import write_report
 from petkit.bench.results import RESULTS_NAME, Results, key_of
 from petkit.bench.summary import lr_search, task_name
 from petkit.core.errors import ConfigError
-from petkit.interop.peft import EXPORTABLE
+from petkit.interop.peft import exportable
 from petkit.version import __version__
 
 
@@ -45,7 +45,7 @@ def run_bench(config: BenchConfig, *, fresh: bool = False, progress: bool = True
     out = Path(config.output)
     _check_tasks(config)
     execute = run_isolated if config.isolate else _in_process
-    twins = set(EXPORTABLE) if config.against == "peft" else set()
+    twins = set(exportable()) if config.against == "peft" else set()
 
     with Results(out / RESULTS_NAME, config, fresh=fresh) as results, \
             GridProgress(_count(config, twins), progress, log, jobs=config.jobs) as bar:

@@ -199,12 +199,12 @@ def fed(args) -> int:
 
 
 def methods(args) -> int:
-    from petkit.core.registry import all_methods
+    from petkit.cli.methods_table import COLUMNS, method_rows  # the README's method table: the same rows
     table = Table(title="registered methods")
-    for col in ("name", "kind", "mergeable", "PEFT format", "what", "spec"):
-        table.add_column(col, no_wrap=col == "name")  # names are what users type: never split them
-    for m in all_methods():
-        table.add_row(m.name, m.kind, "yes" if m.mergeable else "no", m.peft_type or "", m.summary, m.spec)
+    for col in COLUMNS:
+        table.add_column(col, no_wrap=col == "method")  # names are what users type: never split them
+    for row in method_rows():
+        table.add_row(*row)
     console.print(table)
     return 0
 

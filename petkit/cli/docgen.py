@@ -13,23 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from petkit.cli.methods_table import COLUMNS, method_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CLI_PAGE = ROOT / "docs" / "cli.md"
 REGENERATE = ".venv/bin/python -m petkit.cli.docgen"
-COLUMNS = ("method", "kind", "PEFT type", "mergeable", "what", "reference")
 
 
 def _cell(text: str) -> str:
     """Text safe inside one markdown table cell."""
     return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def method_rows() -> list[tuple[str, ...]]:
-    """One row per registered method, in COLUMNS order: the information `petkit methods` prints."""
-    from petkit.core.registry import all_methods
-    return [(m.name, m.kind, m.peft_type or "petkit-only", "yes" if m.mergeable else "no", m.summary, m.spec)
-            for m in all_methods()]
 
 
 def method_table() -> str:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from petkit.core.composition import repeat_batch
 from petkit.core.errors import ConfigError
 
 RULES = ("mean_logits", "mean_probs", "max_softmax", "energy", "dempster_shafer")
@@ -34,9 +35,7 @@ def member_logits(am, names: Sequence[str], batch: dict) -> torch.Tensor:
     if len(names) < 2:
         raise ConfigError(f"an ensemble needs at least two members, got {names}")
     am.state.check_names(names)
-    size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
-    repeated = {k: v.repeat(len(names), *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items() if k != "labels"}
+    _, repeated, size = repeat_batch((), {k: v for k, v in batch.items() if k != "labels"}, len(names), "an ensemble")
     routes = [n for n in names for _ in range(size)]
     with torch.no_grad():
         logits = am(**repeated, adapter_names=routes).logits

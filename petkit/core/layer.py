@@ -103,6 +103,10 @@ class AdaptedLayer(nn.Module):
                     return y
         y = self.base_layer(x, *args, **kwargs)
         y = y.clone() if y.requires_grad else y  # in-place writes must not clobber a saved tensor
+        if torch.is_grad_enabled():
+            # A delta that reads y[rows] (a bottleneck on the output, a gate) saves it for backward; a slice
+            # is a view of y, which the next group's write would change under it. Index rows gather a copy.
+            groups = [(n, _indices(rows, y.device)) for n, rows in groups]
         for name, rows in groups:
             self.deltas[name].routed(self.base_layer, x, y, rows)
         return y
@@ -125,6 +129,10 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, adapters={list(self.deltas)}"
+
+
+def _indices(rows, device) -> torch.Tensor:
+    return torch.arange(rows.start, rows.stop, device=device) if isinstance(rows, slice) else rows
 
 
 # -- base layer geometry: every weight seen as (out, in) -------------------------------------------

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from petkit.core.composition import Average, BatchSplit, Composition, Stack
+from petkit.core.composition import BatchBlock, Composition, Stack, WeightedSum
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.files import save_adapters
@@ -247,8 +247,8 @@ class AdaptedModel(nn.Module):
 
     # -- activation -----------------------------------------------------------------------------
     def set_active(self, names) -> None:
-        """One name, a list (stacked in order), or a composition: Stack, Parallel, Average, BatchSplit
-        (petkit.core.composition)."""
+        """One name, a list (stacked in order), or a composition: Stack, Sum, WeightedSum, BatchSplit,
+        Parallel (petkit.core.composition)."""
         composition = names if isinstance(names, Composition) else None
         names = (names,) if isinstance(names, str) else tuple(composition.leaves() if composition else names)
         self.state.check_names(names)
@@ -263,11 +263,17 @@ class AdaptedModel(nn.Module):
         self.state.active, self.state.composition = names, composition
 
     def _check_composition(self, composition: Composition) -> None:
+        whole_model = [n for n in composition.leaves() if n in self.model_deltas]
+        if whole_model and isinstance(composition, BatchBlock):
+            n = whole_model[0]
+            raise ConfigError(f"{type(composition).__name__} sends samples to adapters layer by layer, and "
+                              f"{self.method_of(n).name} adapter {n!r} changes the whole model (what it reads, or a "
+                              "network beside it), so it cannot take part: run it in a forward of its own")
         top_level = composition.children if isinstance(composition, Stack) else ()
-        for n in composition.leaves():
-            if n in self.model_deltas and n not in top_level:
+        for n in whole_model:
+            if n not in top_level:
                 raise ConfigError(f"{self.method_of(n).name} adapter {n!r} acts on the whole model, so it can only be "
-                                  "stacked at the top (Stack(prompt, Parallel(a, b))), not combined inside layers")
+                                  "stacked at the top (Stack(prompt, Sum(a, b))), not combined inside layers")
 
     @contextlib.contextmanager
     def disabled(self):
@@ -379,24 +385,24 @@ class AdaptedModel(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, *args, adapter_names=None, **kwargs):
-        adapter_names = adapter_names if adapter_names is not None else self._split(args, kwargs)
+        if adapter_names is None:
+            args, kwargs, adapter_names = self._plan(args, kwargs)
         if adapter_names is None:
             return self.base(*args, **kwargs)
         with self.routing(adapter_names):
             return self.base(*args, **kwargs)
 
-    def _split(self, args, kwargs) -> list[str] | None:
-        """Per-sample adapter names when a BatchSplit is active."""
-        split = self.state.composition
-        if not isinstance(split, BatchSplit) or self.state.disabled:
-            return None
-        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        if first is None:
-            raise StateError("BatchSplit needs a batch tensor (input_ids, pixel_values …) to split")
-        return split.routes(first.shape[0])
+    def _plan(self, args, kwargs) -> tuple[tuple, dict, list[str] | None]:
+        """With a BatchSplit or Parallel active: the inputs to run (Parallel copies the batch) and one
+        adapter name per sample of them; otherwise the inputs as they are and None."""
+        block = self.state.composition
+        if not isinstance(block, BatchBlock) or self.state.disabled:
+            return args, kwargs, None
+        return block.plan(args, kwargs)
 
     def generate(self, *args, adapter_names=None, **kwargs):
-        adapter_names = adapter_names if adapter_names is not None else self._split(args, kwargs)
+        if adapter_names is None:
+            args, kwargs, adapter_names = self._plan(args, kwargs)
         if adapter_names is None:
             return self.base.generate(*args, **kwargs)
         with self.routing(adapter_names):
@@ -435,8 +441,8 @@ class AdaptedModel(nn.Module):
 
 def _merge_compatible(composition: Composition) -> bool:
     """Whether merging every adapter of the composition into the weights reproduces it: sums (Stack and
-    Parallel of weight deltas) do; weighting (Average) and splitting the batch (BatchSplit) do not."""
-    if isinstance(composition, (Average, BatchSplit)):
+    Sum of weight deltas) do; weighting (WeightedSum) and routing the batch (BatchSplit, Parallel) do not."""
+    if isinstance(composition, (WeightedSum, BatchBlock)):
         return False
     return all(isinstance(c, str) or _merge_compatible(c) for c in composition.children)
 

@@ -8,18 +8,28 @@ defined elsewhere registers the same way, by being imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError
+from petkit.core.named_table import NamedTable
 
 KINDS = ("weight", "output", "model", "selection", "head")
 
 
 @dataclass(frozen=True)
+class MethodDefaults:
+    """What `petkit bench` runs a method with when the bench config says nothing else."""
+
+    settings: dict = field(default_factory=dict)  # method config fields (the name is added by the bench)
+    lrs: tuple[float, ...] = ()                    # learning-rate grid searched on dev (seed 0)
+    family: str = ""                               # colour group in the plots
+
+
+@dataclass(frozen=True)
 class Method:
-    """What the engine needs to know about a method.
+    """Everything the engine and the other layers need to know about a method (its one record).
 
     build(base_module, config, path, model) -> Delta   (None for selection/head kinds)
     build(model, config, init=...) -> ModelDelta       (model kind: see petkit/core/model_delta.py)
@@ -32,6 +42,12 @@ class Method:
                                      regulariser that must act at its own strength whatever the
                                      accumulation or loss scale) to the gradients the optimizer is about
                                      to use; run by `AdaptedModel.before_optimizer_step`
+    peft: how Hugging Face PEFT's files hold the method's adapters, None when they cannot: a
+          `petkit.interop.peft_tuner.TunerFormat` or `petkit.interop.peft_prompt.PromptFormat`
+          (`format='peft'` saving and loading, `petkit bench --against peft`, the PEFT type listed)
+    bench: the settings, learning-rate grid and plot family `petkit bench` uses (None: the config's
+           own defaults, the generic grid and the kind as family; see petkit/bench/defaults.py)
+    The public name of the config is its class name: `petkit.<config.__name__>`.
     """
 
     name: str
@@ -43,28 +59,31 @@ class Method:
     spec: str
     summary: str
     default_targets: tuple[str, ...] | Callable = ()
-    peft_type: str | None = None
     select: Callable | None = None
     before_step: Callable | None = None
+    peft: Any = None
+    bench: MethodDefaults | None = None
+
+    @property
+    def peft_type(self) -> str | None:
+        """The peft_type its PEFT files carry (what `petkit methods` and the README's table list)."""
+        return self.peft.peft_type if self.peft is not None else None
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: NamedTable[Method] = NamedTable(
+    "method", lambda name, known: f"unknown method {name!r}; known methods: {known}")
 
 
 def register(method: Method) -> Method:
     if method.kind not in KINDS:
         raise ValueError(f"unknown kind {method.kind!r} for {method.name}")
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
+    _METHODS.add(method.name, method)
     method.config.method = method.name
-    _METHODS[method.name] = method
     return method
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def method_for(config: AdapterConfig) -> Method:
@@ -74,7 +93,7 @@ def method_for(config: AdapterConfig) -> Method:
 
 
 def all_methods() -> list[Method]:
-    return [_METHODS[k] for k in sorted(_METHODS)]
+    return _METHODS.all()
 
 
 def config_from_dict(data: dict, saved: bool = False) -> AdapterConfig:

@@ -26,7 +26,7 @@ class AdapterState:
     disabled: bool = False
     # During a mixed-adapter forward: adapter name (None = base) -> sample indices (LongTensor or slice)
     routes: dict[str | None, "torch.Tensor | slice"] | None = None
-    # set_active(Parallel(...)) etc.: how the active adapters combine in each layer (None: stacked in order)
+    # set_active(Sum(...)) etc.: how the active adapters combine, in layers or over the batch (None: stacked)
     composition: "Composition | None" = None
 
     def live(self, present) -> list[str]:

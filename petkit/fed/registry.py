@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from petkit.core.errors import ConfigError
+from petkit.core.named_table import NamedTable
 
 
 class ServerSide(Protocol):
@@ -60,21 +60,17 @@ class FedSystem:
     keeps: str = "global adapter"
 
 
-_SYSTEMS: dict[str, FedSystem] = {}
+_SYSTEMS: NamedTable[FedSystem] = NamedTable(
+    "federated system", lambda name, known: f"unknown federated system {name!r}: system must be one of {known}")
 
 
 def register(system: FedSystem) -> FedSystem:
-    if system.name in _SYSTEMS:
-        raise ValueError(f"federated system {system.name!r} is registered twice")
-    _SYSTEMS[system.name] = system
-    return system
+    return _SYSTEMS.add(system.name, system)
 
 
 def get_system(name: str) -> FedSystem:
-    if name not in _SYSTEMS:
-        raise ConfigError(f"unknown federated system {name!r}: system must be one of {', '.join(sorted(_SYSTEMS))}")
-    return _SYSTEMS[name]
+    return _SYSTEMS.get(name)
 
 
 def all_systems() -> list[FedSystem]:
-    return [_SYSTEMS[k] for k in sorted(_SYSTEMS)]
+    return _SYSTEMS.all()

@@ -1,8 +1,10 @@
-"""What PEFT's tuner files (peft.py) and prompt-learning files (peft_prompt.py) share: task types,
-the task-head modules a file saves (`modules_to_save`), and short quotes of values read from a file."""
+"""What PEFT's tuner files (peft_tuner.py) and prompt-learning files (peft_prompt.py) share: task types,
+the task-head modules a file saves (`modules_to_save`), petkit's base-model fingerprint in the
+safetensors metadata, and short quotes of values read from a file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -73,3 +75,13 @@ def check_heads(am, heads: dict, names: list[str], file: Path):
     if not heads:
         return False
     return True if set(heads) == set(task_heads) else tuple(h for h in task_heads if h in heads)
+
+
+def fingerprint(metadata: dict, file: Path):
+    """The base-model fingerprint petkit wrote into the safetensors metadata (None in PEFT's own files)."""
+    if "petkit_base" not in metadata:
+        return None
+    try:
+        return json.loads(metadata["petkit_base"])
+    except (ValueError, RecursionError):
+        raise AdapterFileError(f"{file}: the petkit_base metadata is corrupt") from None

@@ -12,107 +12,87 @@ head dim, the layout petkit keeps (an MLP-trained prefix is folded on export, as
 saving; P-tuning v2 deep prompts are written the same way and read back as `prefix`). PEFT feeds
 prefixes as a KV cache, which BERT-style encoders do not take and which T5 gets
 on its decoder only, so prefix files are written and read for decoder-only causal LMs.
+
+A method whose adapters PEFT holds this way puts a `PromptFormat` in its registry record with what
+its type differs in (the table and the type's fields; the adapter a file adds); this module does
+the rest (heads, task type, checks) and imports no method.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import torch
-
-from petkit.core.errors import AdapterFileError, ConfigError
+from petkit.core.errors import AdapterFileError
 from petkit.core.head import HeadDelta
-from petkit.core.model_delta import MODEL_KEY
+from petkit.core.load_checks import check_base, check_tensors, copy_tensors
 from petkit.core.storage import WEIGHTS_NAME, read_tensors
-from petkit.interop.peft_common import check_heads, head_of, module_names, peft_task_type, short
-from petkit.methods.prefix import PrefixDelta, PrefixTuningConfig
-from petkit.methods.prompt import PromptTuningConfig
+from petkit.interop.peft_common import check_heads, fingerprint, head_of, module_names, peft_task_type, short
 
 HEAD_PREFIX = "base_model."
 PROMPT_KEY = "prompt_embeddings"
 
 
-def export_prompt(am, name: str) -> tuple[dict, dict]:
-    delta = am.model_deltas[name]
-    if am.method_of(name).name == "deep_prompt" and not isinstance(delta, PrefixDelta):
-        raise ConfigError("PEFT has no per-layer prompt tokens (VPT-deep); save this adapter with format='petkit'")
-    prefix = isinstance(delta, PrefixDelta)  # prefix tuning, or P-tuning v2 deep prompts on text
-    if prefix:
-        if not delta.causal:
-            raise ConfigError(f"PEFT runs prefixes as a KV cache, which {type(delta.hf).__name__} does not take on its "
-                              "encoder; PEFT prefix files are written for decoder-only causal LMs: save this "
-                              "adapter with format='petkit'")
-        with torch.no_grad():
-            table = delta.prefixes().permute(3, 0, 1, 2, 4).reshape(delta.m, -1)
-    elif delta.vision:
-        raise ConfigError("PEFT's prompt tuning has no image-classification task type; save this adapter with "
-                          "format='petkit'")
-    else:
-        table = delta.embedding.detach()
-    tensors = {PROMPT_KEY: table}
-    heads = []
-    for path, _, d in am.layers(name):
-        if isinstance(d, HeadDelta):
-            heads.append(path)
-            tensors.update({f"{HEAD_PREFIX}{path}.{k}": v for k, v in d.module.state_dict().items()})
-    hf = delta.hf.config
-    common = {
-        "task_type": peft_task_type(am, heads), "num_virtual_tokens": delta.m, "num_transformer_submodules": 1,
-        "modules_to_save": heads or None, "base_model_name_or_path": None, "inference_mode": True, "revision": None,
-    }
-    if prefix:
-        token_dim = delta.kv_heads * delta.head_dim
-        return {**common, "peft_type": "PREFIX_TUNING", "token_dim": token_dim, "num_attention_heads": delta.kv_heads,
-                "num_layers": len(delta.attention), "encoder_hidden_size": token_dim, "prefix_projection": False}, tensors
-    return {
-        **common, "peft_type": "PROMPT_TUNING", "token_dim": table.shape[1],
-        "num_attention_heads": _first(hf, "num_attention_heads", "n_head", "num_heads"),
-        "num_layers": _first(hf, "num_hidden_layers", "n_layer", "num_layers"),
-        "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
-        "tokenizer_kwargs": None,
-    }, tensors
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one method's adapters look in PEFT's prompt-learning files.
+
+    table(am, name) -> (table, fields): the `prompt_embeddings` tensor and the type's own
+        adapter_config.json fields; raises ConfigError where PEFT's format cannot hold the adapter.
+    add(am, name, num_virtual_tokens, train_head, peft_config, folder) -> key: adds the adapter a
+        file holds (without its init) and returns the key of its adapter_parameters the table fills.
+    twin: (PEFT config class, the exported fields it takes), for `petkit bench --against peft`.
+    """
+
+    peft_type: str
+    table: Callable
+    add: Callable | None = None
+    twin: tuple[str, tuple[str, ...]] | None = None
+    reads: bool = True  # False: files of this type are read back by another method's format
+
+    def export(self, am, name: str) -> tuple[dict, dict]:
+        table, fields = self.table(am, name)
+        tensors = {PROMPT_KEY: table}
+        heads = []
+        for path, _, d in am.layers(name):
+            if isinstance(d, HeadDelta):
+                heads.append(path)
+                tensors.update({f"{HEAD_PREFIX}{path}.{k}": v for k, v in d.module.state_dict().items()})
+        common = {
+            "task_type": peft_task_type(am, heads), "num_virtual_tokens": table.shape[0], "num_transformer_submodules": 1,
+            "modules_to_save": heads or None, "base_model_name_or_path": None, "inference_mode": True, "revision": None,
+        }
+        return {**common, "peft_type": self.peft_type, **fields}, tensors
+
+    def load(self, am, folder: Path, config: dict, name: str, force: bool) -> None:
+        file = folder / WEIGHTS_NAME
+        tensors, metadata = read_tensors(file)
+        subs, m = config.get("num_transformer_submodules", 1), config.get("num_virtual_tokens")
+        if subs not in (1, None):
+            raise AdapterFileError(f"{file}: num_transformer_submodules={short(subs)} (a prompt for the decoder too); "
+                                   "petkit prompts the encoder only and reads files with 1")
+        if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
+            raise AdapterFileError(f"{folder}: num_virtual_tokens must be a positive integer, got {short(m)}")
+        prompt = tensors.pop(PROMPT_KEY, None)
+        if prompt is None:
+            raise AdapterFileError(f"{file} holds no {PROMPT_KEY!r} tensor")
+        names = module_names(config.get("modules_to_save"))
+        heads: dict[str, dict] = {}
+        for key, value in tensors.items():
+            head = head_of(key[len(HEAD_PREFIX):], names) if key.startswith(HEAD_PREFIX) else None
+            if head is None:
+                raise AdapterFileError(f"{file}: tensor {short(key)} is neither the prompt nor a task head's")
+            heads.setdefault(head, {})[key[len(HEAD_PREFIX) + len(head) + 1:]] = value
+        train_head = check_heads(am, heads, names, file)
+        saved = {self.add(am, name, m, train_head, config, folder): prompt}
+        saved.update({f"{h}.module.{k}": v for h, leaves in heads.items() for k, v in leaves.items()})
+        expected = am.adapter_parameters(name)
+        check_tensors(expected, saved, str(folder))
+        check_base(am, fingerprint(metadata, file), force, folder)
+        copy_tensors(expected, saved)
 
 
-def load_prompt(am, folder: Path, config: dict, name: str):
-    """Add the adapter and return (expected, saved) tensors for the caller's checks and copy."""
-    file = folder / WEIGHTS_NAME
-    tensors, metadata = read_tensors(file)
-    subs, m = config.get("num_transformer_submodules", 1), config.get("num_virtual_tokens")
-    if subs not in (1, None):
-        raise AdapterFileError(f"{file}: num_transformer_submodules={short(subs)} (a prompt for the decoder too); "
-                               "petkit prompts the encoder only and reads files with 1")
-    if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
-        raise AdapterFileError(f"{folder}: num_virtual_tokens must be a positive integer, got {short(m)}")
-    prompt = tensors.pop(PROMPT_KEY, None)
-    if prompt is None:
-        raise AdapterFileError(f"{file} holds no {PROMPT_KEY!r} tensor")
-    names = module_names(config.get("modules_to_save"))
-    heads: dict[str, dict] = {}
-    for key, value in tensors.items():
-        head = head_of(key[len(HEAD_PREFIX):], names) if key.startswith(HEAD_PREFIX) else None
-        if head is None:
-            raise AdapterFileError(f"{file}: tensor {short(key)} is neither the prompt nor a task head's")
-        heads.setdefault(head, {})[key[len(HEAD_PREFIX) + len(head) + 1:]] = value
-    train_head = check_heads(am, heads, names, file)
-    if config.get("peft_type") == "PREFIX_TUNING":
-        am.add(PrefixTuningConfig(num_virtual_tokens=m, projection=False, train_head=train_head), name, init=False)
-        _check_prefix_shape(am.model_deltas[name], config, folder)
-        saved = {f"{MODEL_KEY}.table": prompt}
-    else:
-        am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=train_head), name, init=False)
-        saved = {f"{MODEL_KEY}.embedding": prompt}
-    saved.update({f"{h}.module.{k}": v for h, leaves in heads.items() for k, v in leaves.items()})
-    return am.adapter_parameters(name), saved, metadata
-
-
-def _check_prefix_shape(delta, config: dict, folder: Path) -> None:
-    """The file's layers and token_dim must be this model's (the tensor shape check comes after)."""
-    want = {"num_layers": len(delta.attention), "token_dim": delta.kv_heads * delta.head_dim}
-    for key, value in want.items():
-        if config.get(key) not in (None, value):
-            raise AdapterFileError(f"{folder}: this prefix was made for {key}={config[key]!r}, the model has {value}")
-
-
-def _first(config, *names):
+def hf_int(config, *names):
+    """The first of `names` that a transformers config holds as an int (models name sizes differently)."""
     return next((getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)), None)
-

@@ -49,7 +49,7 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import TargetError
 from petkit.core.layer import Delta, in_out_features
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.targeting import pattern_matcher
 from petkit.core.unwrapped import named_base_modules
 from petkit.models.taps import Captures
@@ -292,4 +292,6 @@ register(Method(
                           "He et al. 2022 (arXiv 2110.04366)",
     summary="bottleneck adapters: Houlsby, Pfeiffer, parallel and scaled parallel",
     default_targets=("attn.out", "mlp.out"),
+    # bench: MiniLM is 384 wide with 6 layers
+    bench=MethodDefaults({"variant": "houlsby", "bottleneck": 32}, (1e-3, 5e-3), "adapter"),
 ))

@@ -11,7 +11,7 @@ deterministic.
   uniformly at random without replacement from all entries of the targeted weight matrices
   (default "all-linear"). Each layer's share is a multivariate hypergeometric draw, then its
   positions are a uniform subset; each layer is a `SparseDelta` (values start at 0, the sparse
-  backward of sparse.py). Trainable: exactly the budget.
+  backward of `petkit/kernels/sparse.py`). Trainable: exactly the budget.
 - level="tensor" (the official code, yushengsu-thu/PET_Scaling): whole weight and bias tensors of
   the targeted layers, visited in a seeded random order and taken whenever they fit in what is
   left of the budget (greedy, as the code). Rule: count <= budget, and every tensor left out is
@@ -39,11 +39,11 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, config_from_dict, method_for, register
+from petkit.core.registry import Method, MethodDefaults, config_from_dict, method_for, register
 from petkit.core.roles import as_on_model
 from petkit.core.targeting import method_targets, resolve_targets
 from petkit.core.unwrapped import named_base_modules
-from petkit.methods.sparse import SparseDelta
+from petkit.kernels.sparse import SparseDelta
 
 LEVELS = ("element", "tensor")
 DEFAULT_REFERENCE = {"method": "lora", "r": 8, "targets": ["attn.q", "attn.v"]}  # when neither is given (_default_reference)
@@ -173,4 +173,6 @@ register(Method(
     spec="Su et al., EMNLP 2023 (arXiv 2306.02320); code yushengsu-thu/PET_Scaling",
     summary="a parameter budget (a count or a reference method's) at random elements or whole tensors",
     default_targets=("all-linear",),
+    # bench: LoRA r=8 on q, v's budget at random elements
+    bench=MethodDefaults({}, (1e-3, 5e-3), "sparse"),
 ))

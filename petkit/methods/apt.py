@@ -26,7 +26,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import StateError, TargetError
 from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.targeting import resolve_targets
 from petkit.core.unwrapped import named_base_modules
 from petkit.models.attention import is_cross_attention_path
@@ -114,4 +114,5 @@ register(Method(
     name="apt", config=AptConfig, kind="model", build=AptDelta, layer_types=(), mergeable=False,
     spec="Wu et al. 2023 (arXiv 2306.15706); official code DoubtedSteam/APT",
     summary="approximated prompts: a per-token ReLU-kernel prompt step added to each attention output",
+    bench=MethodDefaults({"num_virtual_tokens": 50}, (1e-3, 5e-3), "prompt"),
 ))

@@ -14,7 +14,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig
 from petkit.core.layer import Delta
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 
 def _out_features(base: nn.Module) -> int:
@@ -62,4 +62,5 @@ register(Method(
     layer_types=LINEAR_TYPES + (nn.LayerNorm, nn.Conv2d), mergeable=True,
     spec="Ben Zaken et al. 2022 (arXiv 2106.10199)", summary="bias terms only (as bias deltas)",
     default_targets=("all-bias",),
+    bench=MethodDefaults({}, (1e-3, 5e-3), "selective"),
 ))

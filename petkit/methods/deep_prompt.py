@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_pos_int
-from petkit.core.errors import TargetError
+from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
-from petkit.methods.prefix import PrefixDelta, PrefixTuningConfig
+from petkit.core.registry import Method, MethodDefaults, register
+from petkit.interop.peft_prompt import PromptFormat
+from petkit.methods.prefix import PEFT as PREFIX_PEFT, PrefixDelta, PrefixTuningConfig
 from petkit.models.structure import hf_model, is_vision, layer_stacks, vpt_bound
 from petkit.models.taps import hidden_of, output_hidden, with_hidden, with_output_hidden
 
@@ -84,8 +85,23 @@ class VptDeepDelta(ModelDelta):
         return with_output_hidden(out, drop(output_hidden(out)))
 
 
+# -- Hugging Face PEFT's format: P-tuning v2's deep prompts are prefixes, written as PREFIX_TUNING and
+# read back as `prefix`; VPT-deep's per-layer tokens have no PEFT type --------------------------------
+
+def _peft_table(am, name: str):
+    if not isinstance(am.model_deltas[name], PrefixDelta):
+        raise ConfigError("PEFT has no per-layer prompt tokens (VPT-deep); save this adapter with format='petkit'")
+    return PREFIX_PEFT.table(am, name)
+
+
+PEFT = PromptFormat("PREFIX_TUNING", table=_peft_table, reads=False)
+
+
 register(Method(
     name="deep_prompt", config=DeepPromptConfig, kind="model", build=build, layer_types=(), mergeable=False,
     spec="VPT-deep (Jia et al. 2022, arXiv 2203.12119) for ViT; P-tuning v2 (Liu et al. 2022, arXiv 2110.07602) for text",
     summary="prompts at every layer: per-layer tokens (ViT, VPT-deep) or per-layer keys/values (text, P-tuning v2)",
+    peft=PEFT,
+    # bench: P-tuning v2's rates
+    bench=MethodDefaults({"num_virtual_tokens": 10}, (3e-3, 1e-2), "prompt"),
 ))

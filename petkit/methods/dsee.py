@@ -47,9 +47,9 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, StateError
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.methods.lora import LoraDelta
-from petkit.methods.sparse import SparseDelta
+from petkit.kernels.sparse import SparseDelta
 
 SUPPORTS = ("grebsmo", "omp", "random")
 PRUNED = ("", "unstructured", "heads")
@@ -200,6 +200,7 @@ register(Method(
     spec="Chen et al., ACL 2023 (arXiv 2111.00160); code VITA-Group/DSEE",
     summary="low-rank + sparse update (support from a low-rank+sparse decomposition of W); optional pruning",
     default_targets=("attn.q", "attn.v"),
+    bench=MethodDefaults({"r": 8, "alpha": 16, "nnz": 16, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "sparse"),
 ))
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.models.calls import PaddingReader
 from petkit.models.structure import encoder_stack, hf_model, hidden_size
 from petkit.models.taps import output_hidden, with_output_hidden
@@ -101,4 +101,5 @@ register(Method(
     name="dvpt", config=DvptConfig, kind="model", build=DvptDelta, layer_types=(), mergeable=False,
     spec="He et al. 2023 (arXiv 2307.09787), paper formulation; aggregation as the spec's option (b)",
     summary="dynamic prompts: learnable queries cross-attend to a bottleneck of each layer's output",
+    bench=MethodDefaults({"bottleneck": 32, "num_queries": 10, "heads": 4}, (1e-3, 5e-3), "prompt"),
 ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from petkit.core.config import AdapterConfig
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 
 @dataclass(frozen=True)
@@ -22,4 +22,5 @@ register(Method(
     name="full", config=FullConfig, kind="selection", build=None, layer_types=(), mergeable=False,
     spec="baseline: every parameter trained", summary="full fine-tuning (in place)",
     default_targets=("all",),
+    bench=MethodDefaults({}, (3e-5, 1e-4), "baseline"),
 ))

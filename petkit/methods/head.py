@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from petkit.core.config import AdapterConfig, check
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 
 @dataclass(frozen=True)
@@ -22,4 +22,5 @@ class ProbeConfig(AdapterConfig):
 register(Method(
     name="probe", config=ProbeConfig, kind="head", build=None, layer_types=(), mergeable=True,
     spec="baseline: frozen features + trained head", summary="task head only (linear probe)",
+    bench=MethodDefaults({}, (1e-2, 3e-2), "baseline"),
 ))

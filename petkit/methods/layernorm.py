@@ -15,7 +15,7 @@ from torch.func import functional_call
 from petkit.core.config import AdapterConfig
 from petkit.core.layer import Delta
 from petkit.core.module_types import is_norm
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 
 @dataclass(frozen=True)
@@ -76,4 +76,5 @@ register(Method(
     layer_types=(Norm,), mergeable=True,
     spec="Zhao et al. 2023 (arXiv 2312.11420)", summary="norm gains and biases only",
     default_targets=("all-norm",),
+    bench=MethodDefaults({}, (1e-3, 5e-3), "selective"),
 ))

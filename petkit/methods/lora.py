@@ -2,7 +2,7 @@
 
 ΔW = s · B A with A ∈ R^{r×in}, B ∈ R^{out×r}, s = alpha / r (rsLoRA: alpha / sqrt(r)).
 B starts at zero, so the adapted model equals the base at init. Works on Linear, GPT-2 Conv1D,
-Embedding and Conv2d; the linear forward is the fused kernel in `lora_kernel.py`.
+Embedding and Conv2d; the linear forward is the fused kernel in `petkit/kernels/lora.py`.
 
 PiSSA (Meng et al. 2024) starts A, B from the top-r singular triplets of W. Instead of rewriting the
 base weight to the residual (as the paper and PEFT do), petkit keeps the initial factors A0, B0 as
@@ -13,6 +13,7 @@ and the file is a plain rank-2r LoRA of the original base when exported to PEFT.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -20,12 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
+from petkit.core.errors import AdapterFileError, ConfigError
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.roles import lora_default_targets
+from petkit.core.storage import WEIGHTS_NAME
 from petkit.core.targeting import matches_any
-from petkit.methods.lora_kernel import lora_linear, lora_linear_routed
+from petkit.interop.peft_common import short
+from petkit.interop.peft_tuner import TunerFormat, fan_in_fan_out, literal, peft_pattern
+from petkit.kernels.lora import lora_linear, lora_linear_routed
 
 INITS = ("kaiming", "gaussian", "pissa")
 
@@ -206,15 +211,6 @@ def build_lora(base, config: LoraConfig, path: str, model, init: bool = True) ->
     return delta
 
 
-register(Method(
-    name="lora", config=LoraConfig, kind="weight", build=build_lora,
-    layer_types=LINEAR_TYPES + (nn.Embedding, nn.Conv2d), mergeable=True,
-    spec="Hu et al. 2021 (arXiv 2106.09685); rsLoRA arXiv 2312.03732; PiSSA arXiv 2404.02948",
-    summary="low-rank weight update s·BA; rsLoRA, PiSSA init, rank patterns", peft_type="LORA",
-    default_targets=lora_default_targets,
-))
-
-
 # -- DoRA ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -281,9 +277,114 @@ def build_dora(base, config: DoraConfig, path: str, model, init: bool = True) ->
     return DoraDelta(base, r, scale, config.dropout, config.init if init else None)
 
 
+# -- Hugging Face PEFT's format: LORA (DoRA is use_dora) ---------------------------------------------
+
+_PEFT_NAMES = (("lora_A.weight", "A"), ("lora_B.weight", "B"), ("lora_embedding_A", "A"), ("lora_embedding_B", "B"),
+               ("lora_magnitude_vector", "magnitude"))
+# Inits that leave the base weights alone. PEFT rewrites the base for the others, so such a file only
+# fits that rewritten base; "pissa" is deterministic and petkit redoes it (as PEFT does on loading).
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+
+
+def _rank(delta: LoraDelta) -> int:
+    return 2 * delta.r if delta.pissa else delta.r  # PiSSA is written as a rank-2r LoRA (_peft_tensors)
+
+
+def _peft_tensors(delta: LoraDelta, layer, path: str) -> dict:
+    A, B = delta.A.detach(), delta.B.detach()
+    if delta.pissa:  # ΔW = s(BA − B0A0) is exactly a rank-2r LoRA [B, −B0][A; A0] with the same s
+        A, B = torch.cat([A, delta.A0]), torch.cat([B, -delta.B0], dim=1)
+    if isinstance(layer.base_layer, nn.Embedding):
+        out = {"lora_embedding_A": A, "lora_embedding_B": B}
+    else:
+        out = {"lora_A.weight": A, "lora_B.weight": B}
+    if isinstance(delta, DoraDelta):
+        out["lora_magnitude_vector"] = delta.magnitude.detach()
+    return out
+
+
+def _peft_config(config: LoraConfig, layers, common: dict) -> dict:
+    ranks = {path: _rank(d) for path, _, d in layers}
+    alphas = {path: d.scale * (math.sqrt(ranks[path]) if config.rslora else ranks[path]) for path, _, d in layers}
+    r0 = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else config.r
+    a0 = max(set(alphas.values()), key=list(alphas.values()).count) if alphas else config.alpha
+    return {**common, "peft_type": "LORA", "fan_in_fan_out": fan_in_fan_out(layers), "r": r0, "lora_alpha": a0,
+            "lora_dropout": config.dropout, "use_rslora": config.rslora, "use_dora": isinstance(config, DoraConfig),
+            "init_lora_weights": True, "bias": "none",
+            "rank_pattern": {_anchored(p): v for p, v in ranks.items() if v != r0},
+            "alpha_pattern": {_anchored(p): v for p, v in alphas.items() if v != a0}}
+
+
+def _anchored(path: str) -> str:
+    # PEFT matches pattern keys with re.match(rf"(.*\.)?({key})$", name): an anchored full path.
+    return "^" + re.escape(path)
+
+
+def _peft_init(config: dict, file) -> bool:
+    """Whether adding the adapter runs its init: PiSSA recomputes its initial factors from the base."""
+    init = config.get("init_lora_weights", True)
+    if init not in _PLAIN_INITS + ("pissa",):
+        raise AdapterFileError(f"this PEFT adapter was initialised with init_lora_weights={short(init)}, which rewrites the "
+                               "base weights; save it in PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
+    return init == "pissa"
+
+
+def _from_peft(config: dict, adapter: dict, train_head, file) -> LoraConfig:
+    weights = file.parent / WEIGHTS_NAME
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    if not isinstance(ranks, dict) or not isinstance(alphas, dict):
+        raise ConfigError("rank_pattern and alpha_pattern must be JSON objects")
+    r0, a0 = config.get("r", 8), config.get("lora_alpha", 8)
+    rank_pattern, alpha_pattern = {}, {}
+    for path, theirs in adapter.items():
+        r = peft_pattern(ranks, path, r0, file)
+        alpha = peft_pattern(alphas, path, a0, file)
+        # The rank in the tensors must be the config's: checked before anything of that size is allocated.
+        dims = {t.shape[0] for k, t in theirs.items() if k in ("lora_A.weight", "lora_embedding_A") and t.ndim}
+        dims |= {t.shape[1] for k, t in theirs.items() if k in ("lora_B.weight", "lora_embedding_B") and t.ndim > 1}
+        if not dims:
+            raise AdapterFileError(f"{weights}: {path!r} has no lora_A/lora_B tensors")
+        if not (isinstance(r, int) and dims == {r}):
+            raise AdapterFileError(f"{weights}: the tensors of {path!r} have rank "
+                                   f"{', '.join(map(str, sorted(dims)))}, the config says r={short(r)}")
+        if r != r0:
+            rank_pattern[literal(path)] = r
+        if alpha != a0:
+            alpha_pattern[literal(path)] = alpha
+    cls = DoraConfig if config.get("use_dora") else LoraConfig
+    return cls(targets=[literal(p) for p in adapter], r=r0, alpha=a0, dropout=config.get("lora_dropout", 0.0) or 0.0,
+               rslora=bool(config.get("use_rslora", False)), init="pissa" if config.get("init_lora_weights") == "pissa" else "kaiming",
+               rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, train_head=train_head)
+
+
+def _to_delta(delta: LoraDelta, theirs: dict) -> dict:
+    return {dst: theirs[src] for src, dst in _PEFT_NAMES if src in theirs}
+
+
+PEFT = TunerFormat(
+    "LORA", leaves=tuple(src for src, _ in _PEFT_NAMES), export_layer=_peft_tensors, export_config=_peft_config,
+    import_config=_from_peft, import_layer=_to_delta, load_init=_peft_init, recomputed=("A0", "B0"),
+    twin=("LoraConfig", ("target_modules", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "rank_pattern",
+                         "alpha_pattern")))
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+register(Method(
+    name="lora", config=LoraConfig, kind="weight", build=build_lora,
+    layer_types=LINEAR_TYPES + (nn.Embedding, nn.Conv2d), mergeable=True,
+    spec="Hu et al. 2021 (arXiv 2106.09685); rsLoRA arXiv 2312.03732; PiSSA arXiv 2404.02948",
+    summary="low-rank weight update s·BA; rsLoRA, PiSSA init, rank patterns",
+    default_targets=lora_default_targets, peft=PEFT,
+    bench=MethodDefaults({"r": 8, "alpha": 16, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
+))
+
+
 register(Method(
     name="dora", config=DoraConfig, kind="weight", build=build_dora,
     layer_types=LINEAR_TYPES, mergeable=True,
     spec="Liu et al. 2024, DoRA (arXiv 2402.09353)",
-    summary="LoRA direction + trained per-row magnitude", peft_type="LORA", default_targets=lora_default_targets,
+    summary="LoRA direction + trained per-row magnitude",
+    default_targets=lora_default_targets, peft=PEFT,
+    bench=MethodDefaults({"r": 8, "alpha": 16, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
 ))

@@ -2,7 +2,7 @@
 the Perspective of Precision Redundancy", arXiv 2307.16867): Bi-LoRA and Bi-AdaptFormer at 1/2/4/8 bits.
 
 Both adapters are two bias-free projections, Down (r × in) and Up (out × r), trained with
-quantisation-aware training: every forward uses Q(W) (see `quantize.py`: per-tensor standardisation,
+quantisation-aware training: every forward uses Q(W) (see `petkit/kernels/quantize.py`: per-tensor standardisation,
 a Gaussian codebook, straight-through gradient) while the optimiser updates fp32 latent weights.
   lowbit-lora     y = W x + b + s · Q(Up) Dropout(Q(Down) x)               a weight delta, mergeable:
                   ΔW = s · Q(Up) Q(Down). Paper placement: attention q and v (the default
@@ -42,8 +42,8 @@ from petkit.core.errors import ConfigError
 from petkit.core.head import HeadDelta
 from petkit.core.layer import Delta, add_to_weight, in_out_features
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
-from petkit.methods import quantize as qz
+from petkit.core.registry import Method, MethodDefaults, register
+from petkit.kernels import quantize as qz
 from petkit.methods.adapters import BlockInput
 
 FULL = 32  # bits value meaning "no quantisation"
@@ -192,11 +192,13 @@ register(Method(
     name="lowbit-lora", config=LowbitLoraConfig, kind="weight", build=build_lowbit_lora,
     layer_types=LINEAR_TYPES, mergeable=True, spec=SPEC, default_targets=("attn.q", "attn.v"),
     summary="Bi-LoRA: low-rank delta quantised to 1/2/4/8 bits in training, packed on disk",
+    bench=MethodDefaults({"bits": 1, "r": 8, "scale": 1.0, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-bit"),
 ))
 register(Method(
     name="lowbit-adapter", config=LowbitAdapterConfig, kind="output", build=build_lowbit_adapter,
     layer_types=LINEAR_TYPES, mergeable=False, spec=SPEC, default_targets=("mlp.out",),
     summary="Bi-AdaptFormer: ReLU bottleneck quantised to 1/2/4/8 bits in training, packed on disk",
+    bench=MethodDefaults({"bits": 1, "r": 8, "scale": 0.1}, (3e-3, 1e-2), "low-bit"),
 ))
 
 

@@ -49,7 +49,7 @@ from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
 from petkit.core.module_types import is_norm
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.roles import role_paths, roles_of
 from petkit.core.targeting import inside
 from petkit.core.unwrapped import named_base_modules
@@ -359,4 +359,6 @@ register(Method(
     name="lst", config=LstConfig, kind="model", build=LstDelta, layer_types=(), mergeable=False,
     spec="Sung, Cho & Bansal, NeurIPS 2022 (arXiv 2206.06522); init: official code's structured pruning",
     summary="ladder side-tuning: a 1/r-width side network fed by gated ladders; no backprop through the backbone",
+    # bench: LST trains at 3e-3
+    bench=MethodDefaults({"reduction": 8}, (1e-3, 3e-3), "side network"),
 ))

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
+from petkit.core.errors import AdapterFileError, ConfigError
 from petkit.core.layer import Delta, add_to_weight, in_out_features, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.roles import lora_default_targets
+from petkit.interop.peft_common import short
+from petkit.interop.peft_tuner import TunerFormat, literal
 
 VARIANTS = ("miss", "bat", "mini")
 
@@ -123,11 +126,49 @@ class MissDelta(Delta):
         W.copy_(original.permute(1, 2, 0, 3).reshape(out_f, in_f))
 
 
+# -- Hugging Face PEFT's format: MISS -----------------------------------------------------------------
+
+PEFT_INITS = {"miss": True, "bat": "bat", "mini": "mini"}  # petkit variant -> PEFT's init_weights
+
+
+def _peft_tensors(delta: MissDelta, layer, path: str) -> dict:
+    if not isinstance(layer.base_layer, nn.Linear):
+        raise ConfigError(f"PEFT's MiSS adapts nn.Linear layers only, and {path!r} is a "
+                          f"{type(layer.base_layer).__name__}; save this adapter with format='petkit'")
+    return {"miss_block": delta.block.detach()}
+
+
+def _peft_config(config: MissConfig, layers, common: dict) -> dict:
+    return {**common, "peft_type": "MISS", "r": config.r, "miss_dropout": config.dropout, "mini_r": config.mini_r,
+            "init_weights": PEFT_INITS[config.variant], "bias": "none"}
+
+
+def _from_peft(config: dict, adapter: dict, train_head, file) -> MissConfig:
+    init = config.get("init_weights", True)
+    if init not in (True, False, "bat", "mini") or not isinstance(init, (bool, str)):
+        raise AdapterFileError(f"{file}: MiSS init_weights={short(init)} is unknown; petkit reads true, false, 'bat' and 'mini'")
+    variant = init if isinstance(init, str) else "miss"  # False: PEFT's random init for its tests, same forward
+    return MissConfig(targets=[literal(p) for p in adapter], r=config.get("r", 64), variant=variant,
+                      mini_r=config.get("mini_r", 1) if variant == "mini" else 1,
+                      dropout=0.0 if variant == "bat" else config.get("miss_dropout", 0.0) or 0.0, train_head=train_head)
+
+
+def _to_delta(delta: MissDelta, theirs: dict) -> dict:
+    return {"block": theirs["miss_block"]} if "miss_block" in theirs else {}
+
+
+PEFT = TunerFormat("MISS", leaves=("miss_block",), export_layer=_peft_tensors, export_config=_peft_config,
+                   import_config=_from_peft, import_layer=_to_delta,
+                   twin=("MissConfig", ("target_modules", "r", "miss_dropout", "mini_r", "init_weights")))
+
+
 register(Method(
     name="miss", config=MissConfig, kind="weight",
     build=lambda base, config, path, model, init=True: MissDelta(base, config.r, config.variant, config.mini_r,
                                                                   config.dropout),
     layer_types=LINEAR_TYPES, mergeable=True, spec="Kang 2024, Bone/MiSS (arXiv 2409.15371); PEFT tuners/miss",
-    summary="shared shard block B: ΔW = Bᵀ tiled over input shards; bat and mini variants", peft_type="MISS",
+    summary="shared shard block B: ΔW = Bᵀ tiled over input shards; bat and mini variants", peft=PEFT,
     default_targets=lora_default_targets,  # PEFT's MiSS defaults are its LoRA ones
+    # bench: r=16: r·out per matrix, the same trainable count as LoRA r=8's r·(in + out) on these square weights
+    bench=MethodDefaults({"r": 16, "targets": ["attn.q", "attn.v"]}, (5e-4, 2e-3), "low-rank"),
 ))

@@ -28,7 +28,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, in_out_features
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 
 @dataclass(frozen=True)
@@ -92,4 +92,5 @@ register(Method(
     mergeable=False, spec="Lu et al. 2025 (arXiv 2506.21035)",
     default_targets=("attn.q", "attn.v"),
     summary="rank-1 experts, each token self-routed to its top-k by its own LoRA activations",
+    bench=MethodDefaults({"r": 8, "top_k": 2, "targets": ["attn.q", "attn.v"]}, (1e-3, 5e-3), "low-rank"),
 ))

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_pos_int
-from petkit.core.errors import ConfigError, StateError, TargetError
-from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
+from petkit.core.errors import AdapterFileError, ConfigError, StateError, TargetError
+from petkit.core.model_delta import MODEL_KEY, ModelDelta
+from petkit.core.registry import Method, MethodDefaults, register
+from petkit.interop.peft_prompt import PromptFormat
 from petkit.models.attention import add_prefix, self_attention_modules, uses_attention_interface
 from petkit.models.calls import cached_length, call_inputs
 from petkit.models.structure import attention_shape, hf_model, hidden_size, layer_stacks, max_positions
@@ -176,9 +177,39 @@ def _attention_modules(hf: nn.Module) -> list[nn.Module]:
     return found
 
 
+# -- Hugging Face PEFT's format: PREFIX_TUNING ---------------------------------------------------------
+
+def _peft_table(am, name: str):
+    delta = am.model_deltas[name]
+    if not delta.causal:
+        raise ConfigError(f"PEFT runs prefixes as a KV cache, which {type(delta.hf).__name__} does not take on its "
+                          "encoder; PEFT prefix files are written for decoder-only causal LMs: save this "
+                          "adapter with format='petkit'")
+    with torch.no_grad():  # folded: an MLP-trained prefix is written as its table, as PEFT saves it
+        table = delta.prefixes().permute(3, 0, 1, 2, 4).reshape(delta.m, -1)
+    token_dim = delta.kv_heads * delta.head_dim
+    return table, {"token_dim": token_dim, "num_attention_heads": delta.kv_heads, "num_layers": len(delta.attention),
+                   "encoder_hidden_size": token_dim, "prefix_projection": False}
+
+
+def _add_from_peft(am, name: str, m: int, train_head, config: dict, folder) -> str:
+    am.add(PrefixTuningConfig(num_virtual_tokens=m, projection=False, train_head=train_head), name, init=False)
+    delta = am.model_deltas[name]
+    # the file's layers and token_dim must be this model's (the tensor shape check comes after)
+    for key, value in {"num_layers": len(delta.attention), "token_dim": delta.kv_heads * delta.head_dim}.items():
+        if config.get(key) not in (None, value):
+            raise AdapterFileError(f"{folder}: this prefix was made for {key}={config[key]!r}, the model has {value}")
+    return f"{MODEL_KEY}.table"
+
+
+PEFT = PromptFormat("PREFIX_TUNING", table=_peft_table, add=_add_from_peft)
+
+
 register(Method(
     name="prefix", config=PrefixTuningConfig, kind="model", build=PrefixDelta, layer_types=(), mergeable=False,
     spec="Li & Liang 2021 (arXiv 2101.00190); P-tuning v2 without projection (Liu et al. 2022, arXiv 2110.07602)",
     summary="trainable key/value prefixes in every self-attention layer (optional MLP, folded after training)",
-    peft_type="PREFIX_TUNING",
+    peft=PEFT,
+    # bench: through the MLP (the paper's)
+    bench=MethodDefaults({"num_virtual_tokens": 20}, (1e-3, 5e-3), "prompt"),
 ))

@@ -31,8 +31,9 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_pos_int
 from petkit.core.errors import ConfigError, StateError, TargetError
-from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
+from petkit.core.model_delta import MODEL_KEY, ModelDelta
+from petkit.core.registry import Method, MethodDefaults, register
+from petkit.interop.peft_prompt import PromptFormat, hf_int
 from petkit.models.calls import cached_length, call_inputs
 from petkit.models.heads import is_classifier
 from petkit.models.structure import hf_model, is_vision, max_positions, vpt_bound
@@ -192,9 +193,35 @@ def _text_ids(config: PromptTuningConfig, vocab: int) -> torch.Tensor:
     return torch.tensor(ids)
 
 
+# -- Hugging Face PEFT's format: PROMPT_TUNING ---------------------------------------------------------
+
+def _peft_table(am, name: str):
+    delta = am.model_deltas[name]
+    if delta.vision:
+        raise ConfigError("PEFT's prompt tuning has no image-classification task type; save this adapter with "
+                          "format='petkit'")
+    table, hf = delta.embedding.detach(), delta.hf.config
+    return table, {
+        "token_dim": table.shape[1], "num_attention_heads": hf_int(hf, "num_attention_heads", "n_head", "num_heads"),
+        "num_layers": hf_int(hf, "num_hidden_layers", "n_layer", "num_layers"), "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None, "tokenizer_name_or_path": None, "tokenizer_kwargs": None,
+    }
+
+
+def _add_from_peft(am, name: str, m: int, train_head, config: dict, folder) -> str:
+    am.add(PromptTuningConfig(num_virtual_tokens=m, train_head=train_head), name, init=False)
+    return f"{MODEL_KEY}.embedding"
+
+
+PEFT = PromptFormat("PROMPT_TUNING", table=_peft_table, add=_add_from_peft, twin=("PromptTuningConfig", (
+    "num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers")))
+
+
 register(Method(
     name="prompt", config=PromptTuningConfig, kind="model", build=PromptDelta, layer_types=(), mergeable=False,
     spec="Lester et al. 2021 (arXiv 2104.08691); VPT-shallow for ViT (Jia et al. 2022)",
     summary="soft prompt tokens in front of the input (ViT: after [CLS])",
-    peft_type="PROMPT_TUNING",
+    peft=PEFT,
+    # bench: prompt tuning wants large rates (Lester et al. train at 0.3 with Adafactor)
+    bench=MethodDefaults({"num_virtual_tokens": 20}, (3e-3, 3e-2), "prompt"),
 ))

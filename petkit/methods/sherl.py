@@ -31,7 +31,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.errors import ConfigError, TargetError
 from petkit.core.model_delta import ModelDelta
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.models.structure import hf_model, hidden_size, layer_stacks, own_layers
 from petkit.models.taps import LayerTaps, hidden_of, with_hidden
 
@@ -111,4 +111,5 @@ register(Method(
     name="sherl", config=SherlConfig, kind="model", build=SherlDelta, layer_types=(), mergeable=False,
     spec="Diao et al., ECCV 2024 (arXiv 2407.07523); official code Paranioar/SHERL",
     summary="anti-redundancy aggregation of frozen layer features, read by the last pre-trained layer(s)",
+    bench=MethodDefaults({"late_layers": 1}, (1e-3, 3e-3), "side network"),
 ))

@@ -27,7 +27,7 @@ from torch import nn
 from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.layer import Delta, add_to_weight, weight_oi
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 
 DEFAULT_ENERGY = 0.99
 
@@ -97,4 +97,6 @@ register(Method(
     layer_types=LINEAR_TYPES, mergeable=True, spec="Sun et al. 2024 (arXiv 2409.05926)",
     default_targets=("attn.q", "attn.v"),
     summary="top-r singular values of each weight (U, V frozen)",
+    # bench: r by 99% energy
+    bench=MethodDefaults({"targets": ["attn.q", "attn.v"]}, (5e-3, 2e-2), "rescaling"),
 ))

@@ -29,7 +29,7 @@ from torch import nn
 
 from petkit.core.config import AdapterConfig, check, is_number
 from petkit.core.errors import TargetError
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.models.structure import embedding_modules, layer_stacks
 
 DEFAULT_FRACTION = 0.5
@@ -100,4 +100,6 @@ register(Method(
     spec="Shi et al., ISSTA 2023 (arXiv 2304.05216)",
     summary="layer freezing: embeddings and the bottom K layers frozen, the rest trains in place",
     select=select_trainable,
+    # bench: fraction 0.5: MiniLM freezes embeddings + 3 of 6 layers
+    bench=MethodDefaults({}, (3e-5, 1e-4), "selective"),
 ))

@@ -47,7 +47,7 @@ from torch.nn.utils import skip_init
 from petkit.core.config import AdapterConfig, check, is_number, is_pos_int
 from petkit.core.layer import Delta, in_out_features
 from petkit.core.module_types import LINEAR_TYPES
-from petkit.core.registry import Method, register
+from petkit.core.registry import Method, MethodDefaults, register
 from petkit.core.targeting import matches_any
 from petkit.methods.adapters import ACTIVATIONS, BlockInput, Bottleneck, BottleneckDelta
 
@@ -179,4 +179,6 @@ register(Method(
     mergeable=False, spec="Hu et al., ICCV 2023 (arXiv 2308.09804); HenryHZY/VL-PET @ 7430cad",
     summary="multi-head adapters under a large/middle/small gate; value adapters for a light decoder",
     default_targets=("attn.out", "mlp.out"),
+    bench=MethodDefaults({"granularity": "large", "bottleneck": 48, "heads": 4, "gate_bottleneck": 48},
+                         (1e-3, 5e-3), "adapter"),
 ))

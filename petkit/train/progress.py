@@ -14,7 +14,22 @@ from rich.progress import (
 )
 
 
-class ProgressBar:
+class LiveProgress:
+    """A rich Progress (or None when disabled) shown for the length of a `with` block."""
+
+    _progress: Progress | None = None
+
+    def __enter__(self):
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress:
+            self._progress.stop()
+
+
+class ProgressBar(LiveProgress):
     """``with ProgressBar(total, start, unit, enabled) as bar: bar.update(loss=..., lr=..., items=...)``.
 
     ``unit`` is what throughput counts: "samples" for classification, "tokens" for language models.
@@ -32,15 +47,6 @@ class ProgressBar:
             )
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
                                                  loss="-", lr="-", speed="-")
-
-    def __enter__(self) -> ProgressBar:
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress:
-            self._progress.stop()
 
     def throughput(self) -> float:
         """Items per second since this run (or resume) began."""

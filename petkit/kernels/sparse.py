@@ -9,7 +9,7 @@ The backward never forms a dense (out, in) gradient: the gradient of entry (o, i
 entries, a block of rows at a time (at most CHUNK entries and half the matrix per block, one GEMM
 each), keeping only the entries on the support. SaRA's official code instead lets autograd build
 the dense weight gradient and then gathers it. The forward, and the input gradient, use the weight
-with the support added on the fly (W' = W + ΔW, a transient as in `lora_kernel`): one GEMM each.
+with the support added on the fly (W' = W + ΔW, a transient as in `kernels/lora.py`): one GEMM each.
 """
 
 from __future__ import annotations
