@@ -101,12 +101,15 @@ def test_unknown_method_lists_the_known_ones():
         petkit.get_method("lorax")
 
 
-def test_config_round_trip_keeps_values_and_warns_on_unknown_keys():
+def test_config_round_trip_keeps_values_and_warns_on_unknown_keys_only_in_saved_files():
+    # issue 16: an unknown key a user writes is an error; one in a saved file (a newer petkit's) a warning
     cfg = petkit.LoraConfig(r=4, alpha=8, targets=["query"], rank_pattern={"value": 2})
     data = cfg.to_dict()
     assert petkit.LoraConfig.from_dict(data) == cfg
-    with pytest.warns(UserWarning, match="unknown keys"):
-        assert petkit.LoraConfig.from_dict({**data, "from_the_future": 1}) == cfg
+    with pytest.raises(petkit.ConfigError, match="from_the_future"):
+        petkit.LoraConfig.from_dict({**data, "from_the_future": 1})
+    with pytest.warns(UserWarning, match="from_the_future"):
+        assert petkit.LoraConfig.from_saved({**data, "from_the_future": 1}) == cfg
 
 
 # -- several adapters ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import FrozenInstanceError, replace
 import pytest
 import torch
 
+from petkit.core.errors import ConfigError
 from petkit.data import ClassificationDataset, classification_batches, lm_blocks
 from petkit.testing import tiny_bert, tiny_gpt2, tiny_tokenizer
 from petkit.train import (
@@ -121,8 +122,8 @@ def test_config_is_frozen_and_round_trips():
     with pytest.raises(FrozenInstanceError):
         cfg.lr = 1.0
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.warns(UserWarning, match="ignoring unknown keys"):
-        assert TrainConfig.from_dict({"lr": 0.1, "future_knob": 1}).lr == 0.1
+    with pytest.raises(ConfigError, match="future_knob"):  # issue 16: a key the user wrote must exist
+        TrainConfig.from_dict({"lr": 0.1, "future_knob": 1})
 
 
 # ---------------------------------------------------------------------------------- schedules
