@@ -85,8 +85,7 @@ class SherlDelta(ModelDelta):
         return f"aggregate of {self.split + 1} frozen tiers feeds the last {self.late} layer(s)"
 
     def attach(self, model: nn.Module) -> None:
-        # the frame each forward's taps are kept in, opened by the base model (what a feature extractor calls)
-        calls = self.hook_call(self.hf.base_model, None, None)
+        calls = self.hook_call(self.hf, None, None)  # the frame each forward's taps are kept in
         self.taps = LayerTaps(self.hook, self.stack, calls, range(self.split - 1))  # layer J−1's output is layer J's input
         self.hook(self.stack[self.split], pre=True, fn=self._replace_input)
 

@@ -76,14 +76,11 @@ class LayerTaps:
         return {} if frame is None else frame.get("taps.outputs", {})
 
     def _read_input(self, module, args, kwargs):
-        frame = self._frames.current  # None: a layer run on its own, outside any forward of the model
-        if frame is not None:
-            frame["taps.embedding"] = hidden_of(args, kwargs).detach()
-            frame["taps.outputs"] = {}
+        frame = self._frames.top
+        frame["taps.embedding"] = hidden_of(args, kwargs).detach()
+        frame["taps.outputs"] = {}
 
     def _writer(self, index: int):
         def write(module, args, kwargs, out):
-            frame = self._frames.current
-            if frame is not None:
-                frame.setdefault("taps.outputs", {})[index] = output_hidden(out).detach()
+            self._frames.top["taps.outputs"][index] = output_hidden(out).detach()
         return write
