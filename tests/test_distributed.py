@@ -18,12 +18,16 @@ WORKER = Path(__file__).parent / "support" / "ddp_worker.py"
 
 
 def run_worker(out: Path, *extra: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    logs = out.parent / f"{out.name}-logs"  # one stdout/stderr file per rank: a failing rank's traceback is kept whole
     launcher = [sys.executable, str(WORKER)] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER)]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "--log-dir", str(logs), "--redirects", "3", str(WORKER)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*launcher, str(out), *extra], capture_output=True, text=True, timeout=300, env=env)
     if check and done.returncode != 0:
-        raise AssertionError(f"worker failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        ranks = "".join(f"\n--- {f.relative_to(logs)} ---\n{f.read_text()[-4000:]}"
+                        for f in sorted(logs.rglob("std*.log")) if f.stat().st_size)
+        raise AssertionError(f"worker failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}{ranks}")
     return done
 
 
