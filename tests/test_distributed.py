@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,19 @@ def run_worker(out: Path, *extra: str, nproc: int = 1, check: bool = True) -> su
     if check and done.returncode != 0:
         ranks = "".join(f"\n--- {f.relative_to(logs)} ---\n{f.read_text()[-4000:]}"
                         for f in sorted(logs.rglob("std*.log")) if f.stat().st_size)
+        if torn_down_after_the_work(out, ranks):
+            warnings.warn(f"a rank aborted in gloo's teardown after the run had finished:{ranks}")
+            return done
         raise AssertionError(f"worker failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}{ranks}")
     return done
+
+
+def torn_down_after_the_work(out: Path, ranks: str) -> bool:
+    """A C++ abort with no Python error after rank 0 wrote its results (which it does after the last
+    collective of the run): gloo's threads at process exit, not the training under test. Seen once in CI
+    under load as 'terminate called without an active exception' (SIGABRT) on rank 1."""
+    return ((out / "result.json").exists() and "terminate called without an active exception" in ranks
+            and "Traceback" not in ranks)
 
 
 def outcome(out: Path) -> tuple[dict, dict]:

@@ -259,7 +259,8 @@ def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> lis
     threads = sorted({r["threads"] for r in ok if "threads" in r})
     memory = sorted({r["memory_method"] for r in ok if "memory_method" in r})
     return ["## Protocol", "",
-            "- **Learning rate**: seed 0 trains at every rate of the method's grid (`petkit/bench/defaults.py`); "
+            "- **Learning rate**: seed 0 trains at every rate of the method's grid (the bench defaults in its "
+            "registry record, else the generic grid of `petkit/bench/defaults.py`); "
             "the best dev accuracy wins (ties: lower dev loss, then the smaller rate). While the winner is the "
             "smallest or largest rate tried, seed 0 also trains one rate further out (the grid's spacing at that "
             f"edge), at most {config.extend} per side, and the best is chosen again. Seeds 1..n-1 train at the "
