@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from petkit.bench.config import WARMUP_STEPS
+from petkit.bench.machine import cpu, versions
 from petkit.bench.memory import PeakMemory
 from petkit.core.errors import ConfigError, StateError
 from petkit.core.model import adapt
@@ -95,6 +96,7 @@ def measure_run(job: dict) -> dict:
                          f"{'fresh process' if setup['isolate'] else 'in-process'}",
         "step_s": statistics.median(steps), "train_s": round(train_s, 3),
         "inference": _time_inference(model, job["library"], prep, setup),
+        "machine": cpu(), "versions": versions(),
         "threads": torch.get_num_threads(), "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 

@@ -7,11 +7,11 @@ import dataclasses
 import json
 import math
 import os
-import platform
 from pathlib import Path
 
 from petkit.bench.config import PRINTED_DECIMALS, WARMUP_STEPS, BenchConfig
 from petkit.bench.leaderboard import Board, build, task_metric, task_score
+from petkit.bench.machine import recorded
 from petkit.bench.results import key_of
 from petkit.bench.summary import task_name
 
@@ -285,11 +285,11 @@ def _protocol(config: BenchConfig, records: list[dict], lm: bool = False) -> lis
             "after a warm-up, each timing the frozen base model (a fresh copy without wrappers) and the adapted "
             "model in alternating order; the ratio is the median over rounds of adapted / base within a round. "
             "Merged: the same after merging the adapter into the weights.",
-            f"- **Machine**: {_cpu()}, torch threads {', '.join(map(str, threads)) or 'n/a'}"
+            f"- **Machine**: {recorded(ok, 'machine')}; torch threads {', '.join(map(str, threads)) or 'n/a'}"
             f"{_jobs(ok)}; 1-minute load "
             f"average during runs {min(loads, default=math.nan):.1f}–{max(loads, default=math.nan):.1f} "
             "(timings are noisier when it exceeds the thread count).",
-            f"- **Versions**: {_versions()}.", ""]
+            f"- **Versions**: {recorded(ok, 'versions')}.", ""]
 
 
 def _jobs(ok: list[dict]) -> str:
@@ -308,22 +308,3 @@ def _failures(records: list[dict]) -> list[str]:
                      f"lr {r['lr']:g}: {r['error']}")
     return lines + [""]
 
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    parts = [f"python {platform.python_version()}"]
-    for package in ("petkit", "torch", "transformers", "peft"):
-        try:
-            parts.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            pass
-    return ", ".join(parts)
