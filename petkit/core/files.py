@@ -35,7 +35,7 @@ def save_adapters(am, path, format: str = "petkit", names=None) -> None:
     for n in names:
         for key, value in am.adapter_parameters(n).items():
             tensors[f"{n}/{key}"] = value
-        adapters[n] = {"config": am.config(n).to_dict(), "modules": am.state.modules.get(n, [])}
+        adapters[n] = {"config": am.adapter_config(n).to_dict(), "modules": am.state.modules.get(n, [])}
     config = {
         "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
         "base_fingerprint": am.base_fingerprint, "adapters": adapters,

@@ -174,7 +174,7 @@ class AdaptedModel(nn.Module):
     def active(self) -> tuple[str, ...]:
         return self.state.active
 
-    def config(self, name: str = "default") -> AdapterConfig:
+    def adapter_config(self, name: str = "default") -> AdapterConfig:
         self.state.check_names([name])
         return self.state.configs[name]
 
@@ -198,7 +198,7 @@ class AdaptedModel(nn.Module):
             yield self.model_deltas[name]
 
     def method_of(self, name: str) -> Method:
-        return method_for(self.config(name))
+        return method_for(self.adapter_config(name))
 
     def is_selection(self, name: str) -> bool:
         return name in self.state.selected
