@@ -182,6 +182,34 @@ def test_resume_refuses_a_checkpoint_of_another_adapter(tmp_path):
             resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
+def test_load_best_model_at_end_restores_the_best_checkpoints_adapter(tmp_path):
+    am = adapted()
+    trainer = petkit.hf.Trainer(model=am, args=args(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2,
+                                                    save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+                                                    learning_rate=0.3),  # big steps: the loss goes up again
+                                train_dataset=Tokens(), eval_dataset=Tokens(8, seed=1))
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name != "checkpoint-6"  # else loading the best would change nothing
+    assert_same(params(am), params(petkit.load(tiny_llama(), best)))
+
+
+def test_petkit_trainer_keeps_the_dataset_columns_the_wrapped_model_takes(tmp_path):
+    am = petkit.adapt(TINY_MODELS["bert"](seed=0), petkit.LoraConfig(r=2, targets=["attn.q"]))
+    trainer = petkit.hf.Trainer(model=am, args=args(tmp_path))
+    trainer._set_signature_columns_if_needed()
+    assert {"input_ids", "token_type_ids", "attention_mask", "labels", "adapter_names"} <= set(trainer._signature_columns)
+
+
+def test_petkit_trainer_runs_the_once_per_step_gradient_terms(tmp_path, monkeypatch):
+    am = adapted()
+    calls = []
+    monkeypatch.setattr(am, "before_optimizer_step", lambda: calls.append(1))
+    petkit.hf.Trainer(model=am, args=args(tmp_path, max_steps=3, per_device_train_batch_size=2,
+                                          gradient_accumulation_steps=2), train_dataset=Tokens()).train()
+    assert len(calls) == 3  # once per optimizer step, not per micro-batch
+
+
 def test_petkit_trainer_needs_an_adapted_model(tmp_path):
     with pytest.raises(petkit.ConfigError, match="trains an AdaptedModel"):
         petkit.hf.Trainer(model=tiny_llama(), args=args(tmp_path))
@@ -286,6 +314,21 @@ def test_sft_trainer_loss_is_the_adapted_models_own_loss(tmp_path, config):
             plain = am(**batch).loss
     torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(own, plain)  # the adapter did take part
+
+
+def test_sft_trainer_runs_compositions(tmp_path):
+    am = adapted()
+    am.add(petkit.LoraConfig(r=2, targets=["attn.q"]), "other")
+    perturb(am)
+    am.set_active(petkit.BatchSplit("default", "other", sizes=[2, 2]))
+    petkit.hf.SFTTrainer(model=am, args=sft_config(tmp_path), train_dataset=text_rows(), processing_class=tokenizer())
+    batch = tiny_batch(am.base, seed=3)
+    with torch.no_grad():
+        fused, own = am(**batch, fused_lm_head=True).loss, am(**batch).loss
+        am.set_active("default")
+        one = am(**batch).loss
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(own, one)
 
 
 def test_sft_trainer_refuses_what_the_fused_lm_head_would_skip(tmp_path):
