@@ -210,6 +210,20 @@ def test_petkit_trainer_runs_the_once_per_step_gradient_terms(tmp_path, monkeypa
     assert len(calls) == 3  # once per optimizer step, not per micro-batch
 
 
+def test_label_smoothing_shifts_a_causal_lms_labels(tmp_path):
+    from transformers.trainer_pt_utils import LabelSmoother
+    am = adapted()
+    trainer = petkit.hf.Trainer(model=am, args=args(tmp_path, label_smoothing_factor=0.1), train_dataset=Tokens())
+    batch = {k: v[None] for k, v in Tokens()[0].items()}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        loss = trainer.compute_loss(am, batch)
+        shifted = LabelSmoother(0.1)(am(**inputs), batch["labels"], shift_labels=True)
+        unshifted = LabelSmoother(0.1)(am(**inputs), batch["labels"])
+    torch.testing.assert_close(loss, shifted)
+    assert not torch.allclose(loss, unshifted)
+
+
 def test_petkit_trainer_needs_an_adapted_model(tmp_path):
     with pytest.raises(petkit.ConfigError, match="trains an AdaptedModel"):
         petkit.hf.Trainer(model=tiny_llama(), args=args(tmp_path))

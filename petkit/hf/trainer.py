@@ -15,6 +15,7 @@ import os
 
 import torch
 import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from petkit.core.errors import ConfigError
 from petkit.core.files import restore_petkit
@@ -71,6 +72,23 @@ class PetkitTrainerMixin:
 
 class Trainer(PetkitTrainerMixin, transformers.Trainer):
     """transformers.Trainer for an AdaptedModel: adapter-only checkpoints in petkit's format."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # With label smoothing Trainer shifts a causal LM's labels only if the model's class name is a causal
+        # LM's, which AdaptedModel's is not: smooth here, by the wrapped model's class. (TRL smooths by itself.)
+        base_name = type(self.adapted_model.base).__name__
+        if (self.label_smoother is None or self.compute_loss_func is not None or "labels" not in inputs
+                or base_name not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs["num_items_in_batch"] = num_items_in_batch
+        outputs = model(**inputs)
+        loss = self.label_smoother(outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss *= self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+        return (loss, outputs) if return_outputs else loss
 
     def _set_signature_columns_if_needed(self) -> None:
         # Dataset columns are kept by the wrapped model's forward arguments, not the wrapper's (*args, **kwargs).
