@@ -330,19 +330,23 @@ def test_sft_trainer_loss_is_the_adapted_models_own_loss(tmp_path, config):
     assert not torch.allclose(own, plain)  # the adapter did take part
 
 
-def test_sft_trainer_runs_compositions(tmp_path):
+def test_sft_trainer_runs_compositions_and_mixed_adapter_batches(tmp_path):
     am = adapted()
     am.add(petkit.LoraConfig(r=2, targets=["attn.q"]), "other")
     perturb(am)
     am.set_active(petkit.BatchSplit("default", "other", sizes=[2, 2]))
     petkit.hf.SFTTrainer(model=am, args=sft_config(tmp_path), train_dataset=text_rows(), processing_class=tokenizer())
     batch = tiny_batch(am.base, seed=3)
+    names = ["other", "default", "other", None]
     with torch.no_grad():
         fused, own = am(**batch, fused_lm_head=True).loss, am(**batch).loss
         am.set_active("default")
         one = am(**batch).loss
+        routed, routed_own = (am(**batch, adapter_names=names, fused_lm_head=True).loss,
+                              am(**batch, adapter_names=names).loss)
     torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(own, one)
+    torch.testing.assert_close(routed, routed_own, rtol=1e-5, atol=1e-6)  # a plain trl.SFTTrainer ignores the names
+    assert not torch.allclose(own, one) and not torch.allclose(routed, one)
 
 
 def test_sft_trainer_refuses_what_the_fused_lm_head_would_skip(tmp_path):
