@@ -49,7 +49,9 @@ class PetkitTrainerMixin:
         return optimizer
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write the adapters (not the base) in petkit's format, and what Trainer writes beside a model."""
+        """Write the adapters (not the base) in petkit's format, and what Trainer writes beside a model.
+        state_dict (which Trainer gathers under FSDP and DeepSpeed, both refused) is not needed: the live
+        model holds the adapters."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
