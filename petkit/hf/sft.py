@@ -19,10 +19,14 @@ from petkit.hf.trainer import PetkitTrainerMixin
 
 try:
     import trl
-    from trl.trainer.utils import add_fused_lm_head
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("petkit.hf.SFTTrainer needs TRL, which is not installed: pip install 'petkit[trl]' "
                       f"(or pip install 'trl>=1.16') ({exc})") from None
+try:
+    from trl.trainer.utils import add_fused_lm_head
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError(f"petkit.hf.SFTTrainer needs trl>=1.16 (its fused LM head), found trl {trl.__version__}: "
+                      "pip install 'petkit[trl]'") from None
 
 FUSED_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what trl 1.16's SFTTrainer asks of its fused head
 MODEL_LEVEL_OK = ("prompt", "prefix")  # checked under the fused head (tests/test_hf_trainer.py)
