@@ -149,7 +149,8 @@ def find_hf_model(model: nn.Module) -> nn.Module:
     from transformers import PreTrainedConfig
 
     for module in model.modules():
-        if isinstance(getattr(module, "config", None), PreTrainedConfig):
+        # its own config, not one an AdaptedModel forwards from the model it wraps
+        if isinstance(vars(module).get("config"), PreTrainedConfig):
             return module
     raise TypeError(f"{type(model).__name__} contains no Hugging Face model (no module with a .config)")
 

@@ -189,7 +189,7 @@ def _perturb(params, seed: int = 2) -> None:
 
 def _peft_config(am: petkit.AdaptedModel, task: str):
     """The PEFT config of the same adapter: petkit's targets and head, by full module name."""
-    cfg = am.config()
+    cfg = am.adapter_config()
     layers = [(p, d) for p, _, d in am.layers("default") if type(d).__name__ != "HeadDelta"]
     heads = [p for p, _, d in am.layers("default") if type(d).__name__ == "HeadDelta"]
     common = dict(target_modules=[p for p, _ in layers], modules_to_save=heads or None, task_type=PEFT_TASKS[task])
@@ -238,14 +238,14 @@ def test_a_peft_file_with_part_of_the_head_restores_that_part(tmp_path):
     # PEFT's SEQ_CLS saves DeBERTa's classifier but not its (freshly initialised) pooler: petkit
     # restores the same and leaves the pooler as the base has it.
     config = peft.LoraConfig(r=2, target_modules=["query_proj", "value_proj"], task_type="SEQ_CLS")
-    assert _peft_to_petkit("deberta-v2", "classification", config, tmp_path).config().train_head == ("classifier",)
+    assert _peft_to_petkit("deberta-v2", "classification", config, tmp_path).adapter_config().train_head == ("classifier",)
 
 
 def test_peft_saves_distilberts_pre_classifier_by_string_suffix(tmp_path):
     # PEFT's SEQ_CLS lists "classifier" in modules_to_save and matches it as a plain suffix, so it also
     # trains and saves pre_classifier: petkit must restore that as part of the head, not refuse it.
     config = peft.LoraConfig(r=2, target_modules=["q_lin", "v_lin"], task_type="SEQ_CLS")
-    assert _peft_to_petkit("distilbert", "classification", config, tmp_path).config().train_head is True
+    assert _peft_to_petkit("distilbert", "classification", config, tmp_path).adapter_config().train_head is True
 
 
 # -- roles from structure where names do not tell ------------------------------------------------------

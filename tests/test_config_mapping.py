@@ -122,7 +122,7 @@ def test_a_saved_adapter_with_an_unknown_key_still_loads_with_a_warning(tmp_path
     path.write_text(json.dumps(saved))
     with pytest.warns(UserWarning, match=r"ignoring unknown keys \['from_the_future'\].*newer petkit"):
         again = petkit.load(tiny_bert(), tmp_path / "adapter")
-    assert again.config("default") == petkit.LoraConfig(r=2, targets=["query"])
+    assert again.adapter_config("default") == petkit.LoraConfig(r=2, targets=["query"])
     with pytest.warns(UserWarning, match="ignoring unknown keys"):
         assert config_from_dict(entry["config"], saved=True) == petkit.LoraConfig(r=2, targets=["query"])
     with pytest.raises(ConfigError, match="from_the_future"):  # the same dict written by a user is an error

@@ -209,7 +209,7 @@ def test_peft_pissa_converted_to_plain_lora(family, tmp_path):
     want = logits(pm)
     pm.save_pretrained(tmp_path / "out", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
     am = petkit.load(fam.build(), tmp_path / "out")
-    assert am.config().r == 8  # rank 2r on the original base
+    assert am.adapter_config().r == 8  # rank 2r on the original base
     assert_close(logits(am), want)
 
 
@@ -327,7 +327,7 @@ def test_petkit_format_round_trip(method, tmp_path):
     assert_not_trivial(want, tiny_bert())
     am.save(tmp_path)
     back = petkit.load(tiny_bert(), tmp_path)
-    assert back.adapters == ["default"] and type(back.config()) is type(am.config())
+    assert back.adapters == ["default"] and type(back.adapter_config()) is type(am.adapter_config())
     assert_close(logits(back), want)
 
 

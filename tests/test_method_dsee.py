@@ -169,7 +169,7 @@ def test_unstructured_pruning_by_delta_magnitude(tmp_path):
         pruned = weight_oi(b) == 0
         assert torch.all(dws[p][pruned] <= cut) and torch.all(dws[p][~pruned] >= cut)  # the smallest |ΔW| went
         assert zeros[p] == pytest.approx(float(pruned.float().mean()))
-    assert am.config().pruned == "unstructured"
+    assert am.adapter_config().pruned == "unstructured"
     y = _logits(am, batch)
     # the caveat: merging would densify the pruned weights, so it is refused
     with pytest.raises(petkit.StateError, match="cannot be merged"):

@@ -138,7 +138,7 @@ def test_idpt_on_vit_equals_a_hand_written_layer_loop_and_the_papers_head_layout
         torch.testing.assert_close(mine.loss, F.cross_entropy(mine.logits, batch["labels"]))
         am.base.classifier.weight.add_(1.0)  # the ViT's own head is not read
         torch.testing.assert_close(am(**batch).logits, mine.logits)
-    assert am.config().train_head is False and not any(p.requires_grad for p in am.base.classifier.parameters())
+    assert am.adapter_config().train_head is False and not any(p.requires_grad for p in am.base.classifier.parameters())
 
 
 def test_head_input_leaves_padding_and_the_prompts_out_of_the_token_pool():
@@ -223,7 +223,7 @@ def test_a_file_from_before_the_generator_field_loads_as_the_stand_in(tmp_path):
     entry["config"] = {k: entry["config"][k] for k in old_fields}  # what the first IDPT wrote
     path.write_text(json.dumps(saved))
     loaded = petkit.load(TINY_MODELS["bert"](seed=0), tmp_path)
-    assert (loaded.config().generator, loaded.config().head) == ("mlp", "model")
+    assert (loaded.adapter_config().generator, loaded.adapter_config().head) == ("mlp", "model")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, expected)
 

@@ -332,7 +332,7 @@ def test_ptq_of_fp_adapters_and_the_bytes_it_reports(tmp_path):
             d.up.weight.normal_(std=0.1)
     batch = tiny_batch(base)
     report = quantize_adapter(am, "default", 1, codebook="median", new_name="bin", batch=batch)
-    assert am.config("bin").bits == 1 and am.config("bin").codebook == "median" and am.method_of("bin").name == "lowbit-adapter"
+    assert am.adapter_config("bin").bits == 1 and am.adapter_config("bin").codebook == "median" and am.method_of("bin").name == "lowbit-adapter"
     assert 0 < report.output_error < 1 and 0 < report.error < 1
     am.save(tmp_path / "bin", names="bin")
     assert _tensor_bytes(tmp_path / "bin" / "adapter_model.safetensors")[0] == report.stored_bytes

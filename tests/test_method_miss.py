@@ -223,7 +223,7 @@ def test_peft_file_loads_in_petkit(variant, tmp_path):
     want = logits(pm, batch)
     pm.save_pretrained(tmp_path)
     am = petkit.load(tiny_llama(), tmp_path)
-    assert am.config() == MissConfig(targets=am.config().targets, train_head=False, **VARIANTS[variant][0])
+    assert am.adapter_config() == MissConfig(targets=am.adapter_config().targets, train_head=False, **VARIANTS[variant][0])
     torch.testing.assert_close(logits(am, batch), want, atol=1e-5, rtol=1e-5)
 
 

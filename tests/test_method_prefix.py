@@ -125,7 +125,7 @@ def test_fold_keeps_the_outputs_and_drops_the_mlp(tmp_path):
     am.fold("default")
     delta = am.model_deltas["default"]
     assert not hasattr(delta, "mlp") and delta.table.requires_grad
-    assert am.config().projection is False and am.num_parameters("default") < count
+    assert am.adapter_config().projection is False and am.num_parameters("default") < count
     torch.testing.assert_close(logits(am, batch), before, atol=1e-6, rtol=1e-6)
     am.save(tmp_path)
     torch.testing.assert_close(logits(petkit.load(TINY_MODELS["llama"](seed=0), tmp_path), batch), before,
@@ -178,7 +178,7 @@ def test_peft_made_prefix_loads_in_petkit(tmp_path):
     theirs = logits(pm, batch)
     pm.save_pretrained(tmp_path)
     am = petkit.load(base, tmp_path)
-    assert am.config().num_virtual_tokens == 4 and am.config().projection is False
+    assert am.adapter_config().num_virtual_tokens == 4 and am.adapter_config().projection is False
     torch.testing.assert_close(logits(am, batch), theirs, atol=1e-5, rtol=1e-5)
 
 

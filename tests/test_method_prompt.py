@@ -140,7 +140,7 @@ def test_peft_made_prompt_loads_in_petkit(family, task, tmp_path):
     theirs = logits(pm, batch)
     pm.save_pretrained(tmp_path)
     am = petkit.load(TINY_MODELS[family](seed=0), tmp_path)
-    assert am.config().num_virtual_tokens == 4
+    assert am.adapter_config().num_virtual_tokens == 4
     mine = logits(am, batch)
     torch.testing.assert_close(mine, theirs[:, 4:] if family == "llama" else theirs)
 

@@ -270,7 +270,7 @@ def test_multi_head_save_load_round_trip(tmp_path):
     assert stored[key].shape == (2, 4, 32)  # per head: 2 heads of 8/2 rows
     fresh = tiny_t5()
     loaded = petkit.load(fresh, tmp_path / "a")
-    assert loaded.config("default") == cfg
+    assert loaded.adapter_config("default") == cfg
     torch.testing.assert_close(_logits(loaded, batch), y, atol=0, rtol=0)
     head = fresh.encoder.block[0].layer[1].DenseReluDense.wo.deltas["default"].adapter.down.weight
     torch.testing.assert_close(head, am.base.encoder.block[0].layer[1].DenseReluDense.wo.deltas["default"].adapter.down.weight)

@@ -79,7 +79,7 @@ def test_a_peft_exportable_method_is_one_file(shift_method, tmp_path):
     assert saved["peft_type"] == "TOY_SHIFT" and len(saved["target_modules"]) == 4
     loaded = petkit.load(tiny_bert(), tmp_path)
     loaded.eval()
-    assert type(loaded.config()) is ShiftConfig
+    assert type(loaded.adapter_config()) is ShiftConfig
     torch.testing.assert_close(loaded(**batch).logits, expected)
     # ... and every layer that lists methods knows it, from the same record
     assert "toy_shift" in exportable()

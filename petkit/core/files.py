@@ -35,7 +35,7 @@ def save_adapters(am, path, format: str = "petkit", names=None) -> None:
     for n in names:
         for key, value in am.adapter_parameters(n).items():
             tensors[f"{n}/{key}"] = value
-        adapters[n] = {"config": am.config(n).to_dict(), "modules": am.state.modules.get(n, [])}
+        adapters[n] = {"config": am.adapter_config(n).to_dict(), "modules": am.state.modules.get(n, [])}
     config = {
         "format": "petkit", "petkit_version": __version__, "base_model_class": type(am.base).__name__,
         "base_fingerprint": am.base_fingerprint, "adapters": adapters,
@@ -91,6 +91,36 @@ def load_petkit(am, path: Path, config: dict, name, force: bool, as_name: str | 
             return
     if active:
         am.set_active(active)
+
+
+def restore_petkit(am, path) -> None:
+    """Refill the adapters `am` already has from a petkit folder saved from such a model (resuming a
+    run): the same adapter names, configs, tensors and base model, else an AdapterFileError and nothing
+    copied. Adds, removes and activates nothing."""
+    path = Path(path)
+    config = read_json(path / CONFIG_NAME)
+    adapters = config.get("adapters")
+    if config.get("format") != "petkit" or not isinstance(adapters, dict):
+        raise AdapterFileError(f"{path} is not a petkit adapter folder (it lists no petkit adapters)")
+    if sorted(adapters) != sorted(am.adapters):
+        raise AdapterFileError(f"{path} holds adapters {sorted(adapters)}, the model {sorted(am.adapters)}: "
+                               "resume into a model built with the same adapters")
+    tensors, _ = read_tensors(path / WEIGHTS_NAME)
+    pairs = []
+    for n, entry in adapters.items():
+        where = f"{path} (adapter {n!r})"
+        saved_config = config_from_dict(entry.get("config") if isinstance(entry, dict) else None, saved=True)
+        if saved_config != am.adapter_config(n):
+            raise AdapterFileError(f"{where} was saved with another config ({saved_config}) than the model's "
+                                   f"({am.adapter_config(n)})")
+        pairs.append((am.adapter_parameters(n), {k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + "/")}))
+        check_tensors(*pairs[-1], where)
+    check_base(am, config.get("base_fingerprint"), False, path)
+    for expected, saved in pairs:
+        copy_tensors(expected, saved)
+    for n in adapters:
+        for delta in am.deltas(n):
+            delta.loaded()
 
 
 def _check_rank(cfg, saved: dict, where: str) -> None:

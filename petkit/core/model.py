@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import copy as copy_module
+import inspect
 import re
 from collections import defaultdict
 
 import torch
 from torch import nn
 
+from petkit.core.aliases import alias_keys
 from petkit.core.composition import BatchBlock, Composition, Stack, WeightedSum
 from petkit.core.config import AdapterConfig
 from petkit.core.errors import ConfigError, StateError, TargetError
@@ -41,6 +43,22 @@ class AdaptedModel(nn.Module):
         self.state = AdapterState()
         self.base_fingerprint = fingerprint(base)
         self.model_deltas = nn.ModuleDict()            # model-level adapters (prompts, side networks) by name
+
+    def __getattr__(self, name: str):
+        """Parameters, buffers and submodules first (nn.Module's lookup), then the wrapped model's own
+        attributes: `config`, `generation_config`, `get_input_embeddings`, `gradient_checkpointing_enable`,
+        ... are what transformers' Trainer and TRL read off the model they train (PEFT does the same)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if base is None or name.startswith("__"):  # still in __init__ / unpickling, or a protocol probe
+                raise
+        try:
+            return getattr(base, name)
+        except AttributeError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}, nor has the "
+                                 f"{type(base).__name__} it wraps") from None
 
     # -- building ---------------------------------------------------------------------------------
     def add(self, config: AdapterConfig, name: str = "default", *, trainable: bool = True, init: bool = True):
@@ -174,7 +192,7 @@ class AdaptedModel(nn.Module):
     def active(self) -> tuple[str, ...]:
         return self.state.active
 
-    def config(self, name: str = "default") -> AdapterConfig:
+    def adapter_config(self, name: str = "default") -> AdapterConfig:
         self.state.check_names([name])
         return self.state.configs[name]
 
@@ -198,7 +216,7 @@ class AdaptedModel(nn.Module):
             yield self.model_deltas[name]
 
     def method_of(self, name: str) -> Method:
-        return method_for(self.config(name))
+        return method_for(self.adapter_config(name))
 
     def is_selection(self, name: str) -> bool:
         return name in self.state.selected
@@ -223,7 +241,16 @@ class AdaptedModel(nn.Module):
                 out[f"{MODEL_KEY}.{k}"] = v
         return out
 
-    def num_parameters(self, name: str, include_head: bool = True) -> int:
+    def num_parameters(self, name: str | None = None, include_head: bool = True, *, only_trainable: bool = False,
+                       exclude_embeddings: bool = False) -> int:
+        """One adapter's parameter count; without a name, transformers' `num_parameters` of the whole model
+        (the signature Trainer calls for its FLOP count: only_trainable, exclude_embeddings)."""
+        if name is None:
+            if hasattr(self.base, "num_parameters"):
+                extra = sum(p.numel() for p in self.model_deltas.parameters() if p.requires_grad or not only_trainable)
+                return self.base.num_parameters(only_trainable=only_trainable,
+                                                exclude_embeddings=exclude_embeddings) + extra
+            return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
         if name in self.state.selected:
             return sum(p.numel() for p in self.selected_parameters(name).values())
         return sum(t.numel() for delta in self.deltas(name) if include_head or not isinstance(delta, HeadDelta)
@@ -384,13 +411,28 @@ class AdaptedModel(nn.Module):
         return optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: self.before_optimizer_step())
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, *args, adapter_names=None, **kwargs):
+    def forward(self, *args, input_ids=None, attention_mask=None, labels=None, adapter_names=None, **kwargs):
+        """The wrapped model's forward; positional and keyword inputs go to it as given. input_ids,
+        attention_mask and labels are named so transformers' Trainer finds the labels (and reports an
+        eval loss); they are passed on only when given. adapter_names: one adapter per sample."""
+        named = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        kwargs.update({k: v for k, v in named.items() if v is not None})
         if adapter_names is None:
             args, kwargs, adapter_names = self._plan(args, kwargs)
         if adapter_names is None:
             return self.base(*args, **kwargs)
         with self.routing(adapter_names):
             return self.base(*args, **kwargs)
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """Whether forward passes `num_items_in_batch` on to a loss that uses it: what Trainer would decide
+        for the wrapped model (its own flag, else whether its forward takes **kwargs). When true, Trainer
+        leaves the loss undivided by gradient-accumulation steps."""
+        own = getattr(self.base, "accepts_loss_kwargs", None)
+        if isinstance(own, bool):
+            return own
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(self.base.forward).parameters.values())
 
     def _plan(self, args, kwargs) -> tuple[tuple, dict, list[str] | None]:
         """With a BatchSplit or Parallel active: the inputs to run (Parallel copies the batch) and one
@@ -418,6 +460,11 @@ class AdaptedModel(nn.Module):
             raise refuse_routing(self.method_of(whole_model[0]).name, whole_model[0])
         if self.state.merged:
             raise StateError("mixed-adapter batches need unmerged adapters; unmerge() first")
+        if self.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) is True
+                                                             for m in self.base.modules()):
+            raise StateError("mixed-adapter batches cannot train with gradient checkpointing: backward recomputes "
+                             "the layers after this batch's routing has ended, with other adapters; turn "
+                             "checkpointing off or train one adapter per batch")
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, n in enumerate(names):
             groups[n].append(i)
@@ -430,6 +477,23 @@ class AdaptedModel(nn.Module):
             yield
         finally:
             self.state.routes = previous
+
+    # -- state dict -----------------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """nn.Module's state dict without aliases: a tensor shared by several paths (tied input and output
+        embeddings) appears once, under its first name, so safetensors can write it (see aliases.py)."""
+        out = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for alias in alias_keys(self):
+            out.pop(prefix + alias, None)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The aliases state_dict() left out take their tensor from the key it kept (runs before the children load).
+        for alias, source in alias_keys(self).items():
+            if prefix + alias not in state_dict and prefix + source in state_dict:
+                state_dict[prefix + alias] = state_dict[prefix + source]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- reporting and files ---------------------------------------------------------------------
     def summary(self, print_it: bool = True) -> str:

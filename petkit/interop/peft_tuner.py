@@ -80,7 +80,7 @@ class TunerFormat:
         common = {"task_type": peft_task_type(am, heads), "target_modules": [p for p, _, _ in layers],
                   "modules_to_save": heads or None, "base_model_name_or_path": None, "inference_mode": True,
                   "revision": None}
-        return self.export_config(am.config(name), layers, common), tensors
+        return self.export_config(am.adapter_config(name), layers, common), tensors
 
     def load(self, am, folder: Path, config: dict, name: str, force: bool) -> None:
         file = folder / WEIGHTS_NAME

@@ -210,7 +210,7 @@ def prune(am, name: str = "default", sparsity: float = 0.2, *, mode: str = "unst
           score: str = "delta", heads: int | None = None) -> dict[str, float]:
     """Prune the base weights under DSEE adapter `name` (see the module docstring); returns, per
     module path, the fraction of its weight entries now zero. Continue training afterwards as usual."""
-    config = am.config(name)
+    config = am.adapter_config(name)
     if not isinstance(config, DseeConfig):
         raise ConfigError(f"adapter {name!r} is a {type(config).method} adapter; dsee.prune needs a DSEE one")
     check(mode in PRUNED[1:], f"mode must be 'unstructured' or 'heads', got {mode!r}")

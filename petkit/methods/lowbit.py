@@ -229,7 +229,7 @@ def quantize_adapter(am, name: str, bits: int, *, codebook: str = "lloyd-max", n
     alpha is folded into Up) or a lowbit-lora / lowbit-adapter (its effective weights are re-quantised).
     The new adapter is added frozen, with a copy of the source's task head; the active set is unchanged.
     """
-    src_cfg = am.config(name)
+    src_cfg = am.adapter_config(name)
     method = am.method_of(name).name
     new_name = new_name or f"{name}-{bits}bit"
     if method == "lora":

@@ -158,8 +158,8 @@ def reselect(am, name: str = "default") -> int:
     entries still train."""
     if name in am.state.merged:
         raise StateError(f"adapter {name!r} is merged; unmerge() before reselect() (it reads the base weights)")
-    if not isinstance(am.config(name), SaraConfig):
-        raise ConfigError(f"adapter {name!r} is a {am.config(name).method} adapter; reselect() needs a SaRA one")
+    if not isinstance(am.adapter_config(name), SaraConfig):
+        raise ConfigError(f"adapter {name!r} is a {am.adapter_config(name).method} adapter; reselect() needs a SaRA one")
     return sum(d.reselect(layer.base_layer) for _, layer, d in am.layers(name) if isinstance(d, SaraDelta))
 
 

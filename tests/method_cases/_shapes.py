@@ -31,5 +31,5 @@ def method_layers(am, name):
 
 
 def lora_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     return sum(cfg.rank_and_scale(p, am.base)[0] * sum(io_features(b)) for p, b, _ in method_layers(am, name))

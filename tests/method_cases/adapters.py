@@ -9,7 +9,7 @@ from petkit.methods.adapters import BottleneckConfig
 def bottleneck_count(am, name):
     """(d·m + m) + (m·d + d) per wrapped module, d its output width (= the block input width in these
     models), m the bottleneck size or d // reduction_factor."""
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     total = 0
     for _, base, _ in method_layers(am, name):
         d = io_features(base)[1]

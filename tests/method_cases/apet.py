@@ -14,7 +14,7 @@ def _tensor_total(model, targets):
 
 
 def apet_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     if cfg.level == "tensor":  # the cases give a budget that every targeted tensor fits in
         assert cfg.budget >= _tensor_total(am.base, cfg.targets)
         return sum(io_features(b)[0] * io_features(b)[1] + (b.bias.numel() if b.bias is not None else 0)

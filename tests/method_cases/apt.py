@@ -8,7 +8,7 @@ from method_cases._checks import differs_from_base
 
 def apt_count(am, n) -> int:
     """Per self-attention layer m·d + 2·d·k + 1."""
-    cfg, delta = am.config(n), am.model_deltas[n]
+    cfg, delta = am.adapter_config(n), am.model_deltas[n]
     d = delta.prompts.shape[-1]
     return len(delta.ends) * (cfg.num_virtual_tokens * d + 2 * d * cfg.key_rank + 1)
 

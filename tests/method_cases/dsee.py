@@ -9,7 +9,7 @@ def _nnz(cfg, n_in, n_out):
 
 
 def dsee_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     return sum(cfg.r * (i + o) + _nnz(cfg, i, o) for _, b, _ in method_layers(am, name) for i, o in [io_features(b)])
 
 

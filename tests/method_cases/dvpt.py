@@ -7,7 +7,7 @@ import petkit
 
 def dvpt_count(am, n) -> int:
     """Per module d·r + r (down) + m·r (queries) + 4r² + 4r (attention) + r·d + d (up); one or L modules."""
-    cfg, delta = am.config(n), am.model_deltas[n]
+    cfg, delta = am.adapter_config(n), am.model_deltas[n]
     d, r, m = am.base.config.hidden_size, cfg.bottleneck, cfg.num_queries
     one = d * r + r + m * r + 4 * r * r + 4 * r + r * d + d
     return one * (1 if cfg.shared else len(delta.layers))

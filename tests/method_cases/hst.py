@@ -9,7 +9,7 @@ from method_cases._checks import differs_from_base
 def hst_count(am, n) -> int:
     """Meta tokens L·d; stem conv 3×3 (c→w1) + BN + conv 2×2 (w1→w1); downsamplers 3×3 convs + LN;
     bridges d→w_i; per block 3 LNs, attention 4w² + 4w, MLP 8w² + 5w; head BN (no affine) + Linear."""
-    cfg, config = am.config(n), am.base.config
+    cfg, config = am.adapter_config(n), am.base.config
     d, c, layers = config.hidden_size, config.num_channels, config.num_hidden_layers
     dims, per = cfg.dims, config.num_hidden_layers // len(cfg.dims)
     total = layers * d + (9 * c * dims[0] + dims[0]) + 2 * dims[0] + (4 * dims[0] * dims[0] + dims[0])

@@ -11,7 +11,7 @@ def idpt_count(am, n) -> int:
     """edgeconv: 3 EdgeConv (2·c_in·h, no bias, + BN 2h) + fuse 3h·md (no bias) + BN 2md; mlp: LN 2d
     + d·h + h + h·m·d + m·d. Both: prompt positions m·d. head idpt: (2+m)d → c → c → labels, each
     hidden Linear with a BN (2c)."""
-    cfg = am.config(n)
+    cfg = am.adapter_config(n)
     d = am.base.config.hidden_size
     h, m = cfg.generator_hidden or d, cfg.num_virtual_tokens
     if cfg.generator == "edgeconv":

@@ -8,14 +8,14 @@ from petkit.methods.lowbit import LowbitAdapterConfig, LowbitLoraConfig
 
 def lora_count(am, name):
     """Down (r × in) + Up (out × r) per module: r · (in + out)."""
-    r = am.config(name).r
+    r = am.adapter_config(name).r
     return sum(r * sum(io_features(b)) for _, b, _ in method_layers(am, name))
 
 
 def adapter_count(am, name):
     """Down (r × d) + Up (d × r) per module: the adapter reads the block input, whose width d is the
     output width of the block's closing projection (attn.out / mlp.out) in these models."""
-    r = am.config(name).r
+    r = am.adapter_config(name).r
     return sum(2 * r * io_features(b)[1] for _, b, _ in method_layers(am, name))
 
 

@@ -8,7 +8,7 @@ from method_cases._checks import differs_from_base
 
 def lst_count(am, n) -> int:
     """Side layers at width w = d/r, FFN f = d_ff/r, plus Down_0, the Down_i, the gates α and Up."""
-    cfg, config = am.config(n), am.base.config
+    cfg, config = am.adapter_config(n), am.base.config
     d, r = config.hidden_size, cfg.reduction
     w, f = d // r, config.intermediate_size // r
     ladders = len(cfg.side_layers or range(config.num_hidden_layers))

@@ -7,7 +7,7 @@ from petkit.methods import miss
 
 
 def miss_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     per_layer = (lambda b: cfg.r * cfg.mini_r) if cfg.variant == "mini" else (lambda b: cfg.r * io_features(b)[1])
     return sum(per_layer(b) for _, b, _ in method_layers(am, name))
 

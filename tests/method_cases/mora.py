@@ -10,4 +10,4 @@ CASES = {
     "mora-pruned": lambda fam: MoraConfig(r=6, top_k=3, temperature=0.5, threshold=0.0, targets=["attn.qkv", "mlp.out"]),
 }
 # A (r × in) + B (out × r) per module, whatever the routing budget
-FORMULAS = {"mora": lambda am, n: sum(am.config(n).r * sum(io_features(b)) for _, b, _ in method_layers(am, n))}
+FORMULAS = {"mora": lambda am, n: sum(am.adapter_config(n).r * sum(io_features(b)) for _, b, _ in method_layers(am, n))}

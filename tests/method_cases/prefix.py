@@ -9,7 +9,7 @@ from petkit.models.structure import attention_shape, hidden_size
 
 def prefix_count(am, n) -> int:
     """m·L·2·h_kv·d_h, or with the MLP m·d + (d+1)·hidden + (hidden+1)·L·2·h_kv·d_h."""
-    cfg, delta = am.config(n), am.model_deltas[n]
+    cfg, delta = am.adapter_config(n), am.model_deltas[n]
     kv_heads, head_dim = attention_shape(am.base.config)
     width = len(delta.attention) * 2 * kv_heads * head_dim
     if not cfg.projection:

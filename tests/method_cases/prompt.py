@@ -17,5 +17,5 @@ CASES = {
     "prompt": lambda fam: petkit.PromptTuningConfig(num_virtual_tokens=3),
     "prompt-random-init": lambda fam: fam != "vit" and petkit.PromptTuningConfig(num_virtual_tokens=2, init="random"),
 }
-FORMULAS = {"prompt": lambda am, n: am.config(n).num_virtual_tokens * prompt_width(am)}
+FORMULAS = {"prompt": lambda am, n: am.adapter_config(n).num_virtual_tokens * prompt_width(am)}
 INIT_CHECKS = {"prompt": differs_from_base, "prompt-random-init": differs_from_base}

@@ -5,7 +5,7 @@ from petkit.methods.sara import SaraConfig
 
 
 def sara_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     total = 0
     for _, b, _ in method_layers(am, name):
         if cfg.ratio:

@@ -8,7 +8,7 @@ from method_cases._checks import differs_from_base
 
 def sherl_count(am, n) -> int:
     """(J+1) tiers of Linear d→h + LayerNorm h, the guidance Linear h→1, W_up h→d, LayerNorm d, β."""
-    cfg, config = am.config(n), am.base.config
+    cfg, config = am.adapter_config(n), am.base.config
     d = getattr(config, "hidden_size", None) or config.n_embd
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     h = d // cfg.downsample

@@ -15,7 +15,7 @@ def _energy_rank(weight: torch.Tensor, energy: float) -> int:
 
 
 def svfit_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     return sum(cfg.r or _energy_rank(b.weight, cfg.energy) for _, b, _ in method_layers(am, name))
 
 

@@ -32,7 +32,7 @@ def parts(model) -> tuple[list[str], list[str]]:
 
 
 def telly_count(am, name):
-    cfg, model = am.config(name), am.base
+    cfg, model = am.adapter_config(name), am.base
     total = _numel(model)  # parameters() counts a tied head once
     if cfg.k == -1:
         return total

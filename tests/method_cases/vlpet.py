@@ -9,7 +9,7 @@ from petkit.methods.vlpet import VLPetConfig
 
 
 def vlpet_count(am, name):
-    cfg = am.config(name)
+    cfg = am.adapter_config(name)
     total = 0
     for path, base, _ in method_layers(am, name):
         d_in, d = io_features(base)
