@@ -1,4 +1,4 @@
-"""`petkit`: train, eval, inspect, merge-unload, methods, demo, bench.
+"""`petkit`: train, eval, generate, chat, inspect, merge-unload, methods, demo, bench.
 
 Errors in the user's input print as one line (`error: ...`) with exit code 2, never a traceback.
 """
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands  # noqa: E402
+from petkit.cli import bench, commands, generate  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
 
@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--force", action="store_true", help="load an adapter saved for a different base")
     p.set_defaults(func=commands.evaluate)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal LM and an optional adapter (tokens stream out)")
+    generate.add_arguments(p, chat=False)
+    p.set_defaults(func=generate.generate)
+
+    p = sub.add_parser("chat", help="talk to a causal LM with an optional adapter, through its chat template")
+    generate.add_arguments(p, chat=True)
+    p.set_defaults(func=generate.chat)
 
     p = sub.add_parser("inspect", help="what an adapter folder holds")
     p.add_argument("path")
