@@ -38,6 +38,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import World, prepare_model, world
 from .evaluate import TASKS, evaluate, loss_weight
+from .lm_loss import can_keep_labelled_logits, training_loss
 from .metrics import MetricsLog
 from .progress import ProgressBar
 from .schedule import learning_rate
@@ -163,6 +164,7 @@ def train(
 
     device = next(model.parameters()).device
     net, after_backward = prepare_model(model, named_params, ranks, cfg.parallel)  # model itself in one process
+    labelled_only = task == "causal_lm" and can_keep_labelled_logits(net)  # see lm_loss.py
     started = time.perf_counter()
     last_checkpoint = resumed_from
     lr = learning_rate(max(state["step"] - 1, 0), total_steps, cfg)  # the last step's rate, until we step
@@ -176,7 +178,8 @@ def train(
             remaining = batches[state["batches_done"]:]  # all of them, unless resuming mid-epoch
             for start in range(0, len(remaining), cfg.grad_accum):
                 group = remaining[start : start + cfg.grad_accum]
-                loss, items = _accumulate_gradients(net, dataset, collate, group, device, task, ranks)
+                loss, items = _accumulate_gradients(net, dataset, collate, group, device, task, ranks,
+                                                    labelled_only)
                 after_backward()
                 lr = learning_rate(state["step"], total_steps, cfg)
                 _optimizer_step(optimizer, named_params, lr, cfg.max_grad_norm)
@@ -238,7 +241,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: World) -> tuple[float, int]:
+def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: World,
+                          labelled_only: bool = False) -> tuple[float, int]:
     """Forward and backward over the micro-batches of one step; returns (mean loss, samples or tokens).
 
     With several ranks each takes its shard of every micro-batch and weights its mean loss by its
@@ -256,13 +260,11 @@ def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: W
     for j, (batch, n) in enumerate(zip(batches, terms)):
         last = j == len(batches) - 1
         with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
-            out = model(**batch)
-            if getattr(out, "loss", None) is None:
-                raise ConfigError(f"the model returned no loss: do the batches carry 'labels'? (keys: {sorted(batch)})")
+            loss = training_loss(model, batch, task, labelled_only)
             share = (n / totals[j] if totals[j] else 0.0) if ranks.size > 1 else 1.0
             # Dividing by the number of micro-batches makes the summed gradient that of their mean loss.
-            (out.loss * (share * ranks.size / len(group))).backward()
-        local_sum += out.loss.item() * share
+            (loss * (share * ranks.size / len(group))).backward()
+        local_sum += loss.item() * share
     loss = ranks.sum([local_sum])[0]
     return loss / len(group), int(totals[-1])
 
