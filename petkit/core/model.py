@@ -18,6 +18,7 @@ from torch import nn
 from petkit.core.aliases import alias_keys
 from petkit.core.composition import BatchBlock, Composition, Stack, WeightedSum
 from petkit.core.config import AdapterConfig
+from petkit.core.dtypes import on_dtype_of
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.files import save_adapters
 from petkit.core.fingerprint import fingerprint
@@ -102,7 +103,7 @@ class AdaptedModel(nn.Module):
         return self
 
     def _add_model_delta(self, method: Method, config, name: str, init: bool) -> None:
-        delta = method.build(self.base, config, init=init)
+        delta = on_dtype_of(method.build(self.base, config, init=init), self.base)
         delta.bind(name, lambda: self._model_delta_live(name))
         self.model_deltas[name] = delta.train(self.base.training)
         delta.attach(self.base)
@@ -113,9 +114,10 @@ class AdaptedModel(nn.Module):
 
     def _build(self, method: Method, config, path, base, init):
         try:
-            return method.build(base, config, path, self.base, init=init)
+            delta = method.build(base, config, path, self.base, init=init)
         except ValueError as exc:
             raise TargetError(f"{method.name} cannot adapt {path!r}: {exc}") from None
+        return on_dtype_of(delta, base)
 
     def _heads_for(self, config, method) -> list[str]:
         heads = task_head_names(self.base)

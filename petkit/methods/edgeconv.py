@@ -29,7 +29,8 @@ SLOPE = 0.2  # DGCNN's LeakyReLU
 def knn_graph(x: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The neighbours of every token: indices (b × n × k') and which of those edges are real (both
     ends real tokens), k' = min(k, n). x: b × n × c; valid: b × n bool."""
-    distance = torch.cdist(x, x).masked_fill(~valid[:, None, :], float("inf"))
+    points = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # cdist has no half-precision kernel
+    distance = torch.cdist(points, points).masked_fill(~valid[:, None, :], float("inf"))
     index = distance.topk(min(k, x.shape[1]), dim=-1, largest=False).indices
     real = valid[:, :, None] & torch.gather(valid[:, None, :].expand(-1, x.shape[1], -1), 2, index)
     return index, real

@@ -234,7 +234,8 @@ class DoraDelta(LoraDelta):
             self.magnitude = nn.Parameter(self._column_norm(base).detach().clone())
 
     def _merged_weight(self, base):
-        return torch.addmm(weight_oi(base), self.B, self.A, alpha=self.scale)
+        weight = weight_oi(base)  # while building, A and B are still in float32 (see core/dtypes.py)
+        return torch.addmm(weight, self.B.to(weight.dtype), self.A.to(weight.dtype), alpha=self.scale)
 
     def _column_norm(self, base):
         # Norm of each output row of W + sBA (PEFT and the paper call it the column norm of W^T).
