@@ -239,8 +239,11 @@ def test_missing_column_lists_the_columns(tmp_path):
 def test_unsupported_suffix_and_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_file(tmp_path / "nope.csv")
-    (tmp_path / "data.parquet").write_bytes(b"PAR1")
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
     with pytest.raises(ValueError, match="unsupported suffix"):
+        load_file(tmp_path / "data.xlsx")
+    (tmp_path / "data.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
         load_file(tmp_path / "data.parquet")
 
 
