@@ -3,7 +3,7 @@
     data = load_dataset("sst2", max_train=2000)
     train = ClassificationDataset(tokenizer, data.train, max_length=64)   # or classification_batches(...)
     blocks = lm_blocks(tokenizer, load_dataset("tiny_shakespeare").train, block_length=128)
-    sft = sft_dataset(tokenizer, load_dataset("qa.jsonl").train, max_length=256, packing=True)
+    sft = sft_dataset(tokenizer, load_dataset("trec-instruct").train, max_length=256, packing=True)
 """
 
 from .batches import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from petkit.core.errors import ConfigError
 
-from . import named
+from . import instruct, named
 from .files import SUFFIXES, load_file, read_rows, to_records
 from .hf_datasets import from_hf, is_hf_dataset, is_saved_dataset
 from .named import DEFAULT_FRACTIONS, split_paragraphs
@@ -15,7 +15,7 @@ from .records import from_splits, label_key, label_names, petkit_splits, task_of
 from .splits import contiguous_split, seeded_sample, stratified_sample, stratified_split
 from .task import TaskData
 
-READERS = named.READERS
+READERS = {**named.READERS, **instruct.READERS}
 
 
 def known_datasets() -> list[str]:
