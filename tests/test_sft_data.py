@@ -236,7 +236,7 @@ def test_padded_collate(tok):
     ds = SFTDataset(tok, QA, chat_template=False)
     batch = ds.collate([ds[0], ds[1]])
     n0, n1 = len(ds[0]["input_ids"]), len(ds[1]["input_ids"])
-    assert batch["input_ids"].shape == (2, max(n0, n1)) and batch["use_cache"] is False
+    assert batch["input_ids"].shape == (2, max(n0, n1)) and set(batch) == {"input_ids", "attention_mask", "labels"}
     assert batch["attention_mask"][1].tolist() == [1] * n1 + [0] * (n0 - n1)
     assert batch["labels"][1, n1:].tolist() == [IGNORE_INDEX] * (n0 - n1)
 

@@ -270,10 +270,11 @@ class SFTDataset(Dataset):
         return self.features[i]
 
     def collate(self, features: Sequence[dict]) -> dict:
+        # With an attention_mask a KV cache changes nothing, so unlike packed rows these batches do not
+        # pass use_cache (a trainer may set it itself).
         rows = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
                 for f in features]
-        # No KV cache in training: it is never read, and packed rows need it absent (see packing.py).
-        return {**pad_batch(rows, self.pad_id), "use_cache": False}
+        return pad_batch(rows, self.pad_id)
 
 
 def sft_dataset(tokenizer, records: Sequence[dict], max_length: int | None = 512, truncation: str = "truncate",
