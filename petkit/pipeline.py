@@ -86,7 +86,7 @@ def prepare(spec: RunSpec) -> Prepared:
     from petkit.data import ClassificationDataset, lm_blocks, load_dataset, subsample
     from petkit.models import load_model, load_tokenizer
 
-    data = load_dataset(spec.data, seed=spec.seed)
+    data = _runnable(load_dataset(spec.data, seed=spec.seed))
     data = subsample(data, spec.max_train, spec.max_eval, seed=spec.seed)
     tokenizer = load_tokenizer(spec.model)
     torch.manual_seed(spec.seed)  # the new classification head is random: make it reproducible
@@ -109,8 +109,16 @@ def check(spec: RunSpec) -> None:
 
     spec.method_config()
     spec.train_config()
-    load_dataset(spec.data, seed=spec.seed)
+    _runnable(load_dataset(spec.data, seed=spec.seed))
     resolve(spec.model)
+
+
+def _runnable(data):
+    # SFT data has its own datasets (petkit.data.sft_dataset) but no run wiring yet: say so, not KeyError 'text'.
+    if data.task == "sft":
+        raise ConfigError(f"{data.name} is an SFT (instruction/chat) dataset, which petkit runs do not train yet: "
+                          f"use petkit.data.sft_dataset with petkit.train.train(task='causal_lm') (see docs/sft.md)")
+    return data
 
 
 def _headline(metrics: dict) -> dict:

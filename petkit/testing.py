@@ -253,3 +253,32 @@ def tiny_lora_family(n: int, prefix: str = "a", scale: float = 0.3, family: str 
                 for p in delta.parameters():
                     p.add_(torch.randn(p.shape, generator=generator) * scale)
     return am, tiny_batch(base, seed=1)
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(chat_template: bool = True):
+    """A character-level, lower-casing decoder tokenizer with a ChatML template (ids < ``VOCAB_SIZE``).
+
+    ``<pad>`` = 0, ``<|im_start|>`` = 1 (also BOS, not added to texts), ``<|im_end|>`` = 2 (also EOS, as in
+    SmolLM2), then one id per character: token ids match ``tiny_llama``'s BOS/EOS/pad ids.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 \n.,;:!?'\"-(){}/_#*[]<>|=+&%")
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", unk_token="<unk>")
+    if chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer

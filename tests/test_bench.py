@@ -260,7 +260,7 @@ def test_isolated_run_measures_memory_in_a_fresh_process(tiny_folder, tasks, tmp
 
 @pytest.mark.parametrize("changes,message", [
     ({"methods": ("lora", "lorax")}, r"unknown method lorax; known methods: .*bitfit, .*dora, .*lora"),
-    ({"tasks": ("nope",)}, r"unknown task nope; known tasks: ag_news, bbc, .*or a path"),
+    ({"tasks": ("nope",)}, r"unknown task nope; known tasks: ag_news, .*bbc, .*or a path"),
     ({"steps": MIN_STEPS - 1}, rf"too small to evaluate.*at least {MIN_STEPS} steps"),
     ({"lrs": {"lora": []}}, r"learning-rate grid of lora must be a non-empty list"),
     ({"against": "peft", "methods": ("bitfit",)}, r"compares the methods both libraries have"),

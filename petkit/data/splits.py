@@ -87,3 +87,17 @@ def contiguous_split(chunks: Sequence, fractions: Sequence[float]) -> list[list]
         bounds.append(bounds[-1] + round(f * len(chunks)))
     bounds.append(len(chunks))
     return [list(chunks[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def shuffled_split(items: Sequence, fractions: Sequence[float], seed: int, salt: str = "split") -> list[list]:
+    """A seeded split of unlabelled items (e.g. SFT records): shuffle, then cut in the given fractions."""
+    if abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    return contiguous_split(shuffled(items, seed, salt), fractions)
+
+
+def seeded_sample(items: Sequence, n: int | None, seed: int, salt: str = "sample") -> list:
+    """``n`` items chosen by seed, in their source order (all of them if n is None)."""
+    if n is None or n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(permutation(len(items), seed, salt)[:n])]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from petkit.core.errors import PetkitError
 
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "sft")
 
 
 class DatasetNotFound(PetkitError, ValueError):
@@ -22,7 +22,9 @@ class TaskData:
 
     Classification examples are ``{"text": str, "label": int}`` (plus ``"text_pair"`` for sentence-pair
     tasks); ``labels[i]`` is the name of label ``i``. Language-modelling examples are ``{"text": str}``
-    chunks of one running text, in reading order, and ``labels`` is empty.
+    chunks of one running text, in reading order, and ``labels`` is empty. SFT examples are records in
+    one of the ``sft_formats`` (prompt/completion, chat messages, Alpaca); ``labels`` names the label
+    words of an instruction task built from a classification set (``instruct``), else it is empty.
     """
 
     name: str

@@ -50,7 +50,7 @@ def training_loss(model: nn.Module, batch: dict, task: str, labelled_only: bool 
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = scored  # position t predicts token t+1
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    logits = model(**{**inputs, "use_cache": False}, logits_to_keep=keep).logits  # packed rows carry it too
     if logits.shape[0] != int(keep.sum()) or logits.dim() != 2:
         raise ConfigError(f"{type(model).__name__} ignored the position mask (logits {tuple(logits.shape)} for "
                           f"{int(keep.sum())} labelled positions)")
