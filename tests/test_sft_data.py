@@ -502,3 +502,15 @@ def test_runs_refuse_sft_data_with_a_pointer(tmp_path):
     path = _jsonl(tmp_path / "qa.jsonl", _qa(10))
     with pytest.raises(ConfigError, match="qa is an SFT .instruction/chat. dataset.*petkit.data.sft_dataset"):
         check(RunSpec(model="minilm", data=str(path), method={"name": "lora", "r": 4}))
+
+
+def test_the_trainers_labelled_positions_loss_on_packed_and_padded_rows(tok):
+    """petkit's trainer scores SFT batches from the labelled positions only (train/lm_loss.py): on packed
+    rows (which carry use_cache=False) and padded rows it equals the model's own loss on the padded rows."""
+    from petkit.train.lm_loss import training_loss
+
+    model = tiny_llama(seed=1).double().train()
+    padded, packed, _ = _batches(tok)
+    own = model(**padded).loss
+    for batch in (padded, packed):
+        torch.testing.assert_close(training_loss(model, batch, "causal_lm", labelled_only=True), own, rtol=1e-6, atol=0)
