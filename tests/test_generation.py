@@ -13,34 +13,13 @@ import petkit
 from petkit.cli.main import main
 from petkit.core.errors import ConfigError
 from petkit.generation import Chat, Sampling, generate_text, load_generator, prompt_ids, render
-from petkit.testing import tiny_llama
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def chat_tokenizer(template: str | None = CHATML):
-    """Characters as tokens plus ChatML's two markers; <|im_end|> ends a turn (EOS), ids < the tiny vocab."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 \n.,;:!?'-")
-    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + chars)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_special_tokens(specials)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>")
-    tok.chat_template = template
-    return tok
-
+from petkit.testing import tiny_chat_tokenizer, tiny_llama
 
 @pytest.fixture
 def folder(tmp_path):
     model = tiny_llama(seed=0)
-    model.generation_config.eos_token_id = 2
     model.save_pretrained(tmp_path / "lm")
-    chat_tokenizer().save_pretrained(tmp_path / "lm")
+    tiny_chat_tokenizer().save_pretrained(tmp_path / "lm")
     return tmp_path / "lm"
 
 
@@ -121,7 +100,7 @@ def test_a_failed_turn_leaves_the_history_as_it_was(folder, monkeypatch):
 
 
 def test_clear_errors():
-    model, tok = tiny_llama(), chat_tokenizer(template=None)
+    model, tok = tiny_llama(), tiny_chat_tokenizer(chat_template=False)
     with pytest.raises(ConfigError, match="no chat template"):
         Chat(model, tok, Sampling())
     with pytest.raises(ConfigError, match="no chat template"):
@@ -133,7 +112,7 @@ def test_clear_errors():
         with pytest.raises(ConfigError):
             Sampling(**bad)
     with pytest.raises(ConfigError, match="nothing to answer"):
-        Chat(model, chat_tokenizer(), Sampling()).reply("  ")
+        Chat(model, tiny_chat_tokenizer(), Sampling()).reply("  ")
 
 
 def test_cli_generate_and_chat(folder, adapter, capsys, monkeypatch):
@@ -149,3 +128,11 @@ def test_cli_generate_and_chat(folder, adapter, capsys, monkeypatch):
 
     assert main(["chat", "--model", str(folder), "--temperature", "-1"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_the_prompt_is_the_one_sft_training_used():
+    from petkit.data import prompt_ids as training_prompt
+
+    tok = tiny_chat_tokenizer()
+    for text in ("what is two plus two?", "name a colour"):
+        assert prompt_ids(tok, text)[0].tolist() == training_prompt(tok, {"prompt": text, "completion": "x"})
