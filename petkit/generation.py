@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
+from petkit.data.sft import has_chat_template
 
 
 @dataclasses.dataclass
@@ -51,10 +52,6 @@ def load_generator(model: str, adapter: str | None = None, *, force: bool = Fals
     tokenizer = load_tokenizer(model)
     lm = load_model(model, task="causal_lm")
     return (load(lm, adapter, force=force) if adapter else lm).eval(), tokenizer
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def prompt_ids(tokenizer, prompt: str, *, chat: bool | None = None, system: str | None = None) -> torch.Tensor:

@@ -33,10 +33,14 @@ from petkit.core.unwrapped import base_parameters
 DEFAULT_METHOD = {"name": "lora", "r": 8, "alpha": 16, "targets": ["query", "value"]}
 
 
+TASKS = ("classification", "causal_lm", "sft")
+
+
 @dataclass
 class RunSpec:
     model: str = "minilm"
-    data: str = "bbc"
+    data: str | dict = "bbc"  # a dataset name, a data file, or your own split files {train, dev, test}
+    task: str | None = None   # None: the data's (classification, causal_lm or sft); given, it is checked
     method: dict = field(default_factory=lambda: dict(DEFAULT_METHOD))
     train: dict = field(default_factory=dict)  # petkit.train.TrainConfig fields
     max_length: int = 128
@@ -45,6 +49,19 @@ class RunSpec:
     output: str | None = None
     save_format: str = "petkit"
     seed: int = 0
+    # SFT (instruction/chat data, docs/sft.md): packing of short examples into padding-free rows of
+    # max_length, the policy for longer examples, and how many test examples get their generated answer
+    # scored (exact match, ROUGE-L) within answer_tokens tokens
+    packing: bool = False
+    truncation: str = "truncate"
+    answers: int = 100
+    answer_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not isinstance(self.answers, int) or self.answers < 0:
+            raise ConfigError(f"answers must be an integer >= 0, got {self.answers!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -73,32 +90,40 @@ class RunSpec:
 class Prepared:
     """Everything a run needs, loaded: the data splits as datasets, tokenizer and the base model."""
     spec: RunSpec
-    task: str
+    task: str            # what the trainer and evaluate score: classification or causal_lm (SFT is causal_lm)
     labels: list[str]
     tokenizer: object
     model: torch.nn.Module
     train: object
     dev: object
     test: object
+    kind: str = ""                                        # the data's task: classification, causal_lm or sft
+    test_records: list = field(default_factory=list, repr=False)  # sft: the test records, to generate answers for
 
 
 def prepare(spec: RunSpec) -> Prepared:
-    from petkit.data import ClassificationDataset, lm_blocks, load_dataset, subsample
+    from petkit.data import ClassificationDataset, lm_blocks, load_dataset, sft_dataset, subsample
     from petkit.models import load_model, load_tokenizer
 
-    data = _runnable(load_dataset(spec.data, seed=spec.seed))
+    data = _checked_task(spec, load_dataset(spec.data, seed=spec.seed))
     data = subsample(data, spec.max_train, spec.max_eval, seed=spec.seed)
     tokenizer = load_tokenizer(spec.model)
     torch.manual_seed(spec.seed)  # the new classification head is random: make it reproducible
     if data.task == "classification":
         model = load_model(spec.model, task="classification", num_labels=data.num_labels)
         splits = [ClassificationDataset(tokenizer, s, spec.max_length) for s in (data.train, data.dev, data.test)]
+    elif data.task == "sft":
+        model = load_model(spec.model, task="causal_lm")
+        splits = [sft_dataset(tokenizer, s, spec.max_length, spec.truncation, packing=spec.packing and s is data.train)
+                  for s in (data.train, data.dev, data.test)]
     else:
         model = load_model(spec.model, task="causal_lm")
         splits = [lm_blocks(tokenizer, s, spec.max_length) for s in (data.train, data.dev, data.test)]
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return Prepared(spec, data.task, data.labels, tokenizer, model, *splits)
+    task = "classification" if data.task == "classification" else "causal_lm"
+    return Prepared(spec, task, data.labels, tokenizer, model, *splits, kind=data.task,
+                    test_records=list(data.test) if data.task == "sft" else [])
 
 
 def check(spec: RunSpec) -> None:
@@ -109,20 +134,38 @@ def check(spec: RunSpec) -> None:
 
     spec.method_config()
     spec.train_config()
-    _runnable(load_dataset(spec.data, seed=spec.seed))
+    _checked_task(spec, load_dataset(spec.data, seed=spec.seed))
     resolve(spec.model)
 
 
-def _runnable(data):
-    # SFT data has its own datasets (petkit.data.sft_dataset) but no run wiring yet: say so, not KeyError 'text'.
-    if data.task == "sft":
-        raise ConfigError(f"{data.name} is an SFT (instruction/chat) dataset, which petkit runs do not train yet: "
-                          f"use petkit.data.sft_dataset with petkit.train.train(task='causal_lm') (see docs/sft.md)")
+def _checked_task(spec: RunSpec, data):
+    if spec.task is not None and spec.task != data.task:
+        hint = (f" (instruction-formatted sets: {', '.join(_instruct_names())})" if spec.task == "sft" else "")
+        raise ConfigError(f"task {spec.task!r} was asked for, but {data.name} is a {data.task} dataset{hint}")
+    if data.task != "sft" and (spec.packing or spec.truncation != "truncate"):
+        raise ConfigError(f"packing and truncation apply to SFT data; {data.name} is a {data.task} dataset")
     return data
 
 
+def _instruct_names() -> list[str]:
+    from petkit.data import known_datasets
+    return [n for n in known_datasets() if n.endswith("-instruct") or n.endswith("-json")]
+
+
+def _answers(model, prep: Prepared) -> dict:
+    """Exact match and ROUGE-L of greedy answers to the first spec.answers test records."""
+    from petkit.data import reference_answer
+    from petkit.train.generative import generate_answers, generative_scores
+
+    records = prep.test_records[: prep.spec.answers]
+    if not records:
+        return {}
+    answers = generate_answers(model, prep.tokenizer, records, max_new_tokens=prep.spec.answer_tokens)
+    return generative_scores(answers, [reference_answer(r) for r in records])
+
+
 def _headline(metrics: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "loss", "perplexity")
+    keep = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match", "rouge_l")
     return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
 
 
@@ -134,8 +177,12 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
     config = spec.method_config()
     cfg = spec.train_config()
     prep = prepare(spec)
-    log(f"{spec.model} on {spec.data}: {len(prep.train)} train / {len(prep.dev)} dev / {len(prep.test)} test examples")
+    log(f"{spec.model} on {spec.data}: {len(prep.train)} train / {len(prep.dev)} dev / {len(prep.test)} test "
+        f"{'rows' if spec.packing else 'examples'}")
+    if prep.kind == "sft":
+        log(f"train: {prep.train.stats.summary()}")
     before = evaluate(prep.model, prep.test, prep.task, batch_size=cfg.eval_batch_size or cfg.batch_size)
+    before |= _answers(prep.model, prep) if prep.kind == "sft" and world().main else {}
     am = adapt(prep.model, config)
     trainable = sum(p.numel() for p in am.trainable_parameters())
     base_params = sum(p.numel() for p in base_parameters(am.base).values())
@@ -144,6 +191,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
     result = train(am, prep.train, cfg, eval_data=prep.dev, task=prep.task, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
     after = evaluate(am, prep.test, prep.task, batch_size=cfg.eval_batch_size or cfg.batch_size)
+    after |= _answers(am, prep) if prep.kind == "sft" and world().main else {}
     report = {
         "model": spec.model, "data": spec.data, "method": config.method, "trainable_parameters": trainable,
         "base_parameters": base_params, "train_seconds": round(seconds, 1), "steps": result.steps,

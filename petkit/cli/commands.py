@@ -64,9 +64,19 @@ def read_settings(file: str, what: str) -> dict:
 def _spec_from_args(args):
     from petkit.pipeline import RunSpec
     data = read_settings(args.config, "run") if args.config else {}
-    for key in ("model", "data", "max_length", "max_train", "max_eval", "seed", "output"):
+    for key in ("model", "data", "task", "max_length", "max_train", "max_eval", "seed", "output", "truncation",
+                "answers"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.packing:
+        data["packing"] = True
+    files = {split: getattr(args, f"{split}_file") for split in ("train", "dev", "test") if getattr(args, f"{split}_file")}
+    if files:
+        if args.data is not None:
+            raise ConfigError("give --data or your own split files (--train-file ...), not both")
+        if "train" not in files:
+            raise ConfigError("--dev-file and --test-file need --train-file")
+        data["data"] = files
     if args.format:
         data["save_format"] = args.format
     method = dict(data.get("method") or {})

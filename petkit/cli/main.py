@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with the run settings (flags override it)")
     p.add_argument("--model", help="alias (minilm, smollm2) or a local Hugging Face folder")
     p.add_argument("--data", help="dataset name (bbc, sst2, trec, rte, ag_news, sms_spam, tiny_shakespeare) or a file")
+    p.add_argument("--task", choices=["classification", "causal_lm", "sft"],
+                   help="what the data must be: checked against the data's own task (default: the data's)")
+    p.add_argument("--train-file", help="your own train split (CSV/TSV/JSONL/Parquet; instead of --data)")
+    p.add_argument("--dev-file", help="your own dev split (default: 10%% of the train file)")
+    p.add_argument("--test-file", help="your own test split (default: 10%% of the train file)")
+    p.add_argument("--packing", action="store_true", help="sft: pack short examples into padding-free rows")
+    p.add_argument("--truncation", choices=["truncate", "keep_start", "drop", "error"],
+                   help="sft: what happens to an example longer than --max-length (default truncate)")
+    p.add_argument("--answers", type=int, help="sft: test examples whose generated answers are scored (default 100)")
     p.add_argument("--method", help="method name (see `petkit methods`)")
     p.add_argument("-m", "--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, e.g. -m r=8 -m targets=query,value (repeatable)")
