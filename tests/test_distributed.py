@@ -60,10 +60,11 @@ def test_shards_split_every_micro_batch_evenly():
     assert World(1, 3).shard([9]) == [] and World(0, 1).shard(indices) == indices
 
 
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", ["bert", "llama", "sft"])
 def test_two_processes_train_what_one_process_trains(tmp_path, family):
     # Batches of 5 in 2 ranks (uneven shards), uneven sequence lengths (token-weighted LM loss),
-    # gradient accumulation, a last batch of 3: the adapter still equals the one-process run's.
+    # gradient accumulation, a last batch of 3: the adapter still equals the one-process run's. sft: a Llama
+    # scored on answer tokens only, so the trainer takes the loss from the labelled positions alone.
     run_worker(tmp_path / "one", "--family", family)
     run_worker(tmp_path / "two", "--family", family, nproc=2)
     (one, one_info), (two, two_info) = outcome(tmp_path / "one"), outcome(tmp_path / "two")

@@ -1,6 +1,6 @@
 """One training run of a tiny model, alone or as one rank under torchrun (used by test_distributed.py).
 
-    python tests/support/ddp_worker.py OUT --family bert|llama [--parallel ddp|fsdp] [--kill-at STEP] [--resume]
+    python tests/support/ddp_worker.py OUT --family bert|llama|sft [--parallel ddp|fsdp] [--kill-at STEP] [--resume]
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/support/ddp_worker.py OUT ...
 
 Rank 0 writes OUT/final.safetensors (the trained adapter and head) and OUT/result.json. With
@@ -31,12 +31,14 @@ from petkit.train.distributed import init_from_env, shutdown, world  # noqa: E40
 class Examples(torch.utils.data.Dataset):
     """Random token sequences of uneven lengths (so shards hold different numbers of tokens)."""
 
-    def __init__(self, n: int, lm: bool, seed: int):
+    def __init__(self, n: int, lm: bool, seed: int, answer_only: bool = False):
         g = torch.Generator().manual_seed(seed)
         self.rows = []
         for _ in range(n):
             ids = torch.randint(5, 50, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
             label = ids if lm else int(torch.randint(0, 3, (1,), generator=g))
+            if answer_only:  # SFT: the loss on the last two tokens only (the trainer then scores labelled positions alone)
+                label = [-100] * (len(ids) - 2) + ids[-2:]
             self.rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": label})
 
     def __len__(self):
@@ -66,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     ranks = init_from_env()
-    lm = args.family == "llama"
+    lm = args.family in ("llama", "sft")  # sft: a Llama trained on answer tokens only
     model = (tiny_llama if lm else tiny_bert)(dropout=0.0)
     torch.manual_seed(0)
     am = petkit.adapt(model, petkit.LoraConfig(r=2, targets="all-linear"))
@@ -78,9 +80,10 @@ def main() -> None:
         if info.step == args.kill_at and ranks.rank == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = train(am, Examples(23, lm, seed=1), cfg, eval_data=Examples(9, lm, seed=2), task=task,
-                   resume=args.resume, progress=False, on_step=maybe_die)
-    metrics = evaluate(am, Examples(9, lm, seed=3), task, batch_size=2)
+    sft = args.family == "sft"
+    result = train(am, Examples(23, lm, seed=1, answer_only=sft), cfg, eval_data=Examples(9, lm, seed=2, answer_only=sft),
+                   task=task, resume=args.resume, progress=False, on_step=maybe_die)
+    metrics = evaluate(am, Examples(9, lm, seed=3, answer_only=sft), task, batch_size=2)
     if world().main:
         save_file({n: p.detach().contiguous() for n, p in am.named_parameters() if p.requires_grad},
                   args.out / "final.safetensors")
