@@ -59,7 +59,9 @@ def child(library: str, seed: int, args) -> dict:
     data = load_dataset(args.data, seed=0, max_train=args.train, max_eval=args.test)
     tok = load_tokenizer("smollm2")
     model = load_model("smollm2", task="causal_lm")
-    if library == "petkit":
+    if library == "base":  # the model before tuning, scored the same way
+        trained, seconds, tokens, losses, memory = model, 1.0, 0, [], (None, None)
+    elif library == "petkit":
         trained, seconds, tokens, losses, memory = _petkit(model, tok, data, seed, args)
     else:
         trained, seconds, tokens, losses, memory = _trl(model, tok, data, seed, args)
@@ -135,19 +137,23 @@ def _trl(model, tok, data, seed, args):
 
 
 def run_all(args) -> list[dict]:
+    """The base model once (scored, not trained), then every seed of both libraries, each in a fresh process."""
     runs = []
-    for seed in range(args.seeds):
-        for library in LIBRARIES:
-            command = [sys.executable, __file__, "--child", library, str(seed), *sys.argv[1:]]
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = next((l for l in done.stdout.splitlines() if l.startswith(MARK)), None)
-            if done.returncode != 0 or line is None:
-                raise SystemExit(f"{library} seed {seed} failed:\n{done.stderr[-4000:]}")
-            runs.append(json.loads(line[len(MARK):]))
-            r = runs[-1]
-            print(f"{library} seed {seed}: {r['tokens_per_s']:.0f} tok/s, +{r['train_mb']} MB, test loss "
-                  f"{r['test_loss']:.3f}, exact match {r['exact_match']:.3f}", flush=True)
+    for seed, library in [(0, "base"), *((seed, lib) for seed in range(args.seeds) for lib in LIBRARIES)]:
+        runs.append(run_child(library, seed))
+        r = runs[-1]
+        print(f"{library} seed {seed}: {r['tokens_per_s']:.0f} tok/s, +{r['train_mb']} MB, test loss "
+              f"{r['test_loss']:.3f}, exact match {r['exact_match']:.3f}", flush=True)
     return runs
+
+
+def run_child(library: str, seed: int) -> dict:
+    command = [sys.executable, __file__, "--child", library, str(seed), *sys.argv[1:]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    line = next((l for l in done.stdout.splitlines() if l.startswith(MARK)), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"{library} seed {seed} failed:\n{done.stderr[-4000:]}")
+    return json.loads(line[len(MARK):])
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -157,7 +163,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summary(runs: list[dict]) -> dict:
     out = {}
     for library in LIBRARIES:
-        mine = [r for r in runs if r["library"] == library]
+        mine = [r for r in runs if r["library"] == library]  # (the base model's run has its own line)
         out[library] = {k: _mean_std([r[k] for r in mine])
                         for k in ("tokens_per_s", "train_mb", "test_loss", "exact_match", "rouge_l", "train_seconds")}
     p, t = out["petkit"], out["trl"]
@@ -182,6 +188,10 @@ def render(result: dict, out: Path) -> None:
         cells = [f"{fmt.format(s[lib][key][0])} ± {fmt.format(s[lib][key][1])}" for lib in LIBRARIES]
         ratio = s["ratios"].get(key)
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {'' if ratio is None else f'{ratio:.2f}×'} |")
+    base = next((r for r in result["runs"] if r["library"] == "base"), None)
+    if base is not None:
+        lines += ["", f"Before tuning, scored the same way: test answer loss {base['test_loss']:.3f}, exact match "
+                      f"{base['exact_match']:.1%}, ROUGE-L {base['rouge_l']:.3f}."]
     lines += ["", "![training loss per step](sft.png)", "", "## Samples (seed 0)", ""]
     for library in LIBRARIES:
         run = next(r for r in result["runs"] if r["library"] == library and r["seed"] == 0)
