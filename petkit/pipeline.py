@@ -141,9 +141,9 @@ def check(spec: RunSpec) -> None:
 def _checked_task(spec: RunSpec, data):
     if spec.task is not None and spec.task != data.task:
         hint = (f" (instruction-formatted sets: {', '.join(_instruct_names())})" if spec.task == "sft" else "")
-        raise ConfigError(f"task {spec.task!r} was asked for, but {data.name} is a {data.task} dataset{hint}")
+        raise ConfigError(f"task {spec.task!r} was asked for, but {data.name} holds {data.task} data{hint}")
     if data.task != "sft" and (spec.packing or spec.truncation != "truncate"):
-        raise ConfigError(f"packing and truncation apply to SFT data; {data.name} is a {data.task} dataset")
+        raise ConfigError(f"packing and truncation apply to SFT data; {data.name} holds {data.task} data")
     return data
 
 

@@ -73,7 +73,7 @@ def test_data_that_is_not_what_was_asked_for(folder, files, capsys):
 
     assert "not both" in error("train", "--model", str(folder), "--data", "x.jsonl", "--train-file", str(files["train"]))
     msg = error("train", "--model", str(folder), "--train-file", str(files["train"]), "--task", "classification")
-    assert "'classification' was asked for" in msg and "sft dataset" in msg
+    assert "'classification' was asked for" in msg and "holds sft data" in msg
     assert "need --train-file" in error("train", "--model", str(folder), "--dev-file", str(files["dev"]))
     assert "apply to SFT data" in error("train", "--model", "minilm", "--data", "bbc", "--packing")
     with pytest.raises(Exception, match="answers"):

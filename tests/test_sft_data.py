@@ -496,12 +496,13 @@ def test_template_index_is_pinned():
     assert {template_index(0, "x", str(i), 4) for i in range(50)} == {0, 1, 2, 3}
 
 
-def test_runs_refuse_sft_data_with_a_pointer(tmp_path):
+def test_runs_take_sft_data_and_check_the_task_asked_for(tmp_path):
     from petkit.pipeline import RunSpec, check
 
     path = _jsonl(tmp_path / "qa.jsonl", _qa(10))
-    with pytest.raises(ConfigError, match="qa is an SFT .instruction/chat. dataset.*petkit.data.sft_dataset"):
-        check(RunSpec(model="minilm", data=str(path), method={"name": "lora", "r": 4}))
+    check(RunSpec(model="minilm", data=str(path), method={"name": "lora", "r": 4}))  # SFT runs are wired
+    with pytest.raises(ConfigError, match="'causal_lm' was asked for, but qa holds sft data"):
+        check(RunSpec(model="minilm", data=str(path), task="causal_lm", method={"name": "lora", "r": 4}))
 
 
 def test_the_trainers_labelled_positions_loss_on_packed_and_padded_rows(tok):
