@@ -22,14 +22,14 @@ CONFIGS = {
 }
 
 
-def _adapted(family: str, method: str, checkpointing: str | None):
+def _adapted(family: str, method: str, checkpointing: str | None, config=None):
     """A tiny model with dropout, trainable parameters moved off their init (so each one matters);
-    checkpointing: None, or "before"/"after" adapting."""
+    checkpointing: None, or "before"/"after" adapting; config: a config class or factory (default CONFIGS')."""
     base = TINY_MODELS[family](seed=0, dropout=0.1)
     if checkpointing == "before":
         base.gradient_checkpointing_enable()
     torch.manual_seed(0)  # the same random init either way
-    am = petkit.adapt(base, CONFIGS[method]())
+    am = petkit.adapt(base, (config or CONFIGS[method])())
     if checkpointing == "after":
         base.gradient_checkpointing_enable()
     torch.manual_seed(1)
@@ -133,3 +133,26 @@ def test_attention_wrappers_are_installed_only_while_a_prefix_needs_them():
     may still be alive in this one."""
     run = subprocess.run([sys.executable, "-c", _BYSTANDER], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+WEIGHT_METHODS = sorted(m.name for m in petkit.core.registry.all_methods() if m.kind in ("weight", "output"))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_every_weight_and_output_delta_method_under_gradient_checkpointing(family, method):
+    """Each registered method of those kinds with its default config: outputs and gradients with
+    checkpointing equal those without (issue 17: transformers.Trainer and TRL turn checkpointing on)."""
+    config = next(m for m in petkit.core.registry.all_methods() if m.name == method).config
+    try:
+        plain = _adapted(family, method, None, config)
+    except petkit.core.errors.TargetError as exc:
+        pytest.skip(f"{method} refuses {family}: {exc}")
+    checkpointed = _adapted(family, method, "after", config)
+    batch = tiny_batch(plain, seed=3)
+    logits, grads = _step(plain, batch)
+    logits_ckpt, grads_ckpt = _step(checkpointed, batch)
+    torch.testing.assert_close(logits_ckpt, logits, rtol=0, atol=1e-6)
+    assert grads_ckpt.keys() == grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-7, msg=name)
