@@ -60,7 +60,7 @@ def child(library: str, seed: int, args) -> dict:
     tok = load_tokenizer("smollm2")
     model = load_model("smollm2", task="causal_lm")
     if library == "base":  # the model before tuning, scored the same way
-        trained, seconds, tokens, losses, memory = model, 1.0, 0, [], (None, None)
+        trained, seconds, tokens, losses, memory = model, None, None, [], (None, None)
     elif library == "petkit":
         trained, seconds, tokens, losses, memory = _petkit(model, tok, data, seed, args)
     else:
@@ -70,8 +70,8 @@ def child(library: str, seed: int, args) -> dict:
     scores = evaluate(trained, test, "causal_lm", batch_size=8)
     records = list(data.test)[: args.answers]
     answers = generate_answers(trained, tok, records, max_new_tokens=8)
-    return {"library": library, "seed": seed, "train_seconds": round(seconds, 2), "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "train_mb": train_mb, "peak_mb": peak_mb, "losses": losses,
+    return {"library": library, "seed": seed, "train_seconds": seconds and round(seconds, 2), "tokens": tokens,
+            "tokens_per_s": tokens / seconds if seconds else None, "train_mb": train_mb, "peak_mb": peak_mb, "losses": losses,
             "test_loss": scores["loss"], **generative_scores(answers, [reference_answer(r) for r in records]),
             "samples": [{"prompt": r["prompt"], "answer": a, "reference": reference_answer(r)}
                         for r, a in zip(records[:5], answers)],
@@ -142,8 +142,9 @@ def run_all(args) -> list[dict]:
     for seed, library in [(0, "base"), *((seed, lib) for seed in range(args.seeds) for lib in LIBRARIES)]:
         runs.append(run_child(library, seed))
         r = runs[-1]
-        print(f"{library} seed {seed}: {r['tokens_per_s']:.0f} tok/s, +{r['train_mb']} MB, test loss "
-              f"{r['test_loss']:.3f}, exact match {r['exact_match']:.3f}", flush=True)
+        speed = f"{r['tokens_per_s']:.0f} tok/s, +{r['train_mb']} MB, " if r["tokens_per_s"] else ""
+        print(f"{library} seed {seed}: {speed}test loss {r['test_loss']:.3f}, exact match {r['exact_match']:.3f}",
+              flush=True)
     return runs
 
 

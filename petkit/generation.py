@@ -69,11 +69,15 @@ def prompt_ids(tokenizer, prompt: str, *, chat: bool | None = None, system: str 
 
 def render(tokenizer, messages: list[dict]) -> torch.Tensor:
     """A conversation through the tokenizer's chat template, ending where the assistant speaks next."""
+    require_chat_template(tokenizer)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    return ids["input_ids"]
+
+
+def require_chat_template(tokenizer) -> None:
     if not has_chat_template(tokenizer):
         raise ConfigError(f"{type(tokenizer).__name__} {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
                           "template, so chat messages cannot be rendered; give plain text (petkit generate --raw)")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    return ids["input_ids"]
 
 
 @torch.no_grad()
@@ -107,8 +111,7 @@ class Chat:
     """A conversation with a model: each reply is generated from the whole history."""
 
     def __init__(self, model: nn.Module, tokenizer, sampling: Sampling, system: str | None = None):
-        if not has_chat_template(tokenizer):
-            render(tokenizer, [])  # raises the no-template error
+        require_chat_template(tokenizer)
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.system = system
         self.messages: list[dict] = []

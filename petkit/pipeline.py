@@ -148,8 +148,8 @@ def _checked_task(spec: RunSpec, data):
 
 
 def _instruct_names() -> list[str]:
-    from petkit.data import known_datasets
-    return [n for n in known_datasets() if n.endswith("-instruct") or n.endswith("-json")]
+    from petkit.data.instruct import READERS
+    return sorted(READERS)
 
 
 def _answers(model, prep: Prepared) -> dict:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from petkit.core.errors import ConfigError
+from petkit.data.batches import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 # Below this share of labelled positions the gather pays for itself; a plain LM batch (all labelled) gains nothing.
 MAX_LABELLED_SHARE = 0.9
 
