@@ -1,4 +1,4 @@
-"""`petkit`: train, eval, generate, chat, inspect, merge-unload, methods, demo, bench.
+"""`petkit`: train, eval, generate, chat, serve, inspect, merge-unload, methods, demo, bench.
 
 Errors in the user's input print as one line (`error: ...`) with exit code 2, never a traceback.
 """
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, generate  # noqa: E402
+from petkit.cli import bench, commands, generate, serve  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
 
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="talk to a causal LM with an optional adapter, through its chat template")
     generate.add_arguments(p, chat=True)
     p.set_defaults(func=generate.chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server: one base model, many adapters, batched together")
+    serve.add_arguments(p)
+    p.set_defaults(func=serve.serve)
 
     p = sub.add_parser("inspect", help="what an adapter folder holds")
     p.add_argument("path")

@@ -27,3 +27,7 @@ class BaseModelMismatch(AdapterFileError):
 
 class StateError(PetkitError, RuntimeError):
     """An operation that is not valid in the model's current state (e.g. unmerge with nothing merged)."""
+
+
+class MissingExtra(PetkitError, ImportError):
+    """A feature whose optional dependencies are not installed; the message names the pip extra."""

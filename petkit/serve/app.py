@@ -1,0 +1,357 @@
+"""The HTTP API (FastAPI): OpenAI-compatible completions and chat, classification, the model list,
+runtime adapter loading, health and metrics. Handlers validate, tokenise and hand work to the engine;
+the engine thread reports back through a Channel into the handler's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from petkit.core.errors import ConfigError, PetkitError
+from petkit.serve.adapters import Forbidden, UnknownAdapter
+from petkit.serve.classify import ClassifyJob
+from petkit.serve.decode import Sequence
+from petkit.serve.engine import QueueFull, ShuttingDown
+from petkit.serve.gate import Gate
+from petkit.serve.protocol import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    LoadAdapterRequest,
+    UnloadAdapterRequest,
+    error_body,
+    new_id,
+    now,
+    usage,
+)
+from petkit.serve.service import Service
+
+DISCONNECT_POLL = 0.5  # seconds between checks that a waiting non-streaming client is still there
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, UnknownAdapter):
+        return 404
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, ShuttingDown):
+        return 503
+    if isinstance(exc, (PetkitError, ValueError)):
+        return 400
+    return 500
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status = status_of(exc)
+    message = str(exc) if status != 500 else f"internal error: {type(exc).__name__}: {exc}"
+    headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if status in (429, 503) else None
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+
+
+class Channel:
+    """Events (index, kind, payload) from the engine thread into this request's event loop."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def sink(self, index: int):
+        def emit(kind, payload):
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+            except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
+                pass
+        return emit
+
+    async def next(self, http: Request | None = None):
+        """The next event; polls for a client that went away (then raises ClientGone) while waiting."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL)
+            except asyncio.TimeoutError:
+                if http is not None and await http.is_disconnected():
+                    raise ClientGone from None
+
+
+class ClientGone(Exception):
+    pass
+
+
+def create_app(service: Service) -> FastAPI:
+    config, engine, pool, metrics = service.config, service.engine, service.pool, service.metrics
+    app = FastAPI(title="petkit serve", version="1",
+                  description="One base model, many adapters: OpenAI-compatible completions, chat and "
+                              "classification, with requests for different adapters batched together.")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        return JSONResponse(error_body(400, message, where or None), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(PetkitError)
+    async def petkit_error(_request, exc: PetkitError):
+        return error_response(exc)
+
+    # -- generation ---------------------------------------------------------------------------
+    def require(task: str) -> None:
+        if config.task != task:
+            other = "/v1/classify" if config.task == "classify" else "/v1/completions or /v1/chat/completions"
+            raise ConfigError(f"this server runs a {config.task} model; use {other}")
+
+    def sequences(body, prompts: list[list[int]], limit: int | None, channel: Channel) -> list[Sequence]:
+        body.check()
+        stops = body.stops()
+        out = []
+        for i, ids in enumerate(prompts):
+            room = service.max_model_len - len(ids)
+            if room < 1:
+                raise ConfigError(f"the prompt has {len(ids)} tokens; this server's limit is "
+                                  f"{service.max_model_len - 1} (--max-model-len {service.max_model_len})")
+            wanted = limit if limit is not None else min(config.max_tokens, room)
+            if wanted > config.max_tokens:
+                raise ConfigError(f"max_tokens={wanted} exceeds this server's limit of {config.max_tokens}")
+            if wanted > room:
+                raise ConfigError(f"prompt ({len(ids)} tokens) + max_tokens ({wanted}) exceeds the context "
+                                  f"limit of {service.max_model_len} tokens")
+            out.append(Sequence(prompt=ids, adapter=None, max_tokens=wanted, emit=channel.sink(i),
+                                temperature=body.temperature, top_p=body.top_p,
+                                seed=None if body.seed is None else body.seed + i, stops=stops,
+                                ignore_eos=body.ignore_eos))
+        return out
+
+    def submit_all(items, model_name: str) -> None:
+        submitted = []
+        try:
+            for item in items:
+                engine.submit(item, model_name)
+                submitted.append(item)
+        except BaseException:
+            cancel(submitted)
+            raise
+
+    def cancel(items) -> None:
+        for item in items:
+            item.cancelled = True
+        engine.wake()
+
+    async def generate(http: Request, body, prompts: list[list[int]], limit, chat: bool):
+        channel = Channel()
+        seqs = sequences(body, prompts, limit, channel)
+        submit_all(seqs, body.model)
+        metrics.prompt_tokens.inc(sum(map(len, prompts)))
+        ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+        try:
+            first = await channel.next(http)
+        except ClientGone:
+            cancel(seqs)
+            return Response(status_code=499)
+        if first[1] == "error":
+            cancel(seqs)
+            return error_response(first[2])
+        events = _Events(channel, seqs, first, http)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = _stream(events, ident, created, body.model, chat, include_usage, metrics, cancel)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        try:
+            texts, reasons = await events.collect()
+        except ClientGone:
+            cancel(seqs)
+            return Response(status_code=499)
+        except PetkitError as exc:
+            cancel(seqs)
+            return error_response(exc)
+        completion = sum(len(s.generated) for s in seqs)
+        metrics.completion_tokens.inc(completion)
+        if chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r,
+                        "logprobs": None} for i, (t, r) in enumerate(zip(texts, reasons))]
+        else:
+            choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+                       for i, (t, r) in enumerate(zip(texts, reasons))]
+        return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": body.model, "choices": choices, "usage": usage(sum(map(len, prompts)), completion)}
+
+    @app.post("/v1/completions", summary="Continue a prompt (OpenAI completions)")
+    async def completions(body: CompletionRequest, http: Request):
+        require("generate")
+        prompts = body.prompts()
+        if not 1 <= len(prompts) <= config.max_inputs:
+            raise ConfigError(f"prompt takes 1 to {config.max_inputs} strings, got {len(prompts)}")
+        ids = [service.tokenizer(p)["input_ids"] for p in prompts]
+        return await generate(http, body, ids, body.max_tokens, chat=False)
+
+    @app.post("/v1/chat/completions", summary="Answer a conversation (OpenAI chat completions)")
+    async def chat_completions(body: ChatRequest, http: Request):
+        require("generate")
+        if not getattr(service.tokenizer, "chat_template", None):
+            raise ConfigError("this model's tokenizer has no chat template; use /v1/completions")
+        ids = service.tokenizer.apply_chat_template(body.rendered(), add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"]
+        return await generate(http, body, [list(ids)], body.limit(), chat=True)
+
+    # -- classification ---------------------------------------------------------------------
+    @app.post("/v1/classify", summary="Class probabilities of texts under an adapter (as vLLM's /classify)")
+    @app.post("/classify", include_in_schema=False)
+    async def classify(body: ClassifyRequest, http: Request):
+        require("classify")
+        texts = body.texts()
+        if not 1 <= len(texts) <= config.max_inputs:
+            raise ConfigError(f"input takes 1 to {config.max_inputs} texts, got {len(texts)}")
+        ids = [service.tokenizer(t)["input_ids"] for t in texts]
+        longest = max(map(len, ids))
+        if longest > service.max_model_len:
+            raise ConfigError(f"an input has {longest} tokens; this server's limit is {service.max_model_len}")
+        channel = Channel()
+        job = ClassifyJob(ids=ids, emit=channel.sink(0))
+        submit_all([job], body.model)
+        tokens = sum(map(len, ids))
+        metrics.prompt_tokens.inc(tokens)
+        try:
+            while True:
+                _, kind, payload = await channel.next(http)
+                if kind == "error":
+                    return error_response(payload)
+                if kind == "result":
+                    probs = payload
+                    break
+        except ClientGone:
+            cancel([job])
+            return Response(status_code=499)
+        labels = service.labels()
+        data = [{"index": i, "label": labels[max(range(len(p)), key=p.__getitem__)], "probs": p,
+                 "num_classes": len(p)} for i, p in enumerate(probs)]
+        return {"id": new_id("classify"), "object": "list", "created": now(), "model": body.model, "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
+
+    # -- models and adapters -----------------------------------------------------------------
+    @app.get("/v1/models", summary="The base model and the adapters requests can name")
+    async def models():
+        base = {"id": config.base_name, "object": "model", "created": service.created, "owned_by": "petkit",
+                "root": service.root, "parent": None, "max_model_len": service.max_model_len}
+        cards = [base] + [{"id": n, "object": "model", "created": k.created, "owned_by": "petkit",
+                           "root": str(k.path), "parent": config.base_name, "max_model_len": service.max_model_len}
+                          for n, k in sorted(dict(pool.known).items())]
+        return {"object": "list", "data": cards}
+
+    def require_loading() -> None:
+        if not config.allow_adapter_loading:
+            raise Forbidden("runtime adapter loading is off; start the server with --allow-adapter-loading "
+                            "and --adapter-dir")
+
+    @app.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+              summary="Load an adapter folder from --adapter-dir under a name (vLLM's route)")
+    async def load_adapter(body: LoadAdapterRequest):
+        require_loading()
+        if body.load_inplace:
+            raise ConfigError("load_inplace is not supported; unload the adapter, then load it again")
+        path = service.resolve_load_path(body.lora_path)
+        await asyncio.wrap_future(engine.call(lambda: pool.register(body.lora_name, path)))
+        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+    @app.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+              summary="Stop serving an adapter; requests using it finish first (vLLM's route)")
+    async def unload_adapter(body: UnloadAdapterRequest):
+        require_loading()
+        await asyncio.wrap_future(engine.call(lambda: pool.unload(body.lora_name)))
+        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+    # -- operations ----------------------------------------------------------------------------
+    @app.get("/health", summary="200 while the engine runs")
+    async def health():
+        if engine.error is not None:
+            return JSONResponse(error_body(503, f"the engine failed: {engine.error}"), status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics", summary="Prometheus text: requests, tokens, queue, batches, adapters, latency")
+    async def prometheus():
+        metrics.queue_depth.set(engine.waiting)
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    routes = {r.path for r in app.routes}
+    app.add_middleware(Gate, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
+                       routes=routes)
+    return app
+
+
+class _Events:
+    """The events of a request's sequences after the first, in order; tracks which have finished."""
+
+    def __init__(self, channel: Channel, seqs: list[Sequence], first, http: Request):
+        self.channel, self.seqs, self.http = channel, seqs, http
+        self.pending = [first]
+        self.open = len(seqs)
+
+    async def __aiter__(self):
+        while self.open:
+            index, kind, payload = self.pending.pop(0) if self.pending else await self.channel.next(self.http)
+            if kind == "error":
+                raise payload if isinstance(payload, BaseException) else PetkitError(str(payload))
+            if kind == "done":
+                self.open -= 1
+            yield index, kind, payload
+
+    async def collect(self) -> tuple[list[str], list[str]]:
+        texts, reasons = [""] * len(self.seqs), [""] * len(self.seqs)
+        async for index, kind, payload in self:
+            if kind == "text":
+                texts[index] += payload
+            else:
+                reasons[index] = payload
+        return texts, reasons
+
+
+async def _stream(events: _Events, ident, created, model, chat: bool, include_usage: bool, metrics, cancel):
+    """Server-sent events: one chunk per text piece, a final chunk per choice with its finish_reason, the
+    usage chunk (choices: []) when asked, then [DONE]. A client that goes away cancels its sequences."""
+    kind_name = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices, **extra) -> str:
+        return "data: " + json.dumps({"id": ident, "object": kind_name, "created": created, "model": model,
+                                      "choices": choices, **extra}) + "\n\n"
+
+    def choice(index, text=None, finish=None, role=False) -> dict:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+    finished = False
+    try:
+        if chat:
+            for i in range(len(events.seqs)):
+                yield chunk([choice(i, role=True)])
+        async for index, kind, payload in events:
+            if kind == "text":
+                yield chunk([choice(index, payload)])
+            elif payload != "cancelled":
+                yield chunk([choice(index, finish=payload)])
+        completion = sum(len(s.generated) for s in events.seqs)
+        metrics.completion_tokens.inc(completion)
+        if include_usage:
+            yield chunk([], usage=usage(sum(s.tokens for s in events.seqs), completion))
+        finished = True
+    except (PetkitError, ValueError) as exc:  # failed after the headers went out: an error event, then [DONE]
+        finished = True
+        yield "data: " + json.dumps(error_body(status_of(exc), str(exc))) + "\n\n"
+    except ClientGone:
+        pass
+    finally:
+        if not finished:  # the client went away (or the server stops): its rows leave the batch
+            cancel(events.seqs)
+    if finished:
+        yield "data: [DONE]\n\n"
