@@ -6,7 +6,10 @@ the engine thread reports back through a Channel into the handler's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +35,7 @@ from petkit.serve.protocol import (
 )
 from petkit.serve.service import Service
 
+log = logging.getLogger("petkit.serve")
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting non-streaming client is still there
 
 
@@ -87,7 +91,18 @@ class ClientGone(Exception):
 
 def create_app(service: Service) -> FastAPI:
     config, engine, pool, metrics = service.config, service.engine, service.pool, service.metrics
-    app = FastAPI(title="petkit serve", version="1",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # The engine lives exactly as long as the HTTP server: uvicorn runs this before it accepts the first
+        # connection and after the last one closed on shutdown (Ctrl-C, SIGTERM).
+        service.start()
+        log.warning("petkit serve: %s with %d adapters, engine started", config.base_name, len(pool.known))
+        yield
+        service.stop()
+        log.warning("petkit serve: engine stopped")
+
+    app = FastAPI(title="petkit serve", version="1", lifespan=lifespan,
                   description="One base model, many adapters: OpenAI-compatible completions, chat and "
                               "classification, with requests for different adapters batched together.")
 
@@ -162,6 +177,7 @@ def create_app(service: Service) -> FastAPI:
         if first[1] == "error":
             cancel(seqs)
             return error_response(first[2])
+        metrics.first_token.observe(time.perf_counter() - seqs[0].arrived)
         events = _Events(channel, seqs, first, http)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

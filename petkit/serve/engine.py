@@ -39,6 +39,7 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="petkit-engine", daemon=True)
         self.error: BaseException | None = None  # set if the loop itself died; /health reports it
+        self._loads_published = 0
 
     # -- HTTP side ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -162,6 +163,8 @@ class Engine:
 
     def _publish(self) -> None:
         m, pool = self.metrics, self.pool
+        m.adapter_loads.inc(pool.loads - self._loads_published)
+        self._loads_published = pool.loads
         m.running.set(self.runner.size)
         m.adapters_resident.set(len(pool.resident))
         m.adapter_bytes.set(pool.resident_bytes())

@@ -23,12 +23,7 @@ def _uvicorn_server(service: Service, host: str, port: int, log_level: str):
 def serve(config: ServeConfig, log_level: str = "info") -> None:
     """Load the model and adapters, then serve until interrupted (Ctrl-C / SIGTERM stop it cleanly)."""
     service = load_service(config)
-    server = _uvicorn_server(service, config.host, config.port, log_level)
-    service.start()
-    try:
-        server.run()
-    finally:
-        service.stop()
+    _uvicorn_server(service, config.host, config.port, log_level).run()
 
 
 class BackgroundServer:
@@ -49,12 +44,11 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> str:
-        self.service.start()
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.service.stop()
+                self.server.should_exit = True
                 raise RuntimeError(f"the server did not start on {self.url}")
             time.sleep(0.02)
         return self.url
@@ -62,7 +56,6 @@ class BackgroundServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-        self.service.stop()
 
 
 def _free_port(host: str) -> int:

@@ -69,6 +69,7 @@ class Service:
         return resolve_under(Path(self.config.adapter_dir), requested)
 
     def start(self) -> None:
+        """Start the engine thread (the app's lifespan does, when the HTTP server starts)."""
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.engine.start()
