@@ -241,3 +241,15 @@ def test_adapter_paths_stay_inside_the_adapter_directory(tmp_path, adapter_dir):
             resolve_under(root, bad)
     with pytest.raises(UnknownAdapter):
         resolve_under(root, "missing")
+
+
+def test_a_missing_serve_extra_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    from petkit.core.errors import MissingExtra
+    from petkit.serve.extra import require_serve_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(MissingExtra, match=r"uvicorn.*pip install 'petkit\[serve\]'"):
+        require_serve_extra()

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, help="prompt + completion tokens (default: the model's, at most 4096)")
     p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-inputs", type=int, default=64, help="prompts per completion request, texts per classify")
+    p.add_argument("--prefill-tokens", type=int, default=4096,
+                   help="prompt tokens admitted into one prefill forward (bounds the pause it adds to running decodes)")
     p.add_argument("--num-labels", type=int, help="classify: head size (default: read from the first adapter)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -53,6 +56,7 @@ def serve(args) -> int:
         allow_adapter_loading=args.allow_adapter_loading, api_key=args.api_key, host=args.host, port=args.port,
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_resident=args.max_resident,
         max_adapter_mb=args.max_adapter_mb, max_model_len=args.max_model_len, max_tokens=args.max_tokens,
-        max_body_bytes=args.max_body_bytes, num_labels=args.num_labels, threads=args.threads)
+        max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs, prefill_tokens=args.prefill_tokens,
+        num_labels=args.num_labels, threads=args.threads)
     run(config, log_level=args.log_level)
     return 0

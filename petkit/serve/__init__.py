@@ -9,12 +9,6 @@ engine (the one model thread, bounded queue) -> decode / classify (runners) -> k
 adapters (which adapters are servable, resident, in use); gate (API key, body cap, metrics).
 """
 
-import importlib.util
+from petkit.serve.extra import require_serve_extra
 
-from petkit.core.errors import MissingExtra
-
-_NEEDED = ("fastapi", "uvicorn", "prometheus_client")
-_missing = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
-if _missing:
-    raise MissingExtra(f"petkit serve needs {', '.join(_missing)}, which are not installed: "
-                       "pip install 'petkit[serve]'")
+require_serve_extra()
