@@ -332,3 +332,36 @@ def test_classify_routes_each_request_through_its_adapter_and_head(tmp_path):
         r = httpx.post(url + "/v1/chat/completions", json={"model": "pos", "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 400
     assert json.loads(json.dumps(data))  # plain JSON values
+
+
+def test_a_failing_forward_fails_its_batch_and_the_server_goes_on(server, client, monkeypatch):
+    runner = server[0].service.runner
+    forward, calls = runner._forward, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) in (1, 4):  # the first prefill, and a decode step of the streamed request
+            raise RuntimeError("simulated kernel failure")
+        return forward(*args)
+
+    monkeypatch.setattr(runner, "_forward", flaky)
+    with pytest.raises(openai.InternalServerError, match="simulated kernel failure"):
+        client.completions.create(model="a", prompt="x", max_tokens=4)
+    stream = client.completions.create(model="a", prompt="x", max_tokens=10, stream=True, extra_body=EOS_OFF)
+    with pytest.raises(openai.APIError, match="simulated kernel failure"):
+        list(stream)  # headers were out: the error arrives as an event
+    assert client.completions.create(model="a", prompt="x", max_tokens=4).choices
+    assert httpx.get(server[1] + "/health").status_code == 200
+    assert runner.size == 0 and not server[0].service.pool.users
+
+
+def test_openapi_describes_every_route(server):
+    spec = httpx.get(server[1] + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/classify", "/v1/models", "/v1/load_lora_adapter",
+            "/v1/unload_lora_adapter", "/health", "/metrics"} <= set(spec["paths"])
+    assert "CompletionRequest" in spec["components"]["schemas"]
+
+
+def test_an_empty_prompt_is_400(server):
+    r = post(server, "/v1/completions", {"model": "a", "prompt": ""})
+    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]

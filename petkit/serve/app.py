@@ -132,6 +132,8 @@ def create_app(service: Service) -> FastAPI:
         stops = body.stops()
         out = []
         for i, ids in enumerate(prompts):
+            if not ids:
+                raise ConfigError("the prompt is empty (no tokens)")
             room = service.max_model_len - len(ids)
             if room < 1:
                 raise ConfigError(f"the prompt has {len(ids)} tokens; this server's limit is "
@@ -188,7 +190,7 @@ def create_app(service: Service) -> FastAPI:
         except ClientGone:
             cancel(seqs)
             return Response(status_code=499)
-        except PetkitError as exc:
+        except Exception as exc:  # noqa: BLE001 - an error event from the engine
             cancel(seqs)
             return error_response(exc)
         completion = sum(len(s.generated) for s in seqs)
@@ -361,11 +363,11 @@ async def _stream(events: _Events, ident, created, model, chat: bool, include_us
         if include_usage:
             yield chunk([], usage=usage(sum(s.tokens for s in events.seqs), completion))
         finished = True
-    except (PetkitError, ValueError) as exc:  # failed after the headers went out: an error event, then [DONE]
-        finished = True
-        yield "data: " + json.dumps(error_body(status_of(exc), str(exc))) + "\n\n"
     except ClientGone:
         pass
+    except Exception as exc:  # noqa: BLE001 - failed after the headers went out: an error event, then [DONE]
+        finished = True
+        yield "data: " + json.dumps(error_body(status_of(exc), str(exc))) + "\n\n"
     finally:
         if not finished:  # the client went away (or the server stops): its rows leave the batch
             cancel(events.seqs)

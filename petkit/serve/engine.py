@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 
 from petkit.core.errors import PetkitError
 from petkit.serve.adapters import AdapterPool
 from petkit.serve.metrics import Metrics
+
+log = logging.getLogger("petkit.serve")
 
 
 class QueueFull(PetkitError):
@@ -26,6 +29,10 @@ class QueueFull(PetkitError):
 
 class ShuttingDown(PetkitError):
     pass
+
+
+class ForwardFailed(RuntimeError):
+    """The model raised on a batch (an internal error: HTTP 500); the engine drops that batch and goes on."""
 
 
 class Engine:
@@ -113,12 +120,18 @@ class Engine:
                     newcomers = self._take_waiting()
                 for fn, future in commands:
                     self._run_command(fn, future)
-                if newcomers:
-                    self._admit(newcomers)
-                if self.runner.busy:
-                    self.runner.step()
+                try:
+                    if newcomers:
+                        self._admit(newcomers)
+                    if self.runner.busy:
+                        self.runner.step()
+                except Exception as exc:  # noqa: BLE001 - one bad forward fails its batch, not the server
+                    log.exception("a forward failed; its requests get an error and the engine goes on")
+                    failure = ForwardFailed(f"the model failed on this batch: {type(exc).__name__}: {exc}")
+                    for item in newcomers + self.runner.abandon():
+                        item.emit("error", failure)
                 self._publish()
-        except BaseException as exc:  # the model itself failed: fail every item rather than hang them
+        except BaseException as exc:  # the engine itself failed: fail every item rather than hang them
             self.error = exc
             raise
         finally:
