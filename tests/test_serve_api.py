@@ -365,3 +365,19 @@ def test_openapi_describes_every_route(server):
 def test_an_empty_prompt_is_400(server):
     r = post(server, "/v1/completions", {"model": "a", "prompt": ""})
     assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+
+
+def test_if_the_engine_itself_dies_every_request_hears_so_and_health_says_503(adapters, monkeypatch):
+    background = start(adapters, api_key=None)
+    with background as url:
+        runner = background.service.runner
+
+        def fatal(*args):
+            raise SystemExit("engine thread killed")  # not an Exception: the per-batch handler lets it through
+
+        monkeypatch.setattr(runner, "_forward", fatal)
+        r = httpx.post(url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 503 and "engine" in r.json()["error"]["message"]
+        assert httpx.get(url + "/health").status_code == 503
+        r = httpx.post(url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 503

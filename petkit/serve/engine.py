@@ -47,6 +47,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="petkit-engine", daemon=True)
         self.error: BaseException | None = None  # set if the loop itself died; /health reports it
         self._loads_published = 0
+        self._admitting: list = []  # taken from the queue, not yet running: told too if the engine dies
 
     # -- HTTP side ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,7 +118,7 @@ class Engine:
                         break
                     commands = list(self._commands)
                     self._commands.clear()
-                    newcomers = self._take_waiting()
+                    newcomers = self._admitting = self._take_waiting()
                 for fn, future in commands:
                     self._run_command(fn, future)
                 try:
@@ -130,6 +131,7 @@ class Engine:
                     failure = ForwardFailed(f"the model failed on this batch: {type(exc).__name__}: {exc}")
                     for item in newcomers + self.runner.abandon():
                         item.emit("error", failure)
+                self._admitting = []
                 self._publish()
         except BaseException as exc:  # the engine itself failed: fail every item rather than hang them
             self.error = exc
@@ -188,7 +190,7 @@ class Engine:
             waiting, self._waiting = list(self._waiting), collections.deque()
             commands, self._commands = list(self._commands), collections.deque()
         reason = ShuttingDown("the server is shutting down" if self.error is None else f"the engine failed: {self.error}")
-        for item in waiting + self.runner.abandon():
+        for item in self._admitting + waiting + self.runner.abandon():  # an item told twice hears it once
             item.emit("error", reason)
         for _fn, future in commands:
             if future.set_running_or_notify_cancel():
