@@ -27,7 +27,7 @@ from petkit.core.load import load
 from petkit.core.mapping import check_keys, config_from_mapping, field_names
 from petkit.core.model import adapt
 from petkit.core.registry import config_from_dict
-from petkit.core.storage import WEIGHTS_NAME
+from petkit.core.storage import LABELS_NAME, WEIGHTS_NAME
 from petkit.core.unwrapped import base_parameters
 
 DEFAULT_METHOD = {"name": "lora", "r": 8, "alpha": 16, "targets": ["query", "value"]}
@@ -201,6 +201,8 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
     if spec.output and world().main:
         out = Path(spec.output)
         am.save(out / "adapter", format=spec.save_format)
+        if prep.task == "classification" and prep.labels:  # so `petkit serve` answers with class names
+            (out / "adapter" / LABELS_NAME).write_text(json.dumps({"labels": prep.labels}) + "\n")
         report["adapter"] = str(out / "adapter")
         report["adapter_bytes"] = (out / "adapter" / WEIGHTS_NAME).stat().st_size
         (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")

@@ -35,6 +35,20 @@ def csv_data(tmp_path_factory):
     return path
 
 
+def served_labels(model_folder, adapter):
+    """The trained adapter served by `petkit serve` answers with the data's class names."""
+    import httpx
+
+    from petkit.serve.config import ServeConfig
+    from petkit.serve.run import BackgroundServer
+    from petkit.serve.service import load_service
+
+    service = load_service(ServeConfig(model=str(model_folder), task="classify", adapters={"toy": str(adapter)}))
+    with BackgroundServer(service) as url:
+        r = httpx.post(url + "/v1/classify", json={"model": "toy", "input": ["good great fine", "awful sad bad"]})
+    assert [d["label"] for d in r.json()["data"]] == ["pos", "neg"]
+
+
 def test_train_then_eval_inspect_and_merge(tiny_folder, csv_data, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--model", str(tiny_folder), "--data", str(csv_data), "--method", "lora",
@@ -44,6 +58,8 @@ def test_train_then_eval_inspect_and_merge(tiny_folder, csv_data, tmp_path, caps
     result = json.loads((out / "result.json").read_text())
     assert result["test_after"]["accuracy"] >= 0.9 > result["test_before"]["accuracy"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "adapter" / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
+    served_labels(tiny_folder, out / "adapter")
 
     capsys.readouterr()
     assert main(["eval", "--model", str(tiny_folder), "--data", str(csv_data), "--adapter", str(out / "adapter")]) == 0

@@ -315,6 +315,7 @@ def test_classify_routes_each_request_through_its_adapter_and_head(tmp_path):
                 if hasattr(delta, "B"):
                     delta.B.normal_(0, 0.5)
         ref.save(tmp_path / name, names=[name])
+    (tmp_path / "pos" / "labels.json").write_text('{"labels": ["worse", "same", "better"]}')  # as petkit train writes it
     config = ServeConfig(model="tiny-bert", task="classify", adapters={"pos": str(tmp_path / "pos"),
                                                                         "neg": str(tmp_path / "neg")})
     with BackgroundServer(Service(config, tiny_bert(num_labels=3), tok)) as url:
@@ -329,6 +330,8 @@ def test_classify_routes_each_request_through_its_adapter_and_head(tmp_path):
             got = torch.tensor([d["probs"] for d in data])
             assert torch.allclose(got, want, atol=1e-5), model
             assert [d["num_classes"] for d in data] == [3, 3]
+            names = ["worse", "same", "better"] if model == "pos" else ["LABEL_0", "LABEL_1", "LABEL_2"]
+            assert [d["label"] for d in data] == [names[int(p.argmax())] for p in want]
         r = httpx.post(url + "/v1/chat/completions", json={"model": "pos", "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 400
     assert json.loads(json.dumps(data))  # plain JSON values

@@ -19,6 +19,7 @@ from petkit.core.errors import AdapterFileError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+LABELS_NAME = "labels.json"  # {"labels": a classifier adapter's class names in head order} (petkit train)
 
 
 def read_json(path: Path) -> dict:

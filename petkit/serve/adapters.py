@@ -20,7 +20,7 @@ from pathlib import Path
 from petkit.core.errors import AdapterFileError, ConfigError, PetkitError
 from petkit.core.load import load
 from petkit.core.model import AdaptedModel
-from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME
+from petkit.core.storage import CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, read_json
 
 
 class UnknownAdapter(PetkitError, LookupError):
@@ -35,6 +35,7 @@ class Forbidden(PetkitError, PermissionError):
 class Known:
     path: Path
     created: int
+    labels: list[str] | None = None  # a classifier's class names (labels.json beside the weights)
 
 
 class AdapterPool:
@@ -85,8 +86,13 @@ class AdapterPool:
 
     def add_known(self, name: str, path: Path) -> None:
         """Servable from now on; loaded on the first request that names it."""
+        entry = Known(path, int(time.time()), read_labels(path))
         with self._lock:
-            self.known[name] = Known(path, int(time.time()))
+            self.known[name] = entry
+
+    def labels(self, name: str | None) -> list[str] | None:
+        entry = None if name is None else self.known.get(name) or self.leaving.get(name)
+        return entry.labels if entry else None
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -175,6 +181,15 @@ def require_safetensors(path: Path) -> None:
         found = sorted(p.name for p in path.glob("adapter_model.*"))
         raise AdapterFileError(f"{path} holds no {WEIGHTS_NAME}" + (f" (found {found}; petkit serve loads "
                                                                     "safetensors only, never pickles)" if found else ""))
+
+
+def read_labels(path: Path) -> list[str] | None:
+    if not (path / LABELS_NAME).is_file():
+        return None
+    labels = read_json(path / LABELS_NAME).get("labels")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise AdapterFileError(f'{path / LABELS_NAME} must hold {{"labels": [class names in head order]}}')
+    return labels
 
 
 def resolve_under(root: Path, requested: str) -> Path:

@@ -250,7 +250,7 @@ def create_app(service: Service) -> FastAPI:
         except ClientGone:
             cancel([job])
             return Response(status_code=499)
-        labels = service.labels()
+        labels = service.labels(job.adapter, len(probs[0]))
         data = [{"index": i, "label": labels[max(range(len(p)), key=p.__getitem__)], "probs": p,
                  "num_classes": len(p)} for i, p in enumerate(probs)]
         return {"id": new_id("classify"), "object": "list", "created": now(), "model": body.model, "data": data,

@@ -4,13 +4,14 @@ thread and its runner, the metrics. The HTTP layer (app.py) only translates requ
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from petkit.core.errors import ConfigError
+from petkit.core.errors import ConfigError, PetkitError
 from petkit.core.model import AdaptedModel
 from petkit.serve.adapters import AdapterPool, require_safetensors, resolve_under
 from petkit.serve.classify import Classifier
@@ -20,6 +21,7 @@ from petkit.serve.engine import Engine
 from petkit.serve.metrics import Metrics
 
 DEFAULT_MAX_MODEL_LEN = 4096
+log = logging.getLogger("petkit.serve")
 
 
 class Service:
@@ -57,13 +59,17 @@ class Service:
         return {i for i in ids if i is not None}
 
     def _discover(self, root: Path) -> None:
-        """Every adapter folder directly inside root becomes servable by its folder name, loaded on first use."""
+        """Every adapter folder directly inside root becomes servable by its folder name, loaded on first use.
+        A folder that is not servable (no safetensors, bad labels.json) is skipped with a warning."""
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
             if folder.name in self.pool.known or not (folder / "adapter_config.json").is_file():
                 continue
-            path = resolve_under(root, folder.name)
-            require_safetensors(path)
-            self.pool.add_known(folder.name, path)
+            try:
+                path = resolve_under(root, folder.name)
+                require_safetensors(path)
+                self.pool.add_known(folder.name, path)
+            except PetkitError as exc:
+                log.warning("petkit serve: not serving %s: %s", folder, exc)
 
     def resolve_load_path(self, requested: str) -> Path:
         return resolve_under(Path(self.config.adapter_dir), requested)
@@ -77,10 +83,13 @@ class Service:
     def stop(self) -> None:
         self.engine.stop()
 
-    def labels(self) -> list[str]:
-        config = self.model.base.config
-        id2label = getattr(config, "id2label", None) or {}
-        return [str(id2label.get(i, i)) for i in range(getattr(config, "num_labels", len(id2label)))]
+    def labels(self, adapter: str | None, width: int) -> list[str]:
+        """Class names of an adapter's head: its labels.json, else the base config's id2label."""
+        names = self.pool.labels(adapter)
+        if names and len(names) == width:
+            return names
+        id2label = getattr(self.model.base.config, "id2label", None) or {}
+        return [str(id2label.get(i, f"LABEL_{i}")) for i in range(width)]
 
 
 def _max_model_len(model: AdaptedModel, config: ServeConfig) -> int:
