@@ -20,6 +20,7 @@ class ClassifyJob:
     emit: Callable[[str, object], None]
     adapter: str | None = None
     cancelled: bool = False
+    arrived: float = 0.0
 
     @property
     def tokens(self) -> int:

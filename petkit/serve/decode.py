@@ -34,8 +34,12 @@ class Sequence:
     stops: list[str] = dataclasses.field(default_factory=list)
     ignore_eos: bool = False
     generated: list[int] = dataclasses.field(default_factory=list)
-    sent: int = 0                      # characters of the decoded text already emitted
+    text: str = ""                     # the decoded completion so far
+    sent: int = 0                      # characters of it already emitted
+    prefix_at: int = 0                 # incremental detokenisation offsets into generated (see _new_text)
+    read_at: int = 0
     cancelled: bool = False            # set by the client's handler when it goes away
+    arrived: float = 0.0               # perf_counter() when it was queued (time to first token)
     finish_reason: str | None = None
 
     @property
@@ -125,27 +129,35 @@ class Decoder:
     def _take(self, s: Sequence, token: int) -> None:
         s.generated.append(token)
         if token in self.eos_ids and not s.ignore_eos:
-            return self._finish(s, "stop", self._text(s, drop_last=True))
-        text = self._text(s)
-        cut = find_stop(text, s.stops) if s.stops else None
+            return self._finish(s, "stop")
+        s.text += self._new_text(s)
+        cut = find_stop(s.text, s.stops) if s.stops else None
         if cut is not None:
-            return self._finish(s, "stop", text[:cut])
+            s.text = s.text[:cut]
+            return self._finish(s, "stop")
         if len(s.generated) >= s.max_tokens:
-            return self._finish(s, "length", text)
-        ready = safe_prefix(text, s.stops)
+            return self._finish(s, "length")
+        ready = safe_prefix(s.text, s.stops)
         if ready > s.sent:
-            s.emit("text", text[s.sent:ready])
+            s.emit("text", s.text[s.sent:ready])
             s.sent = ready
 
-    def _text(self, s: Sequence, drop_last: bool = False) -> str:
-        ids = s.generated[:-1] if drop_last else s.generated
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _new_text(self, s: Sequence) -> str:
+        """The text the newest token adds. Incremental detokenisation: decode only the tokens since the
+        last complete piece, with a few before them as context (a token's text can depend on its left
+        neighbour, e.g. a leading space), and hold back a piece that ends inside a multi-byte character."""
+        ids, decode = s.generated, self.tokenizer.decode
+        before = decode(ids[s.prefix_at:s.read_at], skip_special_tokens=True)
+        now = decode(ids[s.prefix_at:], skip_special_tokens=True)
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return ""
+        s.prefix_at, s.read_at = s.read_at, len(ids)
+        return now[len(before):]
 
-    def _finish(self, s: Sequence, reason: str, text: str) -> None:
-        text = text.rstrip("\ufffd")
-        if len(text) > s.sent:
-            s.emit("text", text[s.sent:])
-            s.sent = len(text)
+    def _finish(self, s: Sequence, reason: str) -> None:
+        if len(s.text) > s.sent:
+            s.emit("text", s.text[s.sent:])
+            s.sent = len(s.text)
         s.finish_reason = reason
         s.emit("done", reason)
 
