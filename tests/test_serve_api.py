@@ -287,8 +287,11 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_batch(server, monkeypat
     assert len(running) == 1 and running[0].finish_reason == "cancelled" and len(running[0].generated) < 32
 
 
-def test_a_full_queue_answers_429_with_retry_after(adapters):
-    with start(adapters, max_batch=1, max_waiting=1, api_key=None) as url:
+def test_a_full_queue_answers_429_with_retry_after(adapters, monkeypatch):
+    background = start(adapters, max_batch=1, max_waiting=1, api_key=None)
+    forward = background.service.runner._forward
+    monkeypatch.setattr(background.service.runner, "_forward", lambda *a: time.sleep(0.02) or forward(*a))
+    with background as url:  # each request takes > 0.6 s: the other four arrive while one runs and one waits
         body = {"model": "a", "prompt": "hello", "max_tokens": 30, "ignore_eos": True}
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda _: httpx.post(url + "/v1/completions", json=body, timeout=60), range(6)))
@@ -338,20 +341,25 @@ def test_classify_routes_each_request_through_its_adapter_and_head(tmp_path):
 
 def test_a_failing_forward_fails_its_batch_and_the_server_goes_on(server, client, monkeypatch):
     runner = server[0].service.runner
-    forward, calls = runner._forward, []
+    forward, fail = runner._forward, threading.Event()
 
     def flaky(*args):
-        calls.append(1)
-        if len(calls) in (1, 4):  # the first prefill, and a decode step of the streamed request
+        time.sleep(0.02)  # the stream below is still running when the test flips the switch
+        if fail.is_set():
+            fail.clear()
             raise RuntimeError("simulated kernel failure")
         return forward(*args)
 
     monkeypatch.setattr(runner, "_forward", flaky)
+    fail.set()
     with pytest.raises(openai.InternalServerError, match="simulated kernel failure"):
         client.completions.create(model="a", prompt="x", max_tokens=4)
-    stream = client.completions.create(model="a", prompt="x", max_tokens=10, stream=True, extra_body=EOS_OFF)
+    stream = iter(client.completions.create(model="a", prompt="hello", max_tokens=30, temperature=0, stream=True,
+                                            extra_body=EOS_OFF))
+    assert next(stream).choices[0].text  # the headers and a first piece are out...
+    fail.set()
     with pytest.raises(openai.APIError, match="simulated kernel failure"):
-        list(stream)  # headers were out: the error arrives as an event
+        list(stream)  # ...so the error arrives as an event
     assert client.completions.create(model="a", prompt="x", max_tokens=4).choices
     assert httpx.get(server[1] + "/health").status_code == 200
     assert runner.size == 0 and not server[0].service.pool.users
