@@ -1,13 +1,12 @@
 """The HTTP API (FastAPI): OpenAI-compatible completions and chat, classification, the model list,
 runtime adapter loading, health and metrics. Handlers validate, tokenise and hand work to the engine;
-the engine thread reports back through a Channel into the handler's event loop.
+the engine thread reports back through a Channel into the handler's event loop (events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 
@@ -17,10 +16,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException
 
 from petkit.core.errors import ConfigError, PetkitError
-from petkit.serve.adapters import Forbidden, UnknownAdapter
+from petkit.serve.adapters import Forbidden
 from petkit.serve.classify import ClassifyJob
 from petkit.serve.decode import Sequence
-from petkit.serve.engine import QueueFull, ShuttingDown
+from petkit.serve.errors import error_response
+from petkit.serve.events import Channel, ClientGone, Events, sse
 from petkit.serve.gate import Gate
 from petkit.serve.protocol import (
     ChatRequest,
@@ -36,57 +36,6 @@ from petkit.serve.protocol import (
 from petkit.serve.service import Service
 
 log = logging.getLogger("petkit.serve")
-DISCONNECT_POLL = 0.5  # seconds between checks that a waiting non-streaming client is still there
-
-
-def status_of(exc: BaseException) -> int:
-    if isinstance(exc, UnknownAdapter):
-        return 404
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, ShuttingDown):
-        return 503
-    if isinstance(exc, (PetkitError, ValueError)):
-        return 400
-    return 500
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    status = status_of(exc)
-    message = str(exc) if status != 500 else f"internal error: {type(exc).__name__}: {exc}"
-    headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if status in (429, 503) else None
-    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
-
-
-class Channel:
-    """Events (index, kind, payload) from the engine thread into this request's event loop."""
-
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def sink(self, index: int):
-        def emit(kind, payload):
-            try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
-            except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
-                pass
-        return emit
-
-    async def next(self, http: Request | None = None):
-        """The next event; polls for a client that went away (then raises ClientGone) while waiting."""
-        while True:
-            try:
-                return await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL)
-            except asyncio.TimeoutError:
-                if http is not None and await http.is_disconnected():
-                    raise ClientGone from None
-
-
-class ClientGone(Exception):
-    pass
 
 
 def create_app(service: Service) -> FastAPI:
@@ -126,6 +75,11 @@ def create_app(service: Service) -> FastAPI:
         if config.task != task:
             other = "/v1/classify" if config.task == "classify" else "/v1/completions or /v1/chat/completions"
             raise ConfigError(f"this server runs a {config.task} model; use {other}")
+
+    def tokenized(texts: list[str], field: str) -> list[list[int]]:
+        if not 1 <= len(texts) <= config.max_inputs:
+            raise ConfigError(f"{field} takes 1 to {config.max_inputs} strings, got {len(texts)}")
+        return [service.tokenizer(t)["input_ids"] for t in texts]
 
     def sequences(body, prompts: list[list[int]], limit: int | None, channel: Channel) -> list[Sequence]:
         body.check()
@@ -180,10 +134,10 @@ def create_app(service: Service) -> FastAPI:
             cancel(seqs)
             return error_response(first[2])
         metrics.first_token.observe(time.perf_counter() - seqs[0].arrived)
-        events = _Events(channel, seqs, first, http)
+        events = Events(channel, seqs, first, http)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = _stream(events, ident, created, body.model, chat, include_usage, metrics, cancel)
+            stream = sse(events, ident, created, body.model, chat, include_usage, metrics, cancel)
             return StreamingResponse(stream, media_type="text/event-stream")
         try:
             texts, reasons = await events.collect()
@@ -207,11 +161,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/completions", summary="Continue a prompt (OpenAI completions)")
     async def completions(body: CompletionRequest, http: Request):
         require("generate")
-        prompts = body.prompts()
-        if not 1 <= len(prompts) <= config.max_inputs:
-            raise ConfigError(f"prompt takes 1 to {config.max_inputs} strings, got {len(prompts)}")
-        ids = [service.tokenizer(p)["input_ids"] for p in prompts]
-        return await generate(http, body, ids, body.max_tokens, chat=False)
+        return await generate(http, body, tokenized(body.prompts(), "prompt"), body.max_tokens, chat=False)
 
     @app.post("/v1/chat/completions", summary="Answer a conversation (OpenAI chat completions)")
     async def chat_completions(body: ChatRequest, http: Request):
@@ -227,10 +177,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/classify", include_in_schema=False)
     async def classify(body: ClassifyRequest, http: Request):
         require("classify")
-        texts = body.texts()
-        if not 1 <= len(texts) <= config.max_inputs:
-            raise ConfigError(f"input takes 1 to {config.max_inputs} texts, got {len(texts)}")
-        ids = [service.tokenizer(t)["input_ids"] for t in texts]
+        ids = tokenized(body.texts(), "input")
         longest = max(map(len, ids))
         if longest > service.max_model_len:
             raise ConfigError(f"an input has {longest} tokens; this server's limit is {service.max_model_len}")
@@ -306,70 +253,3 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-class _Events:
-    """The events of a request's sequences after the first, in order; tracks which have finished."""
-
-    def __init__(self, channel: Channel, seqs: list[Sequence], first, http: Request):
-        self.channel, self.seqs, self.http = channel, seqs, http
-        self.pending = [first]
-        self.open = len(seqs)
-
-    async def __aiter__(self):
-        while self.open:
-            index, kind, payload = self.pending.pop(0) if self.pending else await self.channel.next(self.http)
-            if kind == "error":
-                raise payload if isinstance(payload, BaseException) else PetkitError(str(payload))
-            if kind == "done":
-                self.open -= 1
-            yield index, kind, payload
-
-    async def collect(self) -> tuple[list[str], list[str]]:
-        texts, reasons = [""] * len(self.seqs), [""] * len(self.seqs)
-        async for index, kind, payload in self:
-            if kind == "text":
-                texts[index] += payload
-            else:
-                reasons[index] = payload
-        return texts, reasons
-
-
-async def _stream(events: _Events, ident, created, model, chat: bool, include_usage: bool, metrics, cancel):
-    """Server-sent events: one chunk per text piece, a final chunk per choice with its finish_reason, the
-    usage chunk (choices: []) when asked, then [DONE]. A client that goes away cancels its sequences."""
-    kind_name = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(choices, **extra) -> str:
-        return "data: " + json.dumps({"id": ident, "object": kind_name, "created": created, "model": model,
-                                      "choices": choices, **extra}) + "\n\n"
-
-    def choice(index, text=None, finish=None, role=False) -> dict:
-        if chat:
-            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
-
-    finished = False
-    try:
-        if chat:
-            for i in range(len(events.seqs)):
-                yield chunk([choice(i, role=True)])
-        async for index, kind, payload in events:
-            if kind == "text":
-                yield chunk([choice(index, payload)])
-            elif payload != "cancelled":
-                yield chunk([choice(index, finish=payload)])
-        completion = sum(len(s.generated) for s in events.seqs)
-        metrics.completion_tokens.inc(completion)
-        if include_usage:
-            yield chunk([], usage=usage(sum(s.tokens for s in events.seqs), completion))
-        finished = True
-    except ClientGone:
-        pass
-    except Exception as exc:  # noqa: BLE001 - failed after the headers went out: an error event, then [DONE]
-        finished = True
-        yield "data: " + json.dumps(error_body(status_of(exc), str(exc))) + "\n\n"
-    finally:
-        if not finished:  # the client went away (or the server stops): its rows leave the batch
-            cancel(events.seqs)
-    if finished:
-        yield "data: [DONE]\n\n"
