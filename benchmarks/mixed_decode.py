@@ -10,8 +10,10 @@ The B prompts are random token ids of --prompt tokens, prefilled once per varian
 
 Variants: the base model alone; petkit with one adapter active (unmerged, no routing) and with one
 adapter routed to every row; 8 and 64 resident adapters assigned round-robin over the rows
-(adapter_names; with 64 and B=32 every row has its own adapter); the same with Hugging Face PEFT's
-mixed batch (adapter_names=). Timing as in lora_overhead.py: one process, a warm-up round, then
+(adapter_names; with 64 and B=32 every row has its own adapter), each on a model of its own so that
+the plans its layers keep last from call to call; the same with Hugging Face PEFT's mixed batch
+(adapter_names=); and the worst case for petkit's kept plans, 64 adapters with the routing shifted by
+one row at every step (every step rebuilds them). Timing as in lora_overhead.py: one process, a warm-up round, then
 rounds that run every variant once in rotating order; a ratio is the median over rounds of
 variant / base from the same round.
 
@@ -79,10 +81,14 @@ class Decoder:
             self.cache = find_cache(model(input_ids=prompts, use_cache=True, **kw))
         self.length = prompts.shape[1]
 
-    def __call__(self):
+    def __call__(self, rotate=False):
         with torch.no_grad():
             for t in range(self.steps):
-                out = self.model(input_ids=self.tokens[:, t:t + 1], use_cache=True, **{self.argument: self.cache}, **self.kw)
+                kw = self.kw
+                if rotate:  # a new routing at every step (the worst case: every step rebuilds the plans)
+                    names = kw["adapter_names"]
+                    kw = {**kw, "adapter_names": names[t + 1:] + names[:t + 1]}
+                out = self.model(input_ids=self.tokens[:, t:t + 1], use_cache=True, **{self.argument: self.cache}, **kw)
         self.cache.crop(-self.steps)  # back to the prompt
         return out.logits[:, -1]
 
@@ -99,15 +105,22 @@ def build(args):
     pk = petkit_model(copy.deepcopy(base), args.adapters)
     pm = peft_model(copy.deepcopy(base), args.adapters)
     copy_petkit_to_peft(pk, pm, names)
-    pk_one = petkit_model(copy.deepcopy(base), 1)
-    pk_one.load_state_dict({k: v for k, v in pk.state_dict().items() if ".a0." in k}, strict=False)
+    # Each routed variant has a petkit model of its own, so its layers' kept plans last from call to
+    # call, as they do while a server's routing stays the same.
+    pk_n = {args.adapters: pk}
+    for n in (1, 8):
+        pk_n[n] = petkit_model(copy.deepcopy(base), n)
+        pk_n[n].load_state_dict({k: v for k, v in pk.state_dict().items() if ".deltas.a" in k
+                                 and int(k.split(".deltas.a")[1].split(".")[0]) < n}, strict=False)
 
     d = {"base": Decoder(base, prompts, args.steps),
-         "petkit 1 adapter (active, unmerged)": Decoder(pk_one, prompts, args.steps),
-         "petkit 1 adapter (routed)": Decoder(pk, prompts, args.steps, adapter_names=rows(1))}
+         "petkit 1 adapter (active, unmerged)": Decoder(pk_n[1], prompts, args.steps),
+         "petkit 1 adapter (routed)": Decoder(pk_n[1], prompts, args.steps, adapter_names=rows(1))}
     for n in (8, args.adapters):
-        d[f"petkit {n} adapters (routed)"] = Decoder(pk, prompts, args.steps, adapter_names=rows(n))
+        d[f"petkit {n} adapters (routed)"] = Decoder(pk_n[n], prompts, args.steps, adapter_names=rows(n))
         d[f"PEFT {n} adapters (adapter_names)"] = Decoder(pm, prompts, args.steps, adapter_names=rows(n))
+    shifted = Decoder(pk, prompts, args.steps, adapter_names=rows(args.adapters))
+    d[f"petkit {args.adapters} adapters, a new routing every step"] = lambda: shifted(rotate=True)
 
     # The variants compute what they claim: routed rows = the same rows run with their adapter alone,
     # and petkit = PEFT on the same weights.

@@ -201,37 +201,43 @@ class RoutedLora:
     zeros, for samples without an adapter here; lower ranks zero-padded to the largest), laid out per
     call for whichever kernel reads less: `lora_linear_grouped` (each adapter's factors once, plus a
     gather of x and of the output) for a few tokens per sample, `lora_linear_routed` (every sample's
-    own factors, built on first use and kept) for longer sequences."""
+    own factors) for longer sequences."""
 
     def __init__(self, base, groups, n, device):
+        # Built again whenever the routing changes (a sequence joins or leaves): few ops per adapter.
         W = weight_oi(base)
         r = max(d.r for d, _ in groups)
         slot = [0] * n
-        As, Bs = [W.new_zeros(r, W.shape[1])], [W.new_zeros(W.shape[0], r)]
+        As, Bs, scales = [W.new_zeros(r, W.shape[1])], [W.new_zeros(W.shape[0], r)], [0.0]
         for g, (d, rows) in enumerate(groups, 1):
             for i in (range(n)[rows] if isinstance(rows, slice) else rows.tolist()):
                 slot[i] = g
-            As.append(F.pad(d.A, (0, 0, 0, r - d.r)) * d.scale)
-            Bs.append(F.pad(d.B, (0, r - d.r)))
-        self.base, self.A, self.Bt = base, torch.stack(As), torch.stack(Bs).transpose(1, 2)
+            As.append(d.A if d.r == r else F.pad(d.A, (0, 0, 0, r - d.r)))
+            Bs.append(d.B if d.r == r else F.pad(d.B, (0, r - d.r)))
+            scales.append(d.scale)
+        self.base, self.Bt = base, torch.stack(Bs).transpose(1, 2)
+        self.A = torch.stack(As) * torch.tensor(scales, dtype=W.dtype, device=W.device).view(-1, 1, 1)
         self.slot = torch.tensor(slot, device=device)
-        used = sorted(set(slot))
-        members = [[i for i in range(n) if slot[i] == g] for g in used]
-        m = max(map(len, members))
-        src = [i for rows in members for i in rows + rows[:1] * (m - len(rows))]
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(slot):
+            members.setdefault(g, []).append(i)
+        used = sorted(members)
+        m = max(map(len, members.values()))
+        src = [i for g in used for i in members[g] + members[g][:1] * (m - len(members[g]))]
         back = [0] * n
-        for k, rows in enumerate(members):
-            for j, i in enumerate(rows):
+        for k, g in enumerate(used):
+            for j, i in enumerate(members[g]):
                 back[i] = k * m + j
-        index = torch.tensor(used, device=device)
-        self.grouped = (self.A.index_select(0, index), self.Bt.index_select(0, index).contiguous(),
-                        torch.tensor(src, device=device), torch.tensor(back, device=device))
+        self.places = [torch.tensor(t, device=device) for t in (used, src, back)]
         self.spare = (n - len(used)) * r  # factor rows the per-sample layout reads beyond the grouped one
-        self.per_sample = None
+        self.grouped = self.per_sample = None  # each layout is built on first use (a prefill, then decoding)
 
     def __call__(self, x):
         base, n = self.base, x.shape[0]
         if n * (x[0].numel() // x.shape[-1]) < self.spare:  # fewer tokens to gather than factor rows to spare
+            if self.grouped is None:
+                used, src, back = self.places
+                self.grouped = (self.A.index_select(0, used), self.Bt.index_select(0, used).contiguous(), src, back)
             return lora_linear_grouped(x, weight_oi(base), base.bias, *self.grouped)
         if self.per_sample is None:
             Bt = self.Bt.index_select(0, self.slot)
