@@ -361,15 +361,22 @@ def machine_info():
     }
 
 
-def render_md(res) -> str:
-    m, s = res["machine"], res["settings"]
-    lines = [
-        "# LoRA overhead: petkit vs Hugging Face PEFT (MiniLM, CPU)", "",
+def machine_lines(m) -> list[str]:
+    """The report's lines on the machine and the software (from machine_info, plus loadavg_end)."""
+    return [
         f"- date: {m['date']}; CPU: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}",
         f"- python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, petkit {m['petkit']}",
         f"- load average at start / end: {', '.join(f'{x:.2f}' for x in m['loadavg_start'])} / "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_end'])} (1/5/15-min; the start value shows what else was running, "
         "the end value includes this run itself, ~1 per torch thread)",
+    ]
+
+
+def render_md(res) -> str:
+    m, s = res["machine"], res["settings"]
+    lines = [
+        "# LoRA overhead: petkit vs Hugging Face PEFT (MiniLM, CPU)", "",
+        *machine_lines(m),
         f"- model: all-MiniLM-L6-v2 as BertModel without pooler; batch {s['batch']} x {s['seq']} tokens; "
         f"LoRA r={R}, alpha={ALPHA}, dropout 0 on the 36 query/key/value/dense linears (pooler absent for both libraries)",
         "- eval() mode everywhere (backbone dropout off); loss = mean(last_hidden_state * fixed random tensor); AdamW(lr=1e-4) on trainable params",
@@ -505,11 +512,15 @@ def main():
         "ratios": ratios, "memory": memory, "checks": checks,
         "wall_seconds": time.perf_counter() - t_start,
     }
-    out = Path(args.out)
+    write_results(Path(args.out), "lora_overhead", res, render_md)
+
+
+def write_results(out: Path, stem: str, res: dict, render) -> None:
+    """<out>/<stem>.json (res) and <stem>.md (render(res))."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lora_overhead.json").write_text(json.dumps(res, indent=2))
-    (out / "lora_overhead.md").write_text(render_md(res))
-    log(f"wrote {out / 'lora_overhead.json'} and {out / 'lora_overhead.md'} ({res['wall_seconds']:.0f} s)")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{stem}.md").write_text(render(res))
+    log(f"wrote {out / stem}.json and .md ({res['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

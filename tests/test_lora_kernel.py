@@ -5,7 +5,7 @@
 2. the dropout path against plain autograd with the same mask (same RNG seed), and the no-graph
    path consuming the RNG identically;
 3. fp32 outputs and gradients against the plain formula x W^T + b + s (x A^T) B^T at MiniLM sizes;
-4. lora_linear_routed against a per-sample loop (float64) plus its gradcheck;
+4. lora_linear_routed and lora_linear_grouped against a per-sample loop (float64) plus gradchecks;
 5. a tiny BERT with three adapters (different scales and targets): mixed-adapter batches through the
    batched route vs the per-group fallback vs each sample run alone, outputs and adapter gradients.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import petkit
 from petkit.methods.lora import LoraDelta
-from petkit.kernels.lora import LoraLinearFn, lora_linear, lora_linear_routed
+from petkit.kernels.lora import LoraLinearFn, lora_linear, lora_linear_grouped, lora_linear_routed
 
 
 def ref(x, W, b, A, B, s, mask=None):
@@ -123,11 +123,26 @@ def test_routed_kernel():
         As = torch.randn(S, r, in_f, dtype=d, requires_grad=True)
         Bs = torch.randn(S, out_f, r, dtype=d, requires_grad=True)
         sc = torch.rand(S, dtype=d)
-        y = lora_linear_routed(x, W, b, As, Bs, sc)
         yr = torch.stack([ref(x[i], W, b, As[i], Bs[i], sc[i].item()) for i in range(S)])
-        assert rel(y, yr) < 1e-12
-        assert torch.autograd.gradcheck(lambda x, As, Bs: lora_linear_routed(x, W, b, As, Bs, sc), (x, As, Bs))
-    print("4. lora_linear_routed = per-sample formula (float64); gradcheck ok")
+
+        def routed(x, As, Bs):
+            Bt = Bs.transpose(1, 2)
+            if b is not None:
+                Bt = torch.cat([Bt, b.view(1, 1, -1).expand(S, 1, -1)], 1)
+            return lora_linear_routed(x, W, As * sc.view(-1, 1, 1), Bt)
+        assert rel(routed(x, As, Bs), yr) < 1e-12
+        assert torch.autograd.gradcheck(routed, (x, As, Bs))
+
+        # grouped: samples 0, 2 share factors 0, samples 1, 3, 4 factors 1 (groups padded to 3 places)
+        src, back, of = torch.tensor([0, 2, 0, 1, 3, 4]), torch.tensor([0, 3, 1, 4, 5]), [0, 1, 0, 1, 1]
+        G_A, G_B = As[:2] * sc[:2].view(-1, 1, 1), Bs[:2]
+        yg_ref = torch.stack([ref(x[i], W, b, As[of[i]], Bs[of[i]], sc[of[i]].item()) for i in range(S)])
+
+        def grouped(x, G_A, G_B):
+            return lora_linear_grouped(x, W, b, G_A, G_B.transpose(1, 2), src, back)
+        assert rel(grouped(x, G_A, G_B), yg_ref) < 1e-12
+        assert torch.autograd.gradcheck(grouped, (x, G_A.detach().requires_grad_(), G_B.detach().requires_grad_()))
+    print("4. lora_linear_routed / lora_linear_grouped = per-sample formula (float64); gradcheck ok")
 
 
 def test_routed_model():
@@ -146,15 +161,18 @@ def test_routed_model():
                 p.normal_(0, 0.1)
     ids = torch.randint(0, 100, (7, 5))
     proj = torch.randn(7, 5, 32)  # loss = <output, proj>: gradients far from rounding noise
-    fast = LoraDelta.__dict__["routed_batch"]
+    fast = LoraDelta.__dict__["routed_plan"]
     for names in (["a", "b", None, "c", "a", "b", "c"], ["a"] * 3 + ["c"] * 4, ["b"] * 7, [None, None, "a", "a", "a", "b", "b"]):
         with torch.no_grad():
             y_fast = am(input_ids=ids, adapter_names=names).last_hidden_state
-            LoraDelta.routed_batch = None  # force the per-group fallback
+            LoraDelta.routed_plan = None  # force the per-group fallback (layers keep no plan then)
+            for m in am.modules():
+                if hasattr(m, "_kept_plan"):
+                    m._kept_plan = None
             try:
                 y_old = am(input_ids=ids, adapter_names=names).last_hidden_state
             finally:
-                LoraDelta.routed_batch = fast
+                LoraDelta.routed_plan = fast
         am.zero_grad(set_to_none=True)
         y = am(input_ids=ids, adapter_names=names).last_hidden_state
         (y * proj).sum().backward()

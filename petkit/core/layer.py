@@ -24,6 +24,9 @@ class Delta(nn.Module):
     saved_tensors() / loaded()     what the adapter file holds (default: the state dict), and the hook run
                                    after a load copied into those tensors (e.g. unpack low-bit codes).
     release()                      undo side effects of building (e.g. hooks on other modules) when removed.
+    routed(base, x, y, rows)       a mixed batch: this delta on the samples `rows`, in place into y.
+    routed_plan(base, x, groups)   optional (a static method): all groups [(delta, rows)] of a mixed batch
+                                   at once, as (x -> y, the tensors it read); see AdaptedLayer._routed_plan.
     """
 
     mergeable = True
@@ -65,6 +68,7 @@ class AdaptedLayer(nn.Module):
         self.deltas = nn.ModuleDict()
         self.path = path
         object.__setattr__(self, "_state", state)  # shared, deliberately not a submodule
+        self._kept_plan = None  # (key, tensors read, their versions, plan) of the last routed forward
 
     def forward(self, x, *args, **kwargs):
         state = self._state
@@ -91,17 +95,14 @@ class AdaptedLayer(nn.Module):
                                  else y_in, y)
 
     def _forward_routed(self, x, args, kwargs):
-        groups = [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]
-        if not groups:
-            return self.base_layer(x, *args, **kwargs)
         if not args and not kwargs and not self._hooked():
-            # A delta type may handle all of its groups in one batched computation (LoRA does).
-            batched = getattr(self.deltas[groups[0][0]], "routed_batch", None)
-            if batched is not None:
-                y = batched(self.base_layer, x, [(self.deltas[n], rows) for n, rows in groups])
-                if y is not None:
-                    return y
+            plan = self._routed_plan(x)
+            if plan is not None:
+                return plan(x)
+        groups = self._groups()
         y = self.base_layer(x, *args, **kwargs)
+        if not groups:
+            return y
         y = y.clone() if y.requires_grad else y  # in-place writes must not clobber a saved tensor
         if torch.is_grad_enabled():
             # A delta that reads y[rows] (a bottleneck on the output, a gate) saves it for backward; a slice
@@ -110,6 +111,50 @@ class AdaptedLayer(nn.Module):
         for name, rows in groups:
             self.deltas[name].routed(self.base_layer, x, y, rows)
         return y
+
+    def _groups(self):
+        return [(n, rows) for n, rows in self._state.routes.items() if n is not None and n in self.deltas]
+
+    def _routed_plan(self, x):
+        """The routing's computation on this layer as one function of x: the base layer when no routed
+        adapter is here, else what the first group's delta type offers (`routed_plan`: LoRA's batched
+        form), or None. Without autograd the plan is kept for the next forwards of the same routing
+        (decoding runs one per token), until anything it read changes: the routing, the deltas here,
+        x's dtype or device, train/eval, the version counter of any tensor it read (in-place updates:
+        optimizer steps, loads, `p.add_()` under no_grad), or a `.to()` / load_state_dict reaching this
+        layer (which may swap tensors without bumping their version). Writes through `.data` are not
+        seen. A kept plan holds what it built (LoRA: copies of the routed adapters' factors) until the
+        next routed forward replaces it."""
+        key = (self._state.route_names, tuple(self.deltas.values()), x.dtype, x.device, self.training)
+        kept = self._kept_plan
+        if kept is not None and kept[0] == key and _versions(kept[1]) == kept[2] and not torch.is_grad_enabled():
+            return kept[3]
+        groups = self._groups()
+        if not groups:
+            plan, read = self.base_layer, []
+        else:
+            # A delta type may handle all of its groups in one batched computation (LoRA does).
+            make = getattr(self.deltas[groups[0][0]], "routed_plan", None)
+            made = make and make(self.base_layer, x, [(self.deltas[n], rows) for n, rows in groups])
+            if not made:
+                return None
+            plan, read = made
+        versions = _versions(read)
+        if not torch.is_grad_enabled() and versions is not None:
+            self._kept_plan = (key, read, versions, plan)
+        return plan
+
+    def _apply(self, fn, *args, **kwargs):
+        self._kept_plan = None  # .to() may swap the tensors a kept plan read without bumping their versions
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kept_plan = None  # so may load_state_dict(assign=True)
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        # A copy (deepcopy, adapt(copy=True)) must not keep a plan that reads the original's tensors.
+        return {**super().__getstate__(), "_kept_plan": None}
 
     def _hooked(self) -> bool:
         """Whether another method hooks base_layer (e.g. a parallel adapter reading its input): the fused
@@ -129,6 +174,13 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, adapters={list(self.deltas)}"
+
+
+def _versions(tensors) -> list[int] | None:
+    try:
+        return [t._version for t in tensors]
+    except RuntimeError:  # inference tensors keep no version counter: nothing can be kept
+        return None
 
 
 def _indices(rows, device) -> torch.Tensor:

@@ -474,11 +474,12 @@ class AdaptedModel(nn.Module):
         for n, rows in groups.items():
             contiguous = rows == list(range(rows[0], rows[-1] + 1))
             routes[n] = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows)
-        previous, self.state.routes = self.state.routes, routes
+        previous = self.state.routes, self.state.route_names
+        self.state.routes, self.state.route_names = routes, tuple(names)
         try:
             yield
         finally:
-            self.state.routes = previous
+            self.state.routes, self.state.route_names = previous
 
     # -- state dict -----------------------------------------------------------------------------
     def state_dict(self, *args, **kwargs):

@@ -26,6 +26,7 @@ class AdapterState:
     disabled: bool = False
     # During a mixed-adapter forward: adapter name (None = base) -> sample indices (LongTensor or slice)
     routes: dict[str | None, "torch.Tensor | slice"] | None = None
+    route_names: tuple | None = None  # the same routing as one adapter name per sample (a cache key)
     # set_active(Sum(...)) etc.: how the active adapters combine, in layers or over the batch (None: stacked)
     composition: "Composition | None" = None
 

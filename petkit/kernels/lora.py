@@ -100,24 +100,43 @@ def lora_linear(x, weight, bias, A, B, scale: float, p: float = 0.0) -> torch.Te
     return _lora_forward(x, weight, bias, A, B, scale, p, keep_u=False)[0]  # no graph: nothing kept for backward
 
 
-def lora_linear_routed(x, weight, bias, As, Bs, scales) -> torch.Tensor:
+def lora_linear_routed(x, weight, As, Bt) -> torch.Tensor:
     """Mixed-adapter batch on one linear layer, in one batched computation instead of a loop.
 
-    x: (S, ..., in) with S samples; As: (S, r, in), Bs: (S, out, r), scales: (S,) — sample i's own
-    adapter factors (zeros for a sample without an adapter here). Returns
-    y_i = x_i W^T + b + scales_i · x_i A_i^T B_i^T.
+    x: (S, ..., in) with S samples; As: (S, r, in) and Bt: (S, r, out), sample i's own factors s_i·A_i
+    and B_i^T (zeros for a sample without an adapter here), Bt with the bias as an extra row (r+1, out)
+    if the layer has one. Returns y_i = x_i W^T + b + s_i · x_i A_i^T B_i^T.
 
     The output buffer is written once by the low-rank product, with the bias folded in as an extra
-    rank-1 term ([s·u, 1] @ [B, b]^T), and the base GEMM then accumulates into it in place. So the
+    rank-1 term ([s·u, 1] @ [B^T; b]), and the base GEMM then accumulates into it in place. So the
     adapters cost one skinny bmm over x and nothing over the (N, out) output: the base layer would
     write the broadcast bias into its output buffer anyway.
     """
     S, out_f, in_f = x.shape[0], weight.shape[0], weight.shape[1]
     x3 = x.reshape(S, -1, in_f)
-    u = torch.bmm(x3, As.transpose(1, 2)) * scales.view(S, 1, 1).to(x.dtype)  # (S, T, r)
-    if bias is not None:
+    u = torch.bmm(x3, As.transpose(1, 2))  # (S, T, r)
+    if Bt.shape[1] > As.shape[1]:  # the bias row
         u = torch.cat([u, u.new_ones(S, u.shape[1], 1)], 2)
-        Bs = torch.cat([Bs, bias.view(1, out_f, 1).expand(S, out_f, 1)], 2)
-    y3 = torch.bmm(u, Bs.transpose(1, 2))
+    y3 = torch.bmm(u, Bt)
+    y3.view(-1, out_f).addmm_(x3.reshape(-1, in_f), weight.t())
+    return y3.view(*x.shape[:-1], out_f)
+
+
+def lora_linear_grouped(x, weight, bias, As, Bt, src, back) -> torch.Tensor:
+    """The same mixed batch with the samples grouped by adapter, for few tokens per sample (decoding).
+
+    As: (G, r, in) and Bt: (G, r, out) hold each group's factors once (s folded into A, no bias row);
+    src: (G·m,) the sample behind each of the m places of every group (groups shorter than m repeat a
+    sample, whose extra result is never read); back: (S,) each sample's place. So the adapters read
+    each distinct adapter's factors once instead of once per sample, at the cost of a gather of x and
+    of the (S, T, out) low-rank result: cheaper when T is small next to the rank.
+    """
+    S, out_f, in_f = x.shape[0], weight.shape[0], weight.shape[1]
+    x3 = x.reshape(S, -1, in_f)
+    T, G = x3.shape[1], As.shape[0]
+    u = torch.bmm(x3.index_select(0, src).view(G, -1, in_f), As.transpose(1, 2))  # (G, m·T, r)
+    y3 = torch.bmm(u, Bt).view(-1, T, out_f).index_select(0, back)  # (S, T, out), a tensor of its own
+    if bias is not None:
+        y3.add_(bias)
     y3.view(-1, out_f).addmm_(x3.reshape(-1, in_f), weight.t())
     return y3.view(*x.shape[:-1], out_f)

@@ -30,7 +30,7 @@ from petkit.core.storage import WEIGHTS_NAME
 from petkit.core.targeting import matches_any
 from petkit.interop.peft_common import short
 from petkit.interop.peft_tuner import TunerFormat, fan_in_fan_out, literal, peft_pattern
-from petkit.kernels.lora import lora_linear, lora_linear_routed
+from petkit.kernels.lora import lora_linear, lora_linear_grouped, lora_linear_routed
 
 INITS = ("kaiming", "gaussian", "pissa")
 
@@ -162,32 +162,25 @@ class LoraDelta(Delta):
             y.index_add_(0, rows, self._low_rank(base, x.index_select(0, rows)).to(y.dtype))
 
     @staticmethod
-    def routed_batch(base, x, groups):
-        """Every LoRA group of a mixed batch on this layer in one batched computation
-        (`lora_linear_routed`): one bmm for all samples' x A_i^T instead of a gather, two GEMMs and a
-        scatter per adapter. `groups` is [(delta, rows)]; returns the layer output, or None when the
-        batched form does not apply (non-linear layer, PiSSA, dropout while training, unequal ranks
-        or dtypes, another delta type) and the caller falls back to `routed` per group."""
+    def routed_plan(base, x, groups):
+        """Every LoRA group of a mixed batch on this layer as one batched computation (`RoutedLora`):
+        two bmm's for all samples instead of a gather, two GEMMs and a scatter per adapter. `groups` is [(delta, rows)]. Returns (x -> y, the tensors it read), or None
+        when the batched form does not apply (non-linear layer, PiSSA, dropout while training, unequal
+        dtypes, another delta type) and the caller falls back to `routed` per group.
+
+        The ops building it are differentiable, so under autograd each adapter gets its gradients;
+        without autograd the layer keeps the plan for the next steps of the same routing
+        (`AdaptedLayer._routed_plan`)."""
         first = groups[0][0]
         if not first.is_linear or x.dim() < 2:
             return None
         W = weight_oi(base)
         for d, _ in groups:
             if (not isinstance(d, LoraDelta) or type(d).routed is not LoraDelta.routed or d.pissa
-                    or (d.p and d.training) or d.A.shape != first.A.shape or d.B.shape != first.B.shape
-                    or d.A.dtype != x.dtype or d.B.dtype != x.dtype or W.dtype != x.dtype):
+                    or (d.p and d.training) or d.A.dtype != x.dtype or d.B.dtype != x.dtype or W.dtype != x.dtype):
                 return None
-        n = x.shape[0]
-        As, Bs, scales = [None] * n, [None] * n, [0.0] * n
-        for d, rows in groups:
-            for i in (range(n)[rows] if isinstance(rows, slice) else rows.tolist()):
-                As[i], Bs[i], scales[i] = d.A, d.B, d.scale
-        if any(a is None for a in As):  # samples without an adapter on this layer: a zero delta
-            zA, zB = torch.zeros_like(first.A), torch.zeros_like(first.B)
-            As = [zA if a is None else a for a in As]
-            Bs = [zB if b is None else b for b in Bs]
-        return lora_linear_routed(x, W, base.bias, torch.stack(As), torch.stack(Bs),
-                                  torch.tensor(scales, dtype=x.dtype, device=x.device))
+        read = [t for d, _ in groups for t in (d.A, d.B)] + ([base.bias] if base.bias is not None else [])
+        return RoutedLora(base, groups, x.shape[0], x.device), read
 
     # -- merging ------------------------------------------------------------------------------
     def delta_weight(self, base):
@@ -201,6 +194,57 @@ class LoraDelta(Delta):
 
     def unmerge(self, base):
         add_to_weight(base, self.delta_weight(base).detach(), sign=-1.0)
+
+
+class RoutedLora:
+    """One routing's LoRA factors on one linear layer: a bank with each group's s·A and B^T once (slot 0:
+    zeros, for samples without an adapter here; lower ranks zero-padded to the largest), laid out per
+    call for whichever kernel reads less: `lora_linear_grouped` (each adapter's factors once, plus a
+    gather of x and of the output) for a few tokens per sample, `lora_linear_routed` (every sample's
+    own factors) for longer sequences."""
+
+    def __init__(self, base, groups, n, device):
+        # Built again whenever the routing changes (a sequence joins or leaves): few ops per adapter.
+        W = weight_oi(base)
+        r = max(d.r for d, _ in groups)
+        slot = [0] * n
+        As, Bs, scales = [W.new_zeros(r, W.shape[1])], [W.new_zeros(W.shape[0], r)], [0.0]
+        for g, (d, rows) in enumerate(groups, 1):
+            for i in (range(n)[rows] if isinstance(rows, slice) else rows.tolist()):
+                slot[i] = g
+            As.append(d.A if d.r == r else F.pad(d.A, (0, 0, 0, r - d.r)))
+            Bs.append(d.B if d.r == r else F.pad(d.B, (0, r - d.r)))
+            scales.append(d.scale)
+        self.base, self.Bt = base, torch.stack(Bs).transpose(1, 2)
+        self.A = torch.stack(As) * torch.tensor(scales, dtype=W.dtype, device=W.device).view(-1, 1, 1)
+        self.slot = torch.tensor(slot, device=device)
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(slot):
+            members.setdefault(g, []).append(i)
+        used = sorted(members)
+        m = max(map(len, members.values()))
+        src = [i for g in used for i in members[g] + members[g][:1] * (m - len(members[g]))]
+        back = [0] * n
+        for k, g in enumerate(used):
+            for j, i in enumerate(members[g]):
+                back[i] = k * m + j
+        self.places = [torch.tensor(t, device=device) for t in (used, src, back)]
+        self.spare = (n - len(used)) * r  # factor rows the per-sample layout reads beyond the grouped one
+        self.grouped = self.per_sample = None  # each layout is built on first use (a prefill, then decoding)
+
+    def __call__(self, x):
+        base, n = self.base, x.shape[0]
+        if n * (x[0].numel() // x.shape[-1]) < self.spare:  # fewer tokens to gather than factor rows to spare
+            if self.grouped is None:
+                used, src, back = self.places
+                self.grouped = (self.A.index_select(0, used), self.Bt.index_select(0, used).contiguous(), src, back)
+            return lora_linear_grouped(x, weight_oi(base), base.bias, *self.grouped)
+        if self.per_sample is None:
+            Bt = self.Bt.index_select(0, self.slot)
+            if base.bias is not None:  # folded in as an extra rank-1 term (see lora_linear_routed)
+                Bt = torch.cat([Bt, base.bias.view(1, 1, -1).expand(n, 1, -1)], 1)
+            self.per_sample = (self.A.index_select(0, self.slot), Bt.contiguous())
+        return lora_linear_routed(x, weight_oi(base), *self.per_sample)
 
 
 def build_lora(base, config: LoraConfig, path: str, model, init: bool = True) -> LoraDelta:
