@@ -43,7 +43,7 @@ def _alone(am, name, run):
 
 
 def _kept(am) -> int:
-    return sum(m._kept_plan is not None for m in am.modules() if isinstance(m, AdaptedLayer))
+    return sum(bool(m._kept_plans) for m in am.modules() if isinstance(m, AdaptedLayer))
 
 
 def _check_encoder(am, batch, names=NAMES):
@@ -155,3 +155,22 @@ def test_gradients_are_each_adapters_own(names, seq_len):
     assert set(got) == set(want) and any(k.endswith(".c.A") for k in want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
+def test_two_alternating_routings_both_keep_their_plans():
+    """A server alternates the newcomers' prefill and the running batch's decode step: neither may evict the
+    other's plan (each rebuild copies every routed adapter's factors), while a third routing evicts the oldest."""
+    am = _adapted(tiny_bert)
+    batch = tiny_batch(am, batch_size=len(NAMES), seq_len=8)
+    layer = next(m for m in am.modules() if isinstance(m, AdaptedLayer) and "a" in m.deltas)
+    routings = [NAMES, ["c", "c", "a", "a", "b", "b"], ["b"] * len(NAMES)]
+    with torch.no_grad():
+        am(**batch, adapter_names=routings[0])
+        am(**batch, adapter_names=routings[1])
+        plans = dict(layer._kept_plans)
+        assert len(plans) == 2
+        am(**batch, adapter_names=routings[0])  # served from its kept plan
+        assert {k: v[2] for k, v in layer._kept_plans.items()} == {k: v[2] for k, v in plans.items()}
+        am(**batch, adapter_names=routings[2])
+        assert len(layer._kept_plans) == 2 and tuple(routings[1]) not in [k[0] for k in layer._kept_plans]
+    _check_encoder(am, batch, routings[2])

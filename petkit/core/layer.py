@@ -13,6 +13,10 @@ from torch import nn
 from petkit.core.module_types import Conv1D
 from petkit.core.state import AdapterState
 
+# Routed plans a layer keeps: a serving loop alternates between two routings, the newcomers' prefill
+# and the running batch's decode step, and each would otherwise evict the other's plan.
+KEPT_PLANS = 2
+
 
 class Delta(nn.Module):
     """One adapter's change to one module.
@@ -68,7 +72,7 @@ class AdaptedLayer(nn.Module):
         self.deltas = nn.ModuleDict()
         self.path = path
         object.__setattr__(self, "_state", state)  # shared, deliberately not a submodule
-        self._kept_plan = None  # (key, tensors read, their versions, plan) of the last routed forward
+        self._kept_plans = {}  # key -> (tensors read, their versions, plan) of the last KEPT_PLANS routings
 
     def forward(self, x, *args, **kwargs):
         state = self._state
@@ -123,12 +127,13 @@ class AdaptedLayer(nn.Module):
         x's dtype or device, train/eval, the version counter of any tensor it read (in-place updates:
         optimizer steps, loads, `p.add_()` under no_grad), or a `.to()` / load_state_dict reaching this
         layer (which may swap tensors without bumping their version). Writes through `.data` are not
-        seen. A kept plan holds what it built (LoRA: copies of the routed adapters' factors) until the
-        next routed forward replaces it."""
+        seen. A kept plan holds what it built (LoRA: copies of the routed adapters' factors) until
+        KEPT_PLANS newer routings have replaced it."""
         key = (self._state.route_names, tuple(self.deltas.values()), x.dtype, x.device, self.training)
-        kept = self._kept_plan
-        if kept is not None and kept[0] == key and _versions(kept[1]) == kept[2] and not torch.is_grad_enabled():
-            return kept[3]
+        kept = self._kept_plans.get(key)
+        if kept is not None and _versions(kept[0]) == kept[1] and not torch.is_grad_enabled():
+            self._kept_plans[key] = self._kept_plans.pop(key)  # now the most recently used
+            return kept[2]
         groups = self._groups()
         if not groups:
             plan, read = self.base_layer, []
@@ -141,20 +146,23 @@ class AdaptedLayer(nn.Module):
             plan, read = made
         versions = _versions(read)
         if not torch.is_grad_enabled() and versions is not None:
-            self._kept_plan = (key, read, versions, plan)
+            self._kept_plans.pop(key, None)
+            self._kept_plans[key] = (read, versions, plan)
+            while len(self._kept_plans) > KEPT_PLANS:
+                del self._kept_plans[next(iter(self._kept_plans))]  # the oldest
         return plan
 
     def _apply(self, fn, *args, **kwargs):
-        self._kept_plan = None  # .to() may swap the tensors a kept plan read without bumping their versions
+        self._kept_plans = {}  # .to() may swap the tensors a kept plan read without bumping their versions
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._kept_plan = None  # so may load_state_dict(assign=True)
+        self._kept_plans = {}  # so may load_state_dict(assign=True)
         super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):
         # A copy (deepcopy, adapt(copy=True)) must not keep a plan that reads the original's tensors.
-        return {**super().__getstate__(), "_kept_plan": None}
+        return {**super().__getstate__(), "_kept_plans": {}}
 
     def _hooked(self) -> bool:
         """Whether another method hooks base_layer (e.g. a parallel adapter reading its input): the fused
