@@ -302,6 +302,20 @@ def warm_up(server: Server, kind: str, texts: list[str], n_adapters: int, max_to
     return time.perf_counter() - started
 
 
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """(ticks the whole machine was busy, ticks of these processes and this one) since boot, from /proc:
+    their difference over a cell is the CPU other work took meanwhile."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    mine = 0
+    for pid in [*pids, "self"]:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+            mine += int(stat[11]) + int(stat[12])  # utime, stime
+    return busy, mine
+
+
 def prometheus_value(text: str, name: str) -> float | None:
     """The value of an unlabelled sample in Prometheus text (None if absent)."""
     match = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.M)
@@ -348,16 +362,22 @@ def run_kind(kind: str, args, work: Path) -> dict:
                         continue
                     requests = requests_of(kind, system, c, args)
                     before = server.metrics()
+                    ticks = cpu_ticks([s.process.pid for s in servers.values()])
                     cell = closed_loop(server.url, kind, mix_names(mix), texts, c, requests, max_tokens)
                     result = asyncio.run(cell)
-                    result.update(system=system, concurrency=c, mix=mix, loadavg=os.getloadavg()[0])
+                    busy, mine = (b - a for a, b in zip(ticks, cpu_ticks([s.process.pid for s in servers.values()])))
+                    hz = os.sysconf("SC_CLK_TCK")
+                    result.update(system=system, concurrency=c, mix=mix, loadavg=os.getloadavg()[0],
+                                  cpu_ours=mine / hz / result["wall_s"],
+                                  cpu_others=max(0, busy - mine) / hz / result["wall_s"])
                     if system == "petkit":
                         result["batch"] = _batch_delta(before, server.metrics(), kind)
                     out["cells"].append(result)
                     log(f"{kind:8} {system:6} C={c:<2} mix={mix:<2} R={requests:<4} {result['wall_s']:6.1f} s "
                         f"{result['requests_per_s']:7.2f} req/s "
                         + (f"{result['tokens_per_s']:7.1f} tok/s " if kind == "generate" else "")
-                        + f"p50 {result['p50_s']:.3f} p99 {result['p99_s']:.3f} load {result['loadavg']:.2f}")
+                        + f"p50 {result['p50_s']:.3f} p99 {result['p99_s']:.3f} load {result['loadavg']:.2f} "
+                        f"cores ours {result['cpu_ours']:.2f} others {result['cpu_others']:.2f}")
         metrics = servers["petkit"].metrics()
         out["petkit_adapters_resident"] = prometheus_value(metrics, "petkit_adapters_resident")
         loads_after = prometheus_value(metrics, "petkit_adapter_loads_total")
@@ -386,6 +406,61 @@ def _batch_delta(before: str, after: str, kind: str) -> dict:
     return {"forwards": forwards, "mean_rows": (b["rows"] - a["rows"]) / forwards if forwards else None,
             "prefills": prefill["forwards"] if prefill else None,
             "mean_prefill_rows": prefill["rows"] / prefill["forwards"] if prefill and prefill["forwards"] else None}
+
+
+# -- where a decode step's time goes -------------------------------------------------------------
+
+def profile_steps(model_id: str, adapter_dir: Path, threads: int, mixes: tuple[int, ...], batches=(1, 8, 32),
+                  prompt: int = 48, steps: int = 5) -> dict:
+    """In-process, no HTTP: the median time of one cached decode step of the served model at each batch
+    size, with the batch's rows routed round robin over each mix's adapters (as the load test's requests
+    are), and torch's profile of the widest batch with the most adapters (the operators that dominate)."""
+    import torch
+    from torch.profiler import profile
+    from transformers import DynamicCache
+
+    from petkit.core.load import load
+    from petkit.core.model import AdaptedModel
+    from petkit.models import load_model
+    from petkit.models.calls import cache_argument
+
+    torch.set_num_threads(threads)
+    model = AdaptedModel(load_model(model_id, task="causal_lm")).eval()
+    for i in range(max(mixes)):
+        load(model, adapter_dir / adapter_name(i), as_name=adapter_name(i))
+    cache_kw = cache_argument(model.base.forward)  # `cache` in newer transformers, else past_key_values
+
+    def step_times(rows: int, names: list, count: int) -> list[float]:
+        vocab = model.base.config.vocab_size
+        ids = torch.randint(min(100, vocab // 2), min(1000, vocab), (rows, prompt), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        cache, times = DynamicCache(), []
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, adapter_names=names,
+                  **{cache_kw: cache})
+            for _ in range(count + 1):  # the first step is not timed
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+                started = time.perf_counter()
+                model(input_ids=ids[:, :1], attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
+                      use_cache=True, logits_to_keep=1, adapter_names=names, **{cache_kw: cache})
+                times.append(time.perf_counter() - started)
+        return times[1:]
+
+    def names_of(mix: int, rows: int) -> list:
+        return [None] * rows if mix == 0 else [adapter_name(i % mix) for i in range(rows)]
+
+    table = {}
+    for rows in batches:
+        for mix in mixes:
+            table[f"{rows} {mix}"] = statistics.median(step_times(rows, names_of(mix, rows), steps)) * 1000
+            log(f"decode step, {rows} rows, mix {mix}: {table[f'{rows} {mix}']:.1f} ms")
+    with profile() as prof:
+        step_times(max(batches), names_of(max(mixes), max(batches)), 2)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    top = [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in ops[:8]]
+    return {"threads": threads, "prompt_tokens": prompt, "step_ms": table, "batches": list(batches),
+            "profiled": f"{max(batches)} rows, mix {max(mixes)}", "top_ops": top, "loadavg": os.getloadavg()[0]}
 
 
 # -- summary, report, plot ------------------------------------------------------------------------
@@ -449,8 +524,8 @@ def render(result: dict, out: Path) -> None:
                   "",
                   "| server | C | adapters | R | wall s | " + ("tokens/s | " if gen else "") +
                   "requests/s | p50 s | p99 s | / base | petkit / naive | rows per " + ("decode step" if gen else "forward")
-                  + " | load |",
-                  "|---|---|---|---|---|" + ("---|" if gen else "") + "---|---|---|---|---|---|---|"]
+                  + " | load | cores: ours / others |",
+                  "|---|---|---|---|---|" + ("---|" if gen else "") + "---|---|---|---|---|---|---|---|"]
         for cell in sorted(part["cells"], key=lambda c: (c["system"] != "petkit", c["concurrency"], c["mix"])):
             batch = cell.get("batch") or {}
             lines.append(
@@ -458,7 +533,8 @@ def render(result: dict, out: Path) -> None:
                 f"{cell['wall_s']:.1f} | " + (f"{cell['tokens_per_s']:.1f} | " if gen else "")
                 + f"{cell['requests_per_s']:.2f} | {cell['p50_s']:.3f} | {cell['p99_s']:.3f} | "
                 f"{_fmt(cell.get('vs_base'), '{:.2f}')} | {_fmt(cell.get('vs_naive'), '{:.2f}x')} | "
-                f"{_fmt(batch.get('mean_rows'), '{:.1f}')} | {cell['loadavg']:.2f} |")
+                f"{_fmt(batch.get('mean_rows'), '{:.1f}')} | {cell['loadavg']:.2f} | "
+                f"{_fmt(cell.get('cpu_ours'), '{:.2f}')} / {_fmt(cell.get('cpu_others'), '{:.2f}')} |")
         lines.append("")
     lines += ["## Targets", "", "| model | what | measured | target | met |", "|---|---|---|---|---|"]
     for t in result["targets"]:
@@ -472,7 +548,24 @@ def render(result: dict, out: Path) -> None:
               "a cell's throughput by the base-only cell of the same server and concurrency; 'petkit / naive' divides "
               "petkit's by the naive server's in the same cell, measured right after it. p99 of R requests is close "
               "to the maximum when R is small. Rows per decode step: the mean batch of petkit's decode forwards "
-              "during the cell, from /metrics.", "", f"R per cell: {json.dumps(result['settings']['requests'])}.", ""]
+              "during the cell, from /metrics. Load: the 1-minute load average after the cell (it counts the benchmark's "
+              "own processes too). Cores: CPU time over the cell's wall time, of the benchmark's processes (client and "
+              "servers) and of everything else on the machine (/proc/stat less ours): 'others' shows how much other "
+              "work shared the 2 cores.", "", f"R per cell: {json.dumps(result['settings']['requests'])}.", ""]
+    prof = result.get("step_profile")
+    if prof:
+        mixes = result["settings"]["mixes"]
+        lines += ["## One decode step, in-process (no HTTP)", "",
+                  f"The generation model with the same adapters, {prof['threads']} threads, a {prof['prompt_tokens']}-token "
+                  "cached prefix, rows routed round robin over the mix's adapters as in the load test; median of a "
+                  f"few steps, load average {prof['loadavg']:.2f}.", "",
+                  "| rows | " + " | ".join("base" if m == 0 else f"{m} adapter{'s' if m > 1 else ''}" for m in mixes) + " | most adapters / base |",
+                  "|---|" + "---|" * (len(mixes) + 1)]
+        for rows in prof["batches"]:
+            times = [prof["step_ms"][f"{rows} {m}"] for m in mixes]
+            lines.append(f"| {rows} | " + " | ".join(f"{t:.1f} ms" for t in times) + f" | {times[-1] / times[0]:.2f} |")
+        lines += ["", f"Where the time of a step with {prof['profiled']} goes (torch profiler, self CPU time): "
+                  + ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["top_ops"]) + ".", ""]
     notes = result.get("notes")
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -523,6 +616,14 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
+def save(result: dict, out: Path, started: float) -> None:
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["wall_s"] = time.perf_counter() - started
+    summarise(result)
+    (out / "serve_load.json").write_text(json.dumps(result, indent=1))
+    render(result, out)
+
+
 def _terminated(signum, _frame):
     raise SystemExit(128 + signum)
 
@@ -536,6 +637,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every cell's R (at least C)")
     parser.add_argument("--no-naive", action="store_true", help="petkit cells only")
     parser.add_argument("--work", type=Path, help="folder for models, adapters and server logs (default: a temp dir)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip timing and profiling single decode steps in-process after the generation cells")
     parser.add_argument("--quick", action="store_true", help="tiny random models, few requests: checks the script runs")
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the .json")
     args = parser.parse_args(argv)
@@ -559,11 +662,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         work = args.work or Path(tmp)
         for kind in kinds:
             result["kinds"].append(run_kind(kind, args, work))
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    result["wall_s"] = time.perf_counter() - started
-    summarise(result)
-    (args.out / "serve_load.json").write_text(json.dumps(result, indent=1))
-    render(result, args.out)
+            save(result, args.out, started)  # what is measured so far, should a later part fail
+        if "generate" in kinds and args.profile:
+            model_id = json.loads((work / "generate" / "built.json").read_text())["model"]
+            result["step_profile"] = profile_steps(model_id, work / "generate" / "adapters", args.threads, mixes,
+                                                   batches=(1, 4) if args.quick else (1, 8, 32),
+                                                   prompt=16 if args.quick else 48)
+    save(result, args.out, started)
     log(f"wrote {args.out / 'serve_load.md'} ({result['wall_s'] / 60:.1f} min)")
     return result
 

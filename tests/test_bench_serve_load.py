@@ -54,6 +54,8 @@ def test_quick_run_measures_every_cell(tmp_path, monkeypatch):
                 assert cell["vs_base"] > 0
         # every adapter stayed on the model: no load time inside the timed cells
         assert part["petkit_adapters_resident"] == max(bench.QUICK_MIXES)
+    steps = result["step_profile"]["step_ms"]
+    assert len(steps) == 2 * len(bench.QUICK_MIXES) and all(ms > 0 for ms in steps.values())
     measured = {(t["kind"], t["what"]) for t in result["targets"]}
     assert any("naive" in what for _, what in measured) and any("loss" in what for _, what in measured)
     markdown = (out / "serve_load.md").read_text()
