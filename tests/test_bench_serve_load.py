@@ -24,7 +24,7 @@ def _module():
     return module
 
 
-@pytest.mark.slow  # ~45 s: four server processes start, load 4 adapters each and take a few hundred requests
+@pytest.mark.slow  # ~20 s on an idle 2-core machine (65 s on a busy one): four server processes, ~100 requests
 @pytest.mark.skipif(not (DATA / "ag_news").is_dir() or not (DATA / "sst2").is_dir(),
                     reason="needs shared/data (PETKIT_DATA_DIR) for the request texts")
 def test_quick_run_measures_every_cell(tmp_path, monkeypatch):
