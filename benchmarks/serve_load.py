@@ -87,7 +87,7 @@ def log(*a) -> None:
 
 # -- models, adapters, inputs ----------------------------------------------------------------------
 
-def build_models(kind: str, work: Path, n_adapters: int, quick: bool) -> str:
+def build_models(kind: str, work: Path, n_adapters: int, quick: bool, targets: str = "all-linear") -> str:
     """Save n_adapters PEFT-format LoRA adapters to work/adapters/a00.. and return the model to serve
     (an alias, or with --quick a tiny random model saved to work/model)."""
     import torch
@@ -97,7 +97,7 @@ def build_models(kind: str, work: Path, n_adapters: int, quick: bool) -> str:
 
     adapters = work / "adapters"
     stamp = work / "built.json"  # the same adapters every time: a --work folder keeps them for the next run
-    settings = {"quick": quick, "n_adapters": n_adapters, "version": 1}
+    settings = {"quick": quick, "n_adapters": n_adapters, "targets": targets, "version": 1}
     if stamp.is_file() and json.loads(stamp.read_text()).get("settings") == settings:
         return json.loads(stamp.read_text())["model"]
     if quick:
@@ -113,7 +113,8 @@ def build_models(kind: str, work: Path, n_adapters: int, quick: bool) -> str:
         base = load_model(model_id, task="causal_lm") if kind == "generate" else \
             load_model(model_id, task="classification", num_labels=2)
     # named "default" so that the PEFT files sit at the folder's top level
-    am = petkit.adapt(base, petkit.LoraConfig(r=16, targets="all-linear"), "default")
+    am = petkit.adapt(base, petkit.LoraConfig(r=16, targets=targets if targets == "all-linear" else targets.split(",")),
+                      "default")
     params = dict(am.adapter_parameters("default"))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -337,7 +338,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
     n_adapters = max(mixes)
     texts, source = inputs(kind, args.quick)
     started = time.perf_counter()
-    model = build_models(kind, work / kind, n_adapters, args.quick)
+    model = build_models(kind, work / kind, n_adapters, args.quick, args.targets)
     built = time.perf_counter() - started
     max_tokens = 8 if args.quick else args.max_tokens
     naive_cells = {} if args.no_naive else (QUICK_NAIVE_CELLS if args.quick else NAIVE_CELLS)[kind]
@@ -503,8 +504,9 @@ def render(result: dict, out: Path) -> None:
     loads = [c["loadavg"] for part in result["kinds"] for c in part["cells"]]
     lines = ["# `petkit serve` under load: adapters in the traffic, against the base alone and naive PEFT", "",
              f"- date {m['date']}; {m['cpu']}; {m['versions']}",
-             f"- server threads {result['settings']['threads']}; client and each server in its own process on the "
-             "same machine (the client's CPU competes with the servers')",
+             f"- adapters: LoRA r=16 on {result['settings'].get('targets', 'all-linear')}; server threads "
+             f"{result['settings']['threads']}; client and each server in its own process on the same machine (the "
+             "client's CPU competes with the servers')",
              f"- load average (1 min) at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}, after "
              f"each cell {min(loads):.2f}-{max(loads):.2f}; wall time {result['wall_s'] / 60:.1f} min"
              + ("; **quick mode: tiny random models, numbers mean nothing**" if result["settings"]["quick"] else ""),
@@ -635,6 +637,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every cell's R (at least C)")
+    parser.add_argument("--targets", default="all-linear",
+                        help="the adapters' LoRA targets: all-linear, or module names such as q_proj,v_proj (PEFT's "
+                             "default for Llama)")
     parser.add_argument("--no-naive", action="store_true", help="petkit cells only")
     parser.add_argument("--work", type=Path, help="folder for models, adapters and server logs (default: a temp dir)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
@@ -655,6 +660,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     concurrency, mixes = cells_of(args)
     result = {"machine": machine(), "kinds": [],
               "settings": {"quick": args.quick, "threads": args.threads, "max_tokens": args.max_tokens,
+                           "targets": args.targets,
                            "scale": args.scale, "concurrency": concurrency, "mixes": mixes,
                            "requests": {f"{k} {s}": {c: requests_of(k, s, c, args) for c in concurrency}
                                         for k in kinds for s in ("petkit", "naive")}}}
