@@ -142,12 +142,7 @@ class AdapterPool:
         return sum(self.resident.values())
 
     def _load(self, name: str, path: Path) -> None:
-        try:
-            load(self.model, path, as_name=name)
-        except PetkitError:
-            raise
-        except Exception as exc:  # a file torch or safetensors cannot read: the model is unchanged (load's contract)
-            raise AdapterFileError(f"could not load adapter {name!r} from {path}: {exc}") from exc
+        load(self.model, path, as_name=name)  # any failure: an AdapterFileError, the model unchanged
         if name in self.model.model_deltas:
             method = self.model.method_of(name).name
             self.model.delete(name)
