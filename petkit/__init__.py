@@ -48,10 +48,11 @@ from petkit.methods.sherl import SherlConfig
 from petkit.methods.svfit import SVFitConfig
 from petkit.methods.telly import TellyConfig
 from petkit.methods.vlpet import VLPetConfig
+from petkit.quant import load_quantized, quantize, save_quantized
 from petkit.version import __version__
 
 __all__ = [
-    "__version__", "adapt", "load", "AdaptedModel", "AdapterConfig", "all_methods", "get_method",
+    "__version__", "adapt", "load", "AdaptedModel", "quantize", "save_quantized", "load_quantized", "AdapterConfig", "all_methods", "get_method",
     "Stack", "Sum", "WeightedSum", "BatchSplit", "Parallel", "Average",
     "LoraConfig", "DoraConfig", "IA3Config", "BitFitConfig", "LayerNormConfig", "FullConfig", "ProbeConfig",
     "BottleneckConfig", "VLPetConfig", "SVFitConfig", "MissConfig", "TellyConfig", "DseeConfig", "SaraConfig",

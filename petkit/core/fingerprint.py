@@ -9,37 +9,49 @@ different checkpoint of the same architecture does not.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 from torch import nn
 
+from petkit.core.module_types import QuantizedLinear
 from petkit.core.targeting import task_head_names
-from petkit.core.unwrapped import base_parameters
+from petkit.core.unwrapped import base_parameters, named_base_modules
 
 SAMPLES_PER_TENSOR = 4
 
 
 def _fingerprinted(model: nn.Module):
-    """The base parameters but the task head's."""
+    """The base parameters but the task head's; a low-bit layer's weight (a buffer of codes) counts as
+    the float weight it stands for, so a quantised copy of a base has the base's fingerprint."""
     heads = tuple(h + "." for h in task_head_names(model))
-    return [(name, p) for name, p in base_parameters(model).items() if not name.startswith(heads)]
+    params = list(base_parameters(model).items())
+    params += [(f"{name}.weight", m) for name, m in named_base_modules(model) if isinstance(m, QuantizedLinear)]
+    return [(name, p) for name, p in params if not name.startswith(heads)]
 
 
 def fingerprint(model: nn.Module) -> dict:
     arch = hashlib.sha256()
     sample: list[float] = []
+    tolerance: list[float] = []
     count = 0
     for name, p in sorted(_fingerprinted(model), key=lambda kv: kv[0]):
-        arch.update(f"{name}:{tuple(p.shape)};".encode())
-        flat = p.detach().reshape(-1)
-        count += flat.numel()
-        if flat.numel() == 0:
+        low_bit = isinstance(p, QuantizedLinear)
+        shape = (p.out_features, p.in_features) if low_bit else tuple(p.shape)
+        arch.update(f"{name}:{shape};".encode())
+        numel = math.prod(shape)
+        count += numel
+        if numel == 0:
             continue  # nothing to sample (and linspace would index out of range)
         # Integer positions: float32 linspace rounds past the end for tensors of > 2**24 elements.
-        last = flat.numel() - 1
-        idx = torch.tensor([i * last // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
-        sample.extend(round(float(v), 6) for v in flat[idx].float())
-    return {"arch": arch.hexdigest()[:16], "num_parameters": count, "sample": sample}
+        idx = torch.tensor([i * (numel - 1) // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
+        values, bounds = p.sample(idx) if low_bit else (p.detach().reshape(-1)[idx], torch.zeros(len(idx)))
+        sample.extend(round(float(v), 6) for v in values.float())
+        tolerance.extend(round(float(v), 6) for v in bounds.float())
+    found = {"arch": arch.hexdigest()[:16], "num_parameters": count, "sample": sample}
+    if any(tolerance):  # only low-bit bases carry one, so float bases' fingerprints read as before
+        found["tolerance"] = tolerance
+    return found
 
 
 def mismatch(saved: dict, current: dict) -> str | None:
@@ -60,10 +72,19 @@ def mismatch(saved: dict, current: dict) -> str | None:
     if a is None or len(a) != len(current["sample"]):
         return "the adapter's base-model fingerprint is malformed"
     b = torch.tensor(current["sample"], dtype=torch.float64)
-    close = (a - b).abs() <= 1e-2 * (a.abs() + b.abs()) + 1e-3
+    rounding = torch.maximum(_tolerance(saved, len(a)), _tolerance(current, len(a)))  # a low-bit base's rounding
+    close = (a - b).abs() <= 1e-2 * (a.abs() + b.abs()) + 1e-3 + rounding
     if close.float().mean() < 0.9:
         return "the base weights differ from those the adapter was trained on (same architecture, other checkpoint)"
     return None
+
+
+def _tolerance(found: dict, n: int) -> torch.Tensor:
+    try:
+        t = torch.tensor([float(v) for v in found.get("tolerance") or [0.0] * n], dtype=torch.float64)
+    except (TypeError, ValueError, OverflowError):
+        t = None
+    return t.abs() if t is not None and len(t) == n and bool(t.isfinite().all()) else torch.zeros(n, dtype=torch.float64)
 
 
 def _short(value) -> str:

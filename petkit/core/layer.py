@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from petkit.core.module_types import Conv1D
+from petkit.core.module_types import Conv1D, QuantizedLinear
 from petkit.core.state import AdapterState
 
 # Routed plans a layer keeps: a serving loop alternates between two routings, the newcomers' prefill
@@ -83,7 +83,8 @@ class AdaptedLayer(nn.Module):
         live = state.live(self.deltas)
         if not live:
             return self.base_layer(x, *args, **kwargs)
-        if len(live) == 1 and self.deltas[live[0]].fused and not args and not kwargs and not self._hooked():
+        if len(live) == 1 and self.deltas[live[0]].fused and not args and not kwargs and not self._hooked() \
+                and not isinstance(self.base_layer, QuantizedLinear):  # a fused pass would keep the float weight
             return self.deltas[live[0]].fused_forward(self.base_layer, x)
         y = self.base_layer(x, *args, **kwargs)
         for name in live:
@@ -200,7 +201,7 @@ def _indices(rows, device) -> torch.Tensor:
 def weight_oi(base: nn.Module) -> torch.Tensor:
     """The base weight as an (out_features, in_features) matrix view (no copy)."""
     w = base.weight
-    if isinstance(base, nn.Linear):
+    if isinstance(base, (nn.Linear, QuantizedLinear)):  # a low-bit layer's weight is a dequantised copy
         return w
     if Conv1D and isinstance(base, Conv1D):  # stored (in, out)
         return w.t()

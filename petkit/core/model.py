@@ -10,6 +10,7 @@ import contextlib
 import copy as copy_module
 import inspect
 import re
+import warnings
 from collections import defaultdict
 
 import torch
@@ -24,6 +25,7 @@ from petkit.core.files import save_adapters
 from petkit.core.fingerprint import fingerprint
 from petkit.core.head import HeadDelta
 from petkit.core.layer import AdaptedLayer
+from petkit.core.module_types import QuantizedLinear
 from petkit.core.model_delta import MODEL_KEY, refuse_routing
 from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
@@ -44,6 +46,7 @@ class AdaptedModel(nn.Module):
         self.state = AdapterState()
         self.base_fingerprint = fingerprint(base)
         self.model_deltas = nn.ModuleDict()            # model-level adapters (prompts, side networks) by name
+        self.merge_errors = {}  # "adapter:layer" -> re-quantisation errors of merges into low-bit layers
 
     def __getattr__(self, name: str):
         """Parameters, buffers and submodules first (nn.Module's lookup), then the wrapped model's own
@@ -319,7 +322,13 @@ class AdaptedModel(nn.Module):
             self.state.disabled = previous
 
     # -- merging --------------------------------------------------------------------------------
-    def merge(self, names=None) -> None:
+    def merge(self, names=None, requantize: bool = False) -> None:
+        """Fold the adapters `names` (default: the active ones) into the base weights.
+
+        Into a low-bit base (petkit.quantize) a merge re-quantises W + ΔW, which rounds away much of a
+        small ΔW; it is refused unless requantize=True, and then `merge_errors` holds, per layer, the
+        relative weight error and the share of the change lost to rounding (a warning sums them up).
+        unmerge() restores the low-bit weights exactly."""
         if self.state.composition is not None and not _merge_compatible(self.state.composition):
             raise StateError(f"{type(self.state.composition).__name__} weighs or splits its adapters, which merging each "
                              "into the weights would not reproduce; merge them with petkit.merge.merge_adapters, or "
@@ -339,9 +348,21 @@ class AdaptedModel(nn.Module):
                 if id(getattr(layer.base_layer, "weight", None)) in tied and delta.delta_weight(layer.base_layer) is not None:
                     raise StateError(f"the weight of {p} is tied to another module (e.g. the output head), so merging "
                                      f"adapter {n!r} would change both; keep it unmerged")
-            for _, layer, delta in self.layers(n):
-                delta.merge(layer.base_layer)
+            low_bit = [p for p, layer, _ in self.layers(n) if isinstance(layer.base_layer, QuantizedLinear)]
+            if low_bit and not requantize:
+                raise StateError(f"adapter {n!r} sits on {len(low_bit)} low-bit layers (e.g. {low_bit[0]}): merging "
+                                 "re-quantises W + ΔW and rounds much of the adapter's change away; keep it unmerged "
+                                 "(it runs on top of the low-bit base), or pass requantize=True to merge anyway")
+            for p, layer, delta in self.layers(n):
+                if isinstance(layer.base_layer, QuantizedLinear):
+                    with layer.base_layer.merging() as record:
+                        delta.merge(layer.base_layer)
+                    self.merge_errors[f"{n}:{p}"] = record
+                else:
+                    delta.merge(layer.base_layer)
             self.state.merged.append(n)
+            if low_bit:
+                _warn_requantized(n, [self.merge_errors[f"{n}:{p}"] for p in low_bit])
 
     def fold(self, name: str = "default") -> None:
         """Compute away a training-only reparametrisation (prefix tuning's MLP): same outputs, fewer
@@ -364,13 +385,18 @@ class AdaptedModel(nn.Module):
 
     def unmerge(self) -> None:
         for n in reversed([n for n in self.state.merged if n not in self.state.selected]):
-            for _, layer, delta in self.layers(n):
-                delta.unmerge(layer.base_layer)
+            for p, layer, delta in self.layers(n):
+                if isinstance(layer.base_layer, QuantizedLinear):
+                    with layer.base_layer.merging(undo=True):
+                        delta.unmerge(layer.base_layer)
+                    self.merge_errors.pop(f"{n}:{p}", None)
+                else:
+                    delta.unmerge(layer.base_layer)
             self.state.merged.remove(n)
 
-    def merge_and_unload(self) -> nn.Module:
+    def merge_and_unload(self, requantize: bool = False) -> nn.Module:
         """Merge the active adapters and return the plain base model (every wrapper removed)."""
-        self.merge()
+        self.merge(requantize=requantize)
         for name in list(self.state.configs):
             self._remove_deltas(name, self.state.modules.get(name, []))
         self.state.configs.clear()
@@ -524,3 +550,10 @@ def adapt(model: nn.Module, config: AdapterConfig, name: str = "default", *, cop
         model = copy_module.deepcopy(model)
     am = model if isinstance(model, AdaptedModel) else AdaptedModel(model)
     return am.add(config, name, trainable=trainable)
+
+
+def _warn_requantized(name: str, records) -> None:
+    worst = max(records, key=lambda r: r.delta_error)
+    warnings.warn(f"adapter {name!r} was merged into {len(records)} low-bit layers by re-quantising: relative weight "
+                  f"error up to {max(r.weight_error for r in records):.3g}, and up to {worst.delta_error:.0%} of the "
+                  "adapter's change lost to rounding (AdaptedModel.merge_errors has each layer's)", stacklevel=3)

@@ -1,0 +1,67 @@
+"""`petkit.quantize`: replace a model's frozen linear layers by low-bit `PackedLinear` layers, in place."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from petkit.core.errors import ConfigError, StateError, TargetError
+from petkit.core.layer import AdaptedLayer, weight_oi
+from petkit.core.module_types import LINEAR_TYPES, QuantizedLinear
+from petkit.core.targeting import resolve_targets
+from petkit.quant.linear import PackedLinear, QuantFormat
+
+DEFAULT_GROUP = 64  # QLoRA's block size
+
+
+def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, scheme: str | None = None,
+             targets=("all-linear",), exclude=()) -> nn.Module:
+    """Store the weights of `targets` (default: every linear layer but the output/task head) at `bits`
+    bits with per-group scales, and return the same model. scheme: "nf4" (the default at 4 bits) or
+    "int" (scale and zero point per group; any of 1, 2, 3, 4, 8 bits).
+
+    All layers are quantised before any is replaced, so on an error the model is left as it was.
+    Quantise before adapting: an adapted model, or one already quantised, is refused.
+    """
+    try:
+        fmt = QuantFormat(scheme or ("nf4" if bits == 4 else "int"), bits, group_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(isinstance(m, AdaptedLayer) for m in model.modules()):
+        raise StateError("this model has adapters; quantise the base model first, then adapt it (petkit.adapt) "
+                         "or load the adapter onto it (petkit.load)")
+    already = [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
+    if already:
+        raise StateError(f"the model is already quantised ({len(already)} low-bit layers, e.g. {already[0]}); "
+                         "quantise a float model")
+    if isinstance(targets, str):
+        targets = (targets,)
+    paths = resolve_targets(model, tuple(targets), tuple(exclude), LINEAR_TYPES)
+    modules = dict(model.named_modules())
+    shared = _shared_weights(model)
+    bad = [f"{p} (in_features={weight_oi(modules[p]).shape[1]})" for p in paths
+           if weight_oi(modules[p]).shape[1] % group_size]
+    if bad:
+        raise ConfigError(f"group_size={group_size} does not divide the input size of {len(bad)} target layers: "
+                          f"{', '.join(bad[:3])}; pick a group size that divides them or exclude those layers")
+    tied = [p for p in paths if id(modules[p].weight) in shared]
+    if tied:
+        raise TargetError(f"the weight of {tied[0]} is shared with another module (tied embeddings); "
+                          "exclude it from quantisation")
+    built = {p: PackedLinear.from_linear(modules[p], fmt, weight_oi(modules[p])) for p in paths}
+    for path, layer in built.items():
+        parent, _, leaf = path.rpartition(".")
+        setattr(modules[parent] if parent else model, leaf, layer)
+    return model
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {i for i, n in owners.items() if n > 1}
+
+
+def quantized_layers(model: nn.Module) -> dict[str, PackedLinear]:
+    """The low-bit layers of a model by path (inside adapter wrappers too)."""
+    return {n.replace(".base_layer", ""): m for n, m in model.named_modules() if isinstance(m, PackedLinear)}

@@ -1,0 +1,139 @@
+"""Saving and loading a quantised base model: packed codes in safetensors, the layer formats in JSON.
+
+A folder holds `quantization.json` ({"format": "petkit-quantized", "version": 1, "layers": {path:
+{scheme, bits, group_size, in_features, out_features, bias}}, "tied": {name: name it shares}}),
+`model.safetensors` (the whole state dict of the base, packed layers as their `codes`, `scales`,
+`zeros` buffers; a tensor shared by two modules is stored once) and, for a transformers model, its
+`config.json`, from which `load_quantized` can rebuild the model on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from petkit.core.errors import AdapterFileError
+from petkit.core.layer import in_out_features
+from petkit.core.module_types import LINEAR_TYPES
+from petkit.core.storage import read_json, read_tensors, write_files
+from petkit.quant.linear import PackedLinear, QuantFormat
+from petkit.quant.quantize import quantized_layers
+
+CONFIG = "quantization.json"
+WEIGHTS = "model.safetensors"
+FORMAT, VERSION = "petkit-quantized", 1
+
+
+def save_quantized(model: nn.Module, folder) -> None:
+    """Write the base model (without any adapter on it) with its low-bit layers packed."""
+    layers = quantized_layers(model)
+    if not layers:
+        raise AdapterFileError("the model has no quantised layers; petkit.quantize(model) first, or save it with "
+                               "save_pretrained")
+    state, tied, seen = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        if ".deltas." in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if tensor.numel() and key in seen:
+            tied[name] = seen[key]
+        else:
+            seen[key] = name
+            state[name] = tensor
+    spec = {"format": FORMAT, "version": VERSION, "tied": tied,
+            "layers": {p: {**m.format.to_dict(), "in_features": m.in_features, "out_features": m.out_features,
+                           "bias": m.bias is not None} for p, m in layers.items()}}
+    files = {CONFIG: spec, WEIGHTS: (state, {"format": "pt"})}
+    if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
+        files["config.json"] = model.config.to_dict()
+    write_files(Path(folder), files)
+
+
+def load_quantized(folder, model: nn.Module | None = None) -> nn.Module:
+    """The quantised model saved in `folder`. With `model` (a float model of the same architecture, e.g.
+    the original) its layers are replaced in place; without, the model is rebuilt from config.json.
+    Everything is checked before the model changes: on an error it is left as it was."""
+    folder = Path(folder)
+    spec = read_json(folder / CONFIG)
+    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        raise AdapterFileError(f"{folder / CONFIG} is not a petkit quantised-model description "
+                               f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
+    if model is None:
+        model = _from_config(folder)
+    tensors, _ = read_tensors(folder / WEIGHTS)
+    modules = dict(model.named_modules())
+    built = {path: _empty_layer(path, entry, modules, folder) for path, entry in _layers(spec, folder).items()}
+    expected = {}
+    for name, tensor in model.state_dict().items():
+        owner = name.rpartition(".")[0]
+        if owner not in built:
+            expected[name] = tensor
+    for path, layer in built.items():
+        expected.update({f"{path}.{k}": t for k, t in layer.state_dict().items()})
+    tied = spec.get("tied") or {}
+    _check_tensors(tensors, expected, tied, folder)
+    for path, layer in built.items():
+        parent, _, leaf = path.rpartition(".")
+        setattr(modules[parent] if parent else model, leaf, layer)
+    model.load_state_dict({**tensors, **{n: tensors[src] for n, src in tied.items()}}, strict=True)
+    return model
+
+
+def _layers(spec: dict, folder: Path) -> dict:
+    layers = spec.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise AdapterFileError(f"{folder / CONFIG} lists no quantised layers")
+    return layers
+
+
+def _empty_layer(path: str, entry, modules: dict, folder: Path) -> PackedLinear:
+    module = modules.get(path)
+    if not isinstance(module, LINEAR_TYPES):
+        found = "no module" if module is None else f"a {type(module).__name__}"
+        raise AdapterFileError(f"{folder} holds a quantised linear layer {path!r}, but the model has {found} there; "
+                               "it was saved from another architecture")
+    try:
+        fmt = QuantFormat(entry["scheme"], entry["bits"], entry["group_size"])
+        in_f, out_f, bias = int(entry["in_features"]), int(entry["out_features"]), bool(entry["bias"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterFileError(f"{folder / CONFIG}: the entry of {path!r} is malformed ({exc})") from None
+    if (in_f, out_f) != in_out_features(module):
+        mine = in_out_features(module)
+        raise AdapterFileError(f"{path} is {in_f}→{out_f} in {folder}, but {mine[0]}→{mine[1]} in this model; "
+                               "the file was saved from a model of another shape")
+    return PackedLinear(in_f, out_f, fmt, bias=bias)
+
+
+def _check_tensors(tensors: dict, expected: dict, tied: dict, folder: Path) -> None:
+    file = folder / WEIGHTS
+    if not isinstance(tied, dict) or any(src not in tensors for src in tied.values()):
+        raise AdapterFileError(f"{folder / CONFIG}: 'tied' names tensors that {file.name} does not hold")
+    present = set(tensors) | set(tied)
+    missing, unexpected = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing or unexpected:
+        what = (f"missing {', '.join(missing[:3])}" if missing else "") + (" and " if missing and unexpected else "") + \
+               (f"unexpected {', '.join(unexpected[:3])}" if unexpected else "")
+        raise AdapterFileError(f"{file} does not fit this model ({what}); it was saved from another architecture")
+    for name, want in expected.items():
+        got = tensors[tied.get(name, name)]
+        if got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
+            raise AdapterFileError(f"{file}: {name} is {got.dtype} {tuple(got.shape)}, the model expects "
+                                   f"{want.dtype} {tuple(want.shape)}; the file is corrupt or from a model of another shape")
+
+
+def _from_config(folder: Path) -> nn.Module:
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    if not (folder / "config.json").is_file():
+        raise AdapterFileError(f"{folder} has no config.json to rebuild the model from; pass the float model: "
+                               "load_quantized(folder, model)")
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise AdapterFileError(f"{folder}/config.json names no transformers model class ({names}); pass the model")
+    with no_init_weights():  # every weight is about to be overwritten
+        return cls._from_config(config)
