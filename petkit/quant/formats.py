@@ -36,7 +36,7 @@ STAT_DTYPES = {"int": torch.float16, "nf4": torch.float32}
 def check_format(scheme: str, bits: int, group_size: int) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    if bits not in SCHEMES[scheme]:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SCHEMES[scheme]:  # 4.0 == 4, True == 1
         raise ValueError(f"the {scheme} scheme takes bits {', '.join(map(str, SCHEMES[scheme]))}, got {bits!r}")
     if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 8 and group_size % 8 == 0):
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size!r}")
