@@ -37,7 +37,9 @@ def fingerprint(model: nn.Module) -> dict:
     count = 0
     for name, p in sorted(_fingerprinted(model), key=lambda kv: kv[0]):
         low_bit = isinstance(p, QuantizedLinear)
-        shape = (p.out_features, p.in_features) if low_bit else tuple(p.shape)
+        flip = low_bit and p.transposed  # fingerprinted as the (in, out) Conv1D weight it replaced
+        shape = ((p.in_features, p.out_features) if flip else (p.out_features, p.in_features)) if low_bit \
+            else tuple(p.shape)
         arch.update(f"{name}:{shape};".encode())
         numel = math.prod(shape)
         count += numel
@@ -45,6 +47,8 @@ def fingerprint(model: nn.Module) -> dict:
             continue  # nothing to sample (and linspace would index out of range)
         # Integer positions: float32 linspace rounds past the end for tensors of > 2**24 elements.
         idx = torch.tensor([i * (numel - 1) // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
+        if flip:  # flat (in, out) positions -> flat (out, in) ones
+            idx = (idx % p.out_features) * p.in_features + idx // p.out_features
         values, bounds = p.sample(idx) if low_bit else (p.detach().reshape(-1)[idx], torch.zeros(len(idx)))
         sample.extend(round(float(v), 6) for v in values.float())
         tolerance.extend(round(float(v), 6) for v in bounds.float())

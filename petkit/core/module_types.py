@@ -22,6 +22,9 @@ class QuantizedLinear(nn.Module):
 
     in_features: int
     out_features: int
+    # The float layer it stands for stored its weight as (in, out) (GPT-2's Conv1D): the fingerprint
+    # reads the weight in that layout, so the quantised copy keeps the float base's fingerprint.
+    transposed: bool = False
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petkit.core.module_types import QuantizedLinear
+from petkit.core.module_types import Conv1D, QuantizedLinear
 from petkit.quant import formats
 
 
@@ -67,6 +67,7 @@ class PackedLinear(QuantizedLinear):
         w = linear.weight if weight is None else weight
         layer = cls(w.shape[1], w.shape[0], fmt, bias=getattr(linear, "bias", None) is not None)
         layer.store(w)
+        layer.transposed = bool(Conv1D) and isinstance(linear, Conv1D)
         if layer.bias is not None:
             layer.bias.data = linear.bias.detach().float().clone()
         return layer

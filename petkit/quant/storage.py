@@ -15,7 +15,7 @@ from torch import nn
 
 from petkit.core.errors import AdapterFileError
 from petkit.core.layer import in_out_features
-from petkit.core.module_types import LINEAR_TYPES
+from petkit.core.module_types import LINEAR_TYPES, Conv1D
 from petkit.core.storage import read_json, read_tensors, write_files
 from petkit.quant.linear import PackedLinear, QuantFormat
 from petkit.quant.quantize import quantized_layers
@@ -103,7 +103,9 @@ def _empty_layer(path: str, entry, modules: dict, folder: Path) -> PackedLinear:
         mine = in_out_features(module)
         raise AdapterFileError(f"{path} is {in_f}→{out_f} in {folder}, but {mine[0]}→{mine[1]} in this model; "
                                "the file was saved from a model of another shape")
-    return PackedLinear(in_f, out_f, fmt, bias=bias)
+    layer = PackedLinear(in_f, out_f, fmt, bias=bias)
+    layer.transposed = bool(Conv1D) and isinstance(module, Conv1D)
+    return layer
 
 
 def _check_tensors(tensors: dict, expected: dict, tied: dict, folder: Path) -> None:
