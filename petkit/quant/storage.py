@@ -27,6 +27,10 @@ FORMAT, VERSION = "petkit-quantized", 1
 
 def save_quantized(model: nn.Module, folder) -> None:
     """Write the base model (without any adapter on it) with its low-bit layers packed."""
+    from petkit.core.model import AdaptedModel
+
+    if isinstance(model, AdaptedModel):  # its base, under the base's own module paths
+        model = model.base
     layers = quantized_layers(model)
     if not layers:
         raise AdapterFileError("the model has no quantised layers; petkit.quantize(model) first, or save it with "
