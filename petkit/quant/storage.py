@@ -51,7 +51,9 @@ def save_quantized(model: nn.Module, folder) -> None:
                            "bias": m.bias is not None} for p, m in layers.items()}}
     files = {CONFIG: spec, WEIGHTS: (state, {"format": "pt"})}
     if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        files["config.json"] = model.config.to_dict()
+        # the class to rebuild: this model's (a config made in memory names none, and a checkpoint's
+        # may name another head than the one it was loaded with), as save_pretrained records it
+        files["config.json"] = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     write_files(Path(folder), files)
 
 
@@ -142,4 +144,6 @@ def _from_config(folder: Path) -> nn.Module:
     if cls is None:
         raise AdapterFileError(f"{folder}/config.json names no transformers model class ({names}); pass the model")
     with no_init_weights():  # every weight is about to be overwritten
-        return cls._from_config(config)
+        model = cls._from_config(config)
+    model.tie_weights()  # no_init_weights skips the tying too (transformers ties in init_weights)
+    return model.eval()  # as from_pretrained returns it
