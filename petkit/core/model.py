@@ -335,9 +335,8 @@ class AdaptedModel(nn.Module):
                              "set_active(name) first")
         names = self.state.active if names is None else ((names,) if isinstance(names, str) else tuple(names))
         self.state.check_names(names)
-        for n in names:
-            if n in self.state.merged:
-                continue
+        todo = [n for n in dict.fromkeys(names) if n not in self.state.merged]
+        for n in todo:  # every refusal before any merge: a refused merge changes nothing
             if n in self.model_deltas:
                 raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged: it acts on the whole "
                                  "model (extra inputs or a side network), not on weights")
@@ -353,6 +352,8 @@ class AdaptedModel(nn.Module):
                 raise StateError(f"adapter {n!r} sits on {len(low_bit)} low-bit layers (e.g. {low_bit[0]}): merging "
                                  "re-quantises W + ΔW and rounds much of the adapter's change away; keep it unmerged "
                                  "(it runs on top of the low-bit base), or pass requantize=True to merge anyway")
+        for n in todo:
+            low_bit = [p for p, layer, _ in self.layers(n) if isinstance(layer.base_layer, QuantizedLinear)]
             for p, layer, delta in self.layers(n):
                 if isinstance(layer.base_layer, QuantizedLinear):
                     with layer.base_layer.merging() as record:
