@@ -435,6 +435,20 @@ def test_merge_is_refused_without_requantize():
     assert torch.equal(logits(am, batch), want)
 
 
+def test_merge_of_several_adapters_is_refused_before_any_merges():
+    """Bug: merge(["a", "b"]) merging a (on float layers) before refusing b (on low-bit layers),
+    leaving a merged behind a refused call."""
+    q = petkit.quantize(MAKERS["llama"](), bits=4, group_size=G, exclude=["q_proj"])
+    am = petkit.adapt(q, petkit.LoraConfig(r=2, targets=["q_proj"]), "a")
+    am.add(petkit.LoraConfig(r=2, targets=["v_proj"]), "b")
+    noisy(am, "a"), noisy(am, "b")
+    before = state(am)
+    with pytest.raises(petkit.StateError, match="'b'"):
+        am.merge(["a", "b"])
+    assert am.state.merged == [] and am.merge_errors == {}
+    assert_same_state(am, before)
+
+
 @pytest.mark.parametrize("family", MAKERS)
 def test_requantized_merge_reports_errors_and_unmerge_is_exact(family):
     """Bug: merge_errors not filled (or not cleared by unmerge), no warning, the delta dropped
