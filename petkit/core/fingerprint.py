@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from petkit.core.module_types import QuantizedLinear
+from petkit.core.module_types import QuantizedWeight
 from petkit.core.targeting import task_head_names
 from petkit.core.unwrapped import base_parameters, named_base_modules
 
@@ -26,7 +26,12 @@ def _fingerprinted(model: nn.Module):
     the float weight it stands for, so a quantised copy of a base has the base's fingerprint."""
     heads = tuple(h + "." for h in task_head_names(model))
     params = list(base_parameters(model).items())
-    params += [(f"{name}.weight", m) for name, m in named_base_modules(model) if isinstance(m, QuantizedLinear)]
+    stored: set[int] = set()
+    for name, m in named_base_modules(model):
+        # a low-bit output head sharing the embedding's codes counts once, as a tied parameter does
+        if isinstance(m, QuantizedWeight) and id(next(m.buffers())) not in stored:
+            stored.add(id(next(m.buffers())))
+            params.append((f"{name}.weight", m))
     return [(name, p) for name, p in params if not name.startswith(heads)]
 
 
@@ -36,10 +41,8 @@ def fingerprint(model: nn.Module) -> dict:
     tolerance: list[float] = []
     count = 0
     for name, p in sorted(_fingerprinted(model), key=lambda kv: kv[0]):
-        low_bit = isinstance(p, QuantizedLinear)
-        flip = low_bit and p.transposed  # fingerprinted as the (in, out) Conv1D weight it replaced
-        shape = ((p.in_features, p.out_features) if flip else (p.out_features, p.in_features)) if low_bit \
-            else tuple(p.shape)
+        low_bit = isinstance(p, QuantizedWeight)
+        shape = p.float_shape() if low_bit else tuple(p.shape)
         arch.update(f"{name}:{shape};".encode())
         numel = math.prod(shape)
         count += numel
@@ -47,8 +50,6 @@ def fingerprint(model: nn.Module) -> dict:
             continue  # nothing to sample (and linspace would index out of range)
         # Integer positions: float32 linspace rounds past the end for tensors of > 2**24 elements.
         idx = torch.tensor([i * (numel - 1) // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
-        if flip:  # flat (in, out) positions -> flat (out, in) ones
-            idx = (idx % p.out_features) * p.in_features + idx // p.out_features
         values, bounds = p.sample(idx) if low_bit else (p.detach().reshape(-1)[idx], torch.zeros(len(idx)))
         sample.extend(round(float(v), 6) for v in values.float())
         tolerance.extend(round(float(v), 6) for v in bounds.float())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petkit.core.module_types import Conv1D, QuantizedLinear
+from petkit.core.module_types import Conv1D, QuantizedEmbedding, QuantizedLinear
 from petkit.quant import formats
 
 
@@ -41,25 +41,78 @@ class MergeRecord:
     delta_error: float = float("nan")   # ‖Q(W') − W'‖ / ‖W' − Ŵ‖: the share of the change lost to rounding
 
 
-class PackedLinear(QuantizedLinear):
-    """Buffers: `codes` (out, packed bytes per row) uint8, `scales` and (int scheme) `zeros` (out, in/G)."""
+class PackedRows:
+    """Storage shared by the packed modules: a (rows, cols) float matrix as buffers `codes` (rows, packed
+    bytes per row) uint8, `scales` and (int scheme) `zeros` (rows, cols/G), groups along rows."""
+
+    def _init_storage(self, rows: int, cols: int, fmt: QuantFormat) -> None:
+        if cols % fmt.group_size:
+            raise ValueError(f"{self._cols_name}={cols} is not divisible by group_size={fmt.group_size}")
+        self.format, self._cols = fmt, cols
+        stat = formats.STAT_DTYPES[fmt.scheme]
+        self.register_buffer("codes", torch.zeros(rows, formats.packed_row_bytes(cols, fmt.bits), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(rows, cols // fmt.group_size, dtype=stat))
+        self.register_buffer("zeros", torch.zeros(rows, cols // fmt.group_size, dtype=stat) if fmt.scheme == "int"
+                             else None)
+
+    @torch.no_grad()
+    def store(self, weight: torch.Tensor) -> None:
+        fmt = self.format
+        codes, scales, zeros = formats.quantize_weight(weight, fmt.scheme, fmt.bits, fmt.group_size)
+        self.codes.copy_(formats.pack(codes, fmt.bits))
+        self.scales.copy_(scales)
+        if zeros is not None:
+            self.zeros.copy_(zeros)
+        self._stored_changed()
+
+    def _stored_changed(self) -> None:
+        pass
+
+    def unpacked_codes(self, rows=None) -> torch.Tensor:
+        codes = self.codes if rows is None else self.codes[rows]
+        return formats.unpack(codes.reshape(-1, codes.shape[-1]), self.format.bits, self._cols)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows=None) -> torch.Tensor:
+        """The float (rows, cols) matrix, or only the given rows (a flat index tensor)."""
+        scales, zeros = (self.scales, self.zeros) if rows is None else \
+            (self.scales[rows], None if self.zeros is None else self.zeros[rows])
+        return formats.dequantize_codes(self.unpacked_codes(rows), scales, zeros, self.format.scheme, dtype)
+
+    def _sample_stored(self, flat_index):
+        values = self.dequantize().reshape(-1)[flat_index]
+        group = self.scales.float().reshape(-1)[flat_index // self.format.group_size]
+        # int: one step (a refit may clamp a group's extremes by up to a step); nf4: half the widest gap
+        # (between -1 and the next level down: 0.304, wider than the top gap 1 - 0.723)
+        bound = group if self.format.scheme == "int" else group * float(formats.NF4.diff().max()) / 2
+        return values, bound
+
+    def nbytes(self) -> int:
+        """Bytes of the stored weight (codes and statistics; not a bias)."""
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros) if t is not None)
+
+
+class PackedLinear(PackedRows, QuantizedLinear):
+    """A frozen linear layer: the (out, in) weight packed (`PackedRows`), a float bias."""
+
+    _cols_name = "in_features"
 
     def __init__(self, in_features: int, out_features: int, fmt: QuantFormat, bias: bool = True):
         super().__init__()
-        if in_features % fmt.group_size:
-            raise ValueError(f"in_features={in_features} is not divisible by group_size={fmt.group_size}")
-        self.in_features, self.out_features, self.format = in_features, out_features, fmt
-        groups = in_features // fmt.group_size
-        stat = formats.STAT_DTYPES[fmt.scheme]
-        self.register_buffer("codes", torch.zeros(out_features, formats.packed_row_bytes(in_features, fmt.bits),
-                                                  dtype=torch.uint8))
-        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=stat))
-        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=stat) if fmt.scheme == "int" else None)
+        self.in_features, self.out_features = in_features, out_features
+        self._init_storage(out_features, in_features, fmt)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.lut = False  # inference through the LUT kernel (see use_lut)
         self._lut_weight = None
         self._merging = None  # the float weight while merging()
         self._undo: list[tuple] = []  # packed states before each merge, for an exact unmerge
+
+    @classmethod
+    def sharing(cls, embedding: "PackedEmbedding") -> "PackedLinear":
+        """An output head tied to a packed embedding: the same buffers, read as an (vocab, dim) weight."""
+        head = cls(embedding.embedding_dim, embedding.num_embeddings, embedding.format, bias=False)
+        for name in ("codes", "scales", "zeros"):
+            setattr(head, name, getattr(embedding, name))
+        return head
 
     @classmethod
     def from_linear(cls, linear: nn.Module, fmt: QuantFormat, weight: torch.Tensor | None = None) -> "PackedLinear":
@@ -73,37 +126,20 @@ class PackedLinear(QuantizedLinear):
         return layer
 
     # -- the weight --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def store(self, weight: torch.Tensor) -> None:
-        fmt = self.format
-        codes, scales, zeros = formats.quantize_weight(weight, fmt.scheme, fmt.bits, fmt.group_size)
-        self.codes.copy_(formats.pack(codes, fmt.bits))
-        self.scales.copy_(scales)
-        if zeros is not None:
-            self.zeros.copy_(zeros)
+    def _stored_changed(self) -> None:
         self._lut_weight = None
-
-    def unpacked_codes(self) -> torch.Tensor:
-        return formats.unpack(self.codes, self.format.bits, self.in_features)
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return formats.dequantize_codes(self.unpacked_codes(), self.scales, self.zeros, self.format.scheme, dtype)
 
     @property
     def weight(self) -> torch.Tensor:
         return self._merging if self._merging is not None else self.dequantize()
 
-    def sample(self, flat_index):
-        values = self.dequantize().reshape(-1)[flat_index]
-        group = self.scales.float().reshape(-1)[flat_index // self.format.group_size]
-        # int: one step (a refit may clamp a group's extremes by up to a step); nf4: half the widest gap
-        # (between -1 and the next level down: 0.304, wider than the top gap 1 - 0.723)
-        bound = group if self.format.scheme == "int" else group * float(formats.NF4.diff().max()) / 2
-        return values, bound
+    def float_shape(self):
+        return (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
 
-    def nbytes(self) -> int:
-        """Bytes of the stored weight (codes and statistics; not the bias)."""
-        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros) if t is not None)
+    def sample(self, flat_index):
+        if self.transposed:  # flat (in, out) positions -> flat (out, in) ones
+            flat_index = (flat_index % self.out_features) * self.in_features + flat_index // self.out_features
+        return self._sample_stored(flat_index)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,22 +198,73 @@ class PackedLinear(QuantizedLinear):
                 f"scheme={f.scheme}, bits={f.bits}, group_size={f.group_size}{', lut' if self.lut else ''}")
 
 
+# Rows of the float weight dequantised at once: a large layer (a 49k-token output head is 113 MB in fp32)
+# is multiplied block by block, so the transient float weight stays near 4 MB whatever the layer's size.
+BLOCK_ELEMENTS = 1 << 20
+
+
 class PackedLinearFn(torch.autograd.Function):
-    """y = x Wᵀ + b with W dequantised in forward and again in backward; nothing float is saved but x's
-    shape. No gradient for W (frozen); the bias gets one if it asks."""
+    """y = x Wᵀ + b with W dequantised in forward and again in backward; nothing float is saved. No
+    gradient for W (frozen); the bias gets one if it asks."""
 
     @staticmethod
     def forward(ctx, x, layer: PackedLinear, bias):
         ctx.layer = layer
-        w = layer.dequantize(x.dtype)
-        y = torch.matmul(x, w.t())
+        rows = _row_blocks(layer)
+        if len(rows) == 1:
+            y = torch.matmul(x, layer.dequantize(x.dtype).t())
+        else:
+            y = x.new_empty(*x.shape[:-1], layer.out_features)
+            for block in rows:
+                torch.matmul(x, layer.dequantize(x.dtype, rows=block).t(), out=y[..., block])
         return y if bias is None else y.add_(bias.to(y.dtype))
 
     @staticmethod
     def backward(ctx, grad):
         grad_x = grad_bias = None
+        layer = ctx.layer
         if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(grad, ctx.layer.dequantize(grad.dtype))
+            for block in _row_blocks(layer):
+                part = torch.matmul(grad[..., block], layer.dequantize(grad.dtype, rows=block))
+                grad_x = part if grad_x is None else grad_x.add_(part)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, None, grad_bias
+
+
+def _row_blocks(layer: PackedLinear) -> list:
+    step = max(1, BLOCK_ELEMENTS // layer.in_features)
+    if step >= layer.out_features:
+        return [slice(None)]
+    return [slice(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
+
+
+class PackedEmbedding(PackedRows, QuantizedEmbedding):
+    """A frozen embedding table, packed; a lookup dequantises only the rows it reads."""
+
+    _cols_name = "embedding_dim"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, fmt: QuantFormat, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_storage(num_embeddings, embedding_dim, fmt)
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, fmt: QuantFormat) -> "PackedEmbedding":
+        packed = cls(embedding.num_embeddings, embedding.embedding_dim, fmt, embedding.padding_idx)
+        packed.store(embedding.weight)
+        return packed
+
+    def float_shape(self):
+        return (self.num_embeddings, self.embedding_dim)
+
+    def sample(self, flat_index):
+        return self._sample_stored(flat_index)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        return self.dequantize(rows=flat).view(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        f = self.format
+        return f"{self.num_embeddings}, {self.embedding_dim}, scheme={f.scheme}, bits={f.bits}, group_size={f.group_size}"

@@ -6,18 +6,20 @@ from torch import nn
 
 from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.layer import AdaptedLayer, weight_oi
-from petkit.core.module_types import LINEAR_TYPES, QuantizedLinear
+from petkit.core.module_types import LINEAR_TYPES, QuantizedWeight
 from petkit.core.targeting import resolve_targets
-from petkit.quant.linear import PackedLinear, QuantFormat
+from petkit.quant.linear import PackedEmbedding, PackedLinear, PackedRows, QuantFormat
 
 DEFAULT_GROUP = 64  # QLoRA's block size
 
 
 def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, scheme: str | None = None,
-             targets=("all-linear",), exclude=()) -> nn.Module:
+             targets=("all-linear",), exclude=(), embeddings: bool = False) -> nn.Module:
     """Store the weights of `targets` (default: every linear layer but the output/task head) at `bits`
     bits with per-group scales, and return the same model. scheme: "nf4" (the default at 4 bits) or
-    "int" (scale and zero point per group; any of 1, 2, 3, 4, 8 bits).
+    "int" (scale and zero point per group; any of 1, 2, 3, 4, 8 bits). embeddings=True also packs the
+    input embedding table in the same format, and an output head tied to it shares its codes (on a
+    small model with a large vocabulary that table is most of what stays float).
 
     All layers are quantised before any is replaced, so on an error the model is left as it was.
     Quantise before adapting: an adapted model, or one already quantised, is refused.
@@ -29,7 +31,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, s
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise StateError("this model has adapters; quantise the base model first, then adapt it (petkit.adapt) "
                          "or load the adapter onto it (petkit.load)")
-    already = [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
+    already = [n for n, m in model.named_modules() if isinstance(m, QuantizedWeight)]
     if already:
         raise StateError(f"the model is already quantised ({len(already)} low-bit layers, e.g. {already[0]}); "
                          "quantise a float model")
@@ -48,10 +50,29 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, s
         raise TargetError(f"the weight of {tied[0]} is shared with another module (tied embeddings); "
                           "exclude it from quantisation")
     built = {p: PackedLinear.from_linear(modules[p], fmt, weight_oi(modules[p])) for p in paths}
+    if embeddings:
+        built.update(_packed_embeddings(model, modules, fmt))
     for path, layer in built.items():
         parent, _, leaf = path.rpartition(".")
         setattr(modules[parent] if parent else model, leaf, layer)
     return model
+
+
+def _packed_embeddings(model: nn.Module, modules: dict, fmt: QuantFormat) -> dict:
+    """{path: packed module} for the input embedding table and an output head tied to it."""
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(table, nn.Embedding):
+        raise TargetError(f"embeddings=True needs a model with an nn.Embedding input table "
+                          f"(get_input_embeddings), {type(model).__name__} has {type(table).__name__}")
+    if table.embedding_dim % fmt.group_size:
+        raise ConfigError(f"group_size={fmt.group_size} does not divide the embedding size {table.embedding_dim}")
+    paths = {id(m): n for n, m in modules.items()}
+    packed = PackedEmbedding.from_embedding(table, fmt)
+    built = {paths[id(table)]: packed}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is table.weight:
+        built[paths[id(head)]] = PackedLinear.sharing(packed)
+    return built
 
 
 def _shared_weights(model: nn.Module) -> set[int]:
@@ -62,6 +83,6 @@ def _shared_weights(model: nn.Module) -> set[int]:
     return {i for i, n in owners.items() if n > 1}
 
 
-def quantized_layers(model: nn.Module) -> dict[str, PackedLinear]:
-    """The low-bit layers of a model by path (inside adapter wrappers too)."""
-    return {n.replace(".base_layer", ""): m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+def quantized_layers(model: nn.Module) -> dict[str, PackedRows]:
+    """The low-bit modules of a model by path (inside adapter wrappers too)."""
+    return {n.replace(".base_layer", ""): m for n, m in model.named_modules() if isinstance(m, PackedRows)}

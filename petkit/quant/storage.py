@@ -17,7 +17,7 @@ from petkit.core.errors import AdapterFileError
 from petkit.core.layer import in_out_features
 from petkit.core.module_types import LINEAR_TYPES, Conv1D
 from petkit.core.storage import read_json, read_tensors, write_files
-from petkit.quant.linear import PackedLinear, QuantFormat
+from petkit.quant.linear import PackedEmbedding, PackedLinear, QuantFormat
 from petkit.quant.quantize import quantized_layers
 
 CONFIG = "quantization.json"
@@ -47,14 +47,23 @@ def save_quantized(model: nn.Module, folder) -> None:
             seen[key] = name
             state[name] = tensor
     spec = {"format": FORMAT, "version": VERSION, "tied": tied,
-            "layers": {p: {**m.format.to_dict(), "in_features": m.in_features, "out_features": m.out_features,
-                           "bias": m.bias is not None} for p, m in layers.items()}}
+            "layers": {p: _entry(m, layers) for p, m in layers.items()}}
     files = {CONFIG: spec, WEIGHTS: (state, {"format": "pt"})}
     if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
         # the class to rebuild: this model's (a config made in memory names none, and a checkpoint's
         # may name another head than the one it was loaded with), as save_pretrained records it
         files["config.json"] = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     write_files(Path(folder), files)
+
+
+def _entry(module, layers: dict) -> dict:
+    if isinstance(module, PackedEmbedding):
+        return {**module.format.to_dict(), "kind": "embedding", "num_embeddings": module.num_embeddings,
+                "embedding_dim": module.embedding_dim, "padding_idx": module.padding_idx}
+    entry = {**module.format.to_dict(), "in_features": module.in_features, "out_features": module.out_features,
+             "bias": module.bias is not None}
+    shares = [p for p, m in layers.items() if isinstance(m, PackedEmbedding) and m.codes is module.codes]
+    return {**entry, "shares": shares[0]} if shares else entry
 
 
 def load_quantized(folder, model: nn.Module | None = None) -> nn.Module:
@@ -70,7 +79,10 @@ def load_quantized(folder, model: nn.Module | None = None) -> nn.Module:
         model = _from_config(folder)
     tensors, _ = read_tensors(folder / WEIGHTS)
     modules = dict(model.named_modules())
-    built = {path: _empty_layer(path, entry, modules, folder) for path, entry in _layers(spec, folder).items()}
+    built = {}
+    # embeddings first: a tied output head is built on the embedding's buffers
+    for path, entry in sorted(_layers(spec, folder).items(), key=lambda kv: kv[1].get("kind") != "embedding"):
+        built[path] = _empty_layer(path, entry, modules, built, folder)
     expected = {}
     for name, tensor in model.state_dict().items():
         owner = name.rpartition(".")[0]
@@ -94,22 +106,33 @@ def _layers(spec: dict, folder: Path) -> dict:
     return layers
 
 
-def _empty_layer(path: str, entry, modules: dict, folder: Path) -> PackedLinear:
+def _empty_layer(path: str, entry, modules: dict, built: dict, folder: Path):
     module = modules.get(path)
-    if not isinstance(module, LINEAR_TYPES):
+    embedding = isinstance(entry, dict) and entry.get("kind") == "embedding"
+    if not isinstance(module, nn.Embedding if embedding else LINEAR_TYPES):
         found = "no module" if module is None else f"a {type(module).__name__}"
-        raise AdapterFileError(f"{folder} holds a quantised linear layer {path!r}, but the model has {found} there; "
-                               "it was saved from another architecture")
+        raise AdapterFileError(f"{folder} holds a quantised {'embedding' if embedding else 'linear layer'} {path!r}, "
+                               f"but the model has {found} there; it was saved from another architecture")
     try:
         fmt = QuantFormat(entry["scheme"], entry["bits"], entry["group_size"])
-        in_f, out_f, bias = int(entry["in_features"]), int(entry["out_features"]), bool(entry["bias"])
+        if embedding:
+            shape, mine = (int(entry["num_embeddings"]), int(entry["embedding_dim"])), tuple(module.weight.shape)
+        else:
+            shape, mine = (int(entry["in_features"]), int(entry["out_features"])), in_out_features(module)
+            bias, shares = bool(entry["bias"]), entry.get("shares")
     except (KeyError, TypeError, ValueError) as exc:
         raise AdapterFileError(f"{folder / CONFIG}: the entry of {path!r} is malformed ({exc})") from None
-    if (in_f, out_f) != in_out_features(module):
-        mine = in_out_features(module)
-        raise AdapterFileError(f"{path} is {in_f}→{out_f} in {folder}, but {mine[0]}→{mine[1]} in this model; "
+    if shape != mine:
+        raise AdapterFileError(f"{path} is {shape[0]}×{shape[1]} in {folder}, but {mine[0]}×{mine[1]} in this model; "
                                "the file was saved from a model of another shape")
-    layer = PackedLinear(in_f, out_f, fmt, bias=bias)
+    if embedding:
+        return PackedEmbedding(*shape, fmt, entry.get("padding_idx"))
+    if shares is not None:
+        if not isinstance(built.get(shares), PackedEmbedding) or bias or built[shares].format != fmt:
+            raise AdapterFileError(f"{folder / CONFIG}: {path!r} shares the codes of {shares!r}, which is not a "
+                                   "quantised embedding of the same format")
+        return PackedLinear.sharing(built[shares])
+    layer = PackedLinear(*shape, fmt, bias=bias)
     layer.transposed = bool(Conv1D) and isinstance(module, Conv1D)
     return layer
 
