@@ -1,0 +1,274 @@
+// T-MAC-style LUT matmul for 1-4 bit weights: int8 tables per activation row, 32 rows per
+// _mm256_shuffle_epi8, int16 accumulation, fp32 scales. Layout: petkit/kernels/lut/pack.py.
+//
+// Build: plain -O3. The AVX2 kernel carries its own target attribute and runs only after a runtime
+// CPU check, so nothing else in this file is compiled for AVX2 and the scalar path runs anywhere.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PETKIT_X86 1
+#endif
+
+namespace {
+
+constexpr int kTile = 32;  // rows per tile
+constexpr int kStep = 8;   // activations per step: two 4-activation tables, one per 128-bit lane
+// int16 accumulators are flushed at least every 64 activations (8 steps). Bound: a step adds at
+// most 127 * (1+2+4+8) = 1905 per int16 lane and per table group; 8 steps -> 15240 per lane, and the
+// two lanes folded together -> 30480 < 32767, so no overflow for any b <= 4.
+constexpr int kMaxFlush = 64;
+
+struct Problem {
+  int64_t K, G, A, F;  // in_features, weight group, activation (table-scale) group, flush block
+  int bits;
+};
+
+// Tables of one activation row: tbl[j*16 + c] = round(T_j[c] / s), s = max sum|a| / 127 over the
+// activation group. The same float operations, in the same order, as reference.py.
+void build_tables(const float* x, const Problem& p, int8_t* tbl, float* lut_scale) {
+  const int64_t J = p.K / 4, per_group = p.A / 4;
+  for (int64_t a0 = 0, ga = 0; a0 < J; a0 += per_group, ++ga) {
+    const int64_t a1 = std::min(J, a0 + per_group);
+    float peak = 0.f;
+    for (int64_t j = a0; j < a1; ++j) {
+      const float* g = x + 4 * j;
+      peak = std::max(peak, ((std::fabs(g[0]) + std::fabs(g[1])) + std::fabs(g[2])) + std::fabs(g[3]));
+    }
+    const float inv = peak > 0.f ? 127.f / peak : 0.f;
+    lut_scale[ga] = peak / 127.f;
+    for (int64_t j = a0; j < a1; ++j) {
+      const float* g = x + 4 * j;
+      for (int c = 0; c < 8; ++c) {  // mirror consolidation: entries 8..15 are -entries 7..0
+        float t = (c & 1) ? g[0] : -g[0];
+        t = t + ((c & 2) ? g[1] : -g[1]);
+        t = t + ((c & 4) ? g[2] : -g[2]);
+        t = t + (-g[3]);
+        const float q = std::min(127.f, std::max(-127.f, std::nearbyint(t * inv)));
+        tbl[16 * j + c] = static_cast<int8_t>(q);
+        tbl[16 * j + 15 - c] = static_cast<int8_t>(-q);
+      }
+    }
+  }
+}
+
+// Portable kernel over the same layout, for CPUs without AVX2 and as a check of the SIMD one.
+void tile_scalar(const int8_t* tbl, const float* lut_scale, const float* gsum, const uint8_t* w,
+                 const float* sc, const float* zr, const Problem& p, float* out) {
+  float y[kTile] = {0.f};
+  const int64_t groups = p.K / p.G;
+  for (int64_t g = 0; g < groups; ++g) {
+    float gacc[kTile] = {0.f};
+    for (int64_t f0 = g * p.G; f0 < (g + 1) * p.G; f0 += p.F) {
+      int32_t acc[kTile] = {0};
+      for (int64_t s = f0 / kStep; s < (f0 + p.F) / kStep; ++s) {
+        const int8_t* t = tbl + 32 * s;
+        const uint8_t* wp = w + 32 * p.bits * s;
+        int plane = 0;
+        for (; plane + 1 < p.bits; plane += 2) {  // pair units
+          for (int v = 0; v < 2; ++v, wp += 32) {
+            for (int b = 0; b < 32; ++b) {
+              const int lane = b / 16, q = (b % 16) / 2, weight = 1 << (plane + b % 2);
+              acc[16 * v + q] += weight * t[16 * lane + (wp[b] & 15)];
+              acc[16 * v + 8 + q] += weight * t[16 * lane + (wp[b] >> 4)];
+            }
+          }
+        }
+        if (plane < p.bits) {  // lone last plane
+          for (int b = 0; b < 32; ++b) {
+            const int lane = b / 16, q = (b % 16) / 2, par = b % 2;
+            acc[8 * par + q] += (1 << plane) * t[16 * lane + (wp[b] & 15)];
+            acc[16 + 8 * par + q] += (1 << plane) * t[16 * lane + (wp[b] >> 4)];
+          }
+        }
+      }
+      const float ls = lut_scale[f0 / p.A];
+      for (int r = 0; r < kTile; ++r) gacc[r] += static_cast<float>(acc[r]) * ls;
+    }
+    for (int r = 0; r < kTile; ++r) {
+      const float hs = 0.5f * sc[32 * g + r];  // alpha_0 = 1/2: the plane weights above are 2^i
+      y[r] += gacc[r] * hs;
+      y[r] += ((zr ? zr[32 * g + r] : 0.f) - hs) * gsum[g];  // zero point and the -1/2 sum(a) bias
+    }
+  }
+  std::copy(y, y + kTile, out);
+}
+
+#ifdef PETKIT_X86
+template <int BITS>
+__attribute__((target("avx2,fma"))) void tile_avx2(const int8_t* tbl, const float* lut_scale,
+                                                   const float* gsum, const uint8_t* w,
+                                                   const float* sc, const float* zr, const Problem& p,
+                                                   float* out) {
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  // maddubs multipliers (unsigned) for the plane pairs (0,1), (2,3) and the lone plane's even/odd bytes
+  const __m256i pair01 = _mm256_set1_epi16(0x0201), pair23 = _mm256_set1_epi16(0x0804);
+  constexpr int lone = BITS - 1;
+  const __m256i lone_even = _mm256_set1_epi16(static_cast<int16_t>(1 << lone));
+  const __m256i lone_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << lone) << 8));
+  __m256 y[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  const int64_t groups = p.K / p.G, steps_per_flush = p.F / kStep;
+  const uint8_t* wp = w;
+  const int8_t* tp = tbl;
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t f0 = g * p.G; f0 < (g + 1) * p.G; f0 += p.F) {
+      __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+      for (int64_t s = 0; s < steps_per_flush; ++s, tp += 32) {
+        const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp));
+        for (int u = 0; u < BITS / 2; ++u) {
+          const __m256i mult = u == 0 ? pair01 : pair23;
+          for (int v = 0; v < 2; ++v, wp += 32) {
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+            const __m256i lo = _mm256_shuffle_epi8(t, _mm256_and_si256(wv, nibble));
+            const __m256i hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble));
+            acc[2 * v] = _mm256_add_epi16(acc[2 * v], _mm256_maddubs_epi16(mult, lo));
+            acc[2 * v + 1] = _mm256_add_epi16(acc[2 * v + 1], _mm256_maddubs_epi16(mult, hi));
+          }
+        }
+        if (BITS % 2) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+          wp += 32;
+          const __m256i lo = _mm256_shuffle_epi8(t, _mm256_and_si256(wv, nibble));
+          const __m256i hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble));
+          acc[0] = _mm256_add_epi16(acc[0], _mm256_maddubs_epi16(lone_even, lo));
+          acc[1] = _mm256_add_epi16(acc[1], _mm256_maddubs_epi16(lone_odd, lo));
+          acc[2] = _mm256_add_epi16(acc[2], _mm256_maddubs_epi16(lone_even, hi));
+          acc[3] = _mm256_add_epi16(acc[3], _mm256_maddubs_epi16(lone_odd, hi));
+        }
+      }
+      const __m256 ls = _mm256_set1_ps(lut_scale[f0 / p.A]);
+      for (int a = 0; a < 4; ++a) {  // fold the two lanes (two table groups, same rows), widen
+        const __m128i folded = _mm_add_epi16(_mm256_castsi256_si128(acc[a]), _mm256_extracti128_si256(acc[a], 1));
+        gacc[a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(folded)), ls, gacc[a]);
+      }
+    }
+    const __m256 half = _mm256_set1_ps(0.5f), sum = _mm256_set1_ps(gsum[g]);
+    for (int a = 0; a < 4; ++a) {
+      const __m256 hs = _mm256_mul_ps(half, _mm256_loadu_ps(sc + 32 * g + 8 * a));
+      const __m256 z = zr ? _mm256_loadu_ps(zr + 32 * g + 8 * a) : _mm256_setzero_ps();
+      y[a] = _mm256_fmadd_ps(gacc[a], hs, y[a]);
+      y[a] = _mm256_fmadd_ps(_mm256_sub_ps(z, hs), sum, y[a]);
+    }
+  }
+  for (int a = 0; a < 4; ++a) _mm256_storeu_ps(out + 8 * a, y[a]);
+}
+#endif
+
+using TileFn = void (*)(const int8_t*, const float*, const float*, const uint8_t*, const float*,
+                        const float*, const Problem&, float*);
+
+int64_t best_isa() {  // 0 = scalar, 1 = AVX2
+#ifdef PETKIT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+  return 0;
+}
+
+TileFn pick_kernel(int64_t isa, int bits) {
+#ifdef PETKIT_X86
+  if (isa >= 1 && best_isa() >= 1) {
+    switch (bits) {
+      case 1: return tile_avx2<1>;
+      case 2: return tile_avx2<2>;
+      case 3: return tile_avx2<3>;
+      default: return tile_avx2<4>;
+    }
+  }
+#endif
+  return tile_scalar;
+}
+
+Problem make_problem(int64_t K, int64_t G, int64_t A, int64_t bits) {
+  TORCH_CHECK(bits >= 1 && bits <= 4, "bits must be 1..4");
+  TORCH_CHECK(G % kStep == 0 && K % G == 0, "K must be a multiple of group_size, a multiple of 8");
+  TORCH_CHECK(A > 0 && A % kStep == 0, "act_group_size must be a positive multiple of 8");
+  return Problem{K, G, A, std::gcd(std::gcd(G, A), static_cast<int64_t>(kMaxFlush)), static_cast<int>(bits)};
+}
+
+std::vector<torch::Tensor> quantized_tables(torch::Tensor x, int64_t act_group_size) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) % 4 == 0);
+  x = x.contiguous();
+  const int64_t N = x.size(0), K = x.size(1), A = act_group_size;
+  const Problem p{K, K, A, 0, 1};
+  auto tbl = torch::empty({N, K / 4, 16}, torch::kInt8);
+  auto ls = torch::empty({N, (K + A - 1) / A}, torch::kFloat32);
+  for (int64_t n = 0; n < N; ++n)
+    build_tables(x.data_ptr<float>() + n * K, p, tbl.data_ptr<int8_t>() + n * K * 4,
+                 ls.data_ptr<float>() + n * ls.size(1));
+  return {tbl, ls};
+}
+
+// y (N, M) = x (N, K) @ W^T for the packed weight. isa: highest instruction set to use.
+torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales,
+                       c10::optional<torch::Tensor> zeros, int64_t bits, int64_t M, int64_t group_size,
+                       int64_t act_group_size, int64_t isa) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 (N, K)");
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() && packed.dim() == 3);
+  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.is_contiguous());
+  x = x.contiguous();
+  const int64_t N = x.size(0), K = x.size(1), tiles = packed.size(0);
+  const Problem p = make_problem(K, group_size, act_group_size, bits);
+  TORCH_CHECK(packed.size(1) == K / kStep && packed.size(2) == kTile * bits, "packed weight does not fit x");
+  TORCH_CHECK(tiles * kTile >= M && M > (tiles - 1) * kTile, "M does not fit the packed weight");
+  const float* zr = nullptr;
+  if (zeros.has_value()) {
+    TORCH_CHECK(zeros->is_contiguous() && zeros->sizes() == scales.sizes());
+    zr = zeros->data_ptr<float>();
+  }
+  const int64_t groups = K / p.G, act_groups = (K + p.A - 1) / p.A;
+  auto tbl = torch::empty({N, K / 4, 16}, torch::kInt8);
+  auto lut_scale = torch::empty({N, act_groups}, torch::kFloat32);
+  auto gsum = torch::empty({N, groups}, torch::kFloat32);
+  const float* xp = x.data_ptr<float>();
+  int8_t* tblp = tbl.data_ptr<int8_t>();
+  float* lsp = lut_scale.data_ptr<float>();
+  float* gsp = gsum.data_ptr<float>();
+  at::parallel_for(0, N, 4, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      build_tables(xp + n * K, p, tblp + n * K * 4, lsp + n * act_groups);
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* xg = xp + n * K + g * p.G;
+        float s = 0.f;
+        for (int64_t k = 0; k < p.G; ++k) s += xg[k];
+        gsp[n * groups + g] = s;
+      }
+    }
+  });
+  auto y = torch::empty({N, M}, torch::kFloat32);
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const float* scp = scales.data_ptr<float>();
+  const TileFn kernel = pick_kernel(isa, p.bits);
+  const int64_t tile_bytes = (K / kStep) * kTile * bits, work_per_tile = (K / kStep) * bits * N;
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, work_per_tile));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    float out[kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rows = std::min<int64_t>(kTile, M - t * kTile);
+      for (int64_t n = 0; n < N; ++n) {  // the weight tile stays in L1 across activation rows
+        kernel(tblp + n * K * 4, lsp + n * act_groups, gsp + n * groups, wp + t * tile_bytes,
+               scp + t * groups * kTile, zr ? zr + t * groups * kTile : nullptr, p, out);
+        std::copy(out, out + rows, yp + n * M + t * kTile);
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lut_gemm", &lut_gemm, "y = x @ W^T for a LUT-packed low-bit weight");
+  m.def("quantized_tables", &quantized_tables, "int8 tables and their scales, as lut_gemm builds them");
+  m.def("best_isa", &best_isa, "0 = portable scalar, 1 = AVX2");
+}

@@ -1,0 +1,44 @@
+"""`lut_matmul`: y = x @ Wᵀ for a `LutWeight`, on the native kernel or the PyTorch reference."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from petkit.core.errors import KernelUnavailable
+from petkit.kernels.lut import native
+from petkit.kernels.lut.pack import LutWeight
+from petkit.kernels.lut.reference import lut_reference
+
+BACKENDS = ("auto", "native", "reference")
+ISA = {"scalar": 0, "avx2": 1}
+_warned = False
+
+
+def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_size: int = 64,
+               isa: str = "best") -> torch.Tensor:
+    """x (..., K) float → y (..., M) float32, no bias. Tables are int8 with one scale per
+    `act_group_size` activations (a multiple of 8). `isa="scalar"` forces the portable C++ path."""
+    global _warned
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features but the weight expects K={w.in_features}")
+    if act_group_size <= 0 or act_group_size % 8:
+        raise ValueError(f"act_group_size must be a positive multiple of 8, got {act_group_size!r}")
+    if backend == "reference":
+        return lut_reference(x, w, act_group_size)
+    try:
+        ext = native.load()
+    except KernelUnavailable as e:
+        if backend == "native":
+            raise
+        if not _warned:
+            warnings.warn(f"{e} — using the PyTorch reference instead (slow)", RuntimeWarning, stacklevel=2)
+            _warned = True
+        return lut_reference(x, w, act_group_size)
+    x2 = x.reshape(-1, w.in_features).to(torch.float32)
+    y = ext.lut_gemm(x2, w.packed, w.scales, w.zeros, w.bits, w.out_features, w.group_size,
+                     act_group_size, ISA.get(isa, 1))
+    return y.view(*x.shape[:-1], w.out_features)
