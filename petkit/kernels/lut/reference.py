@@ -32,7 +32,8 @@ def quantize_tables(tables: torch.Tensor, x: torch.Tensor, act_group_size: int):
     per_group = act_group_size // 4
     pad = (-reach.shape[1]) % per_group
     peak = torch.nn.functional.pad(reach, (0, pad)).view(x.shape[0], -1, per_group).amax(-1)
-    inv = torch.where(peak > 0, 127.0 / peak, torch.zeros_like(peak))
+    # a true division: `127.0 / peak` is reciprocal-then-multiply in PyTorch, rounded twice
+    inv = torch.where(peak > 0, torch.full_like(peak, 127.0) / peak, torch.zeros_like(peak))
     inv_per_table = inv.repeat_interleave(per_group, dim=1)[:, : tables.shape[1], None]
     return torch.round(tables * inv_per_table).clamp(-127, 127), peak / 127.0
 
