@@ -20,25 +20,29 @@ def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_s
                isa: str = "best") -> torch.Tensor:
     """x (..., K) float → y (..., M) float32, no bias. Tables are int8 with one scale per
     `act_group_size` activations (a multiple of 8). `isa="scalar"` forces the portable C++ path."""
-    global _warned
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features but the weight expects K={w.in_features}")
     if act_group_size <= 0 or act_group_size % 8:
         raise ValueError(f"act_group_size must be a positive multiple of 8, got {act_group_size!r}")
-    if backend == "reference":
-        return lut_reference(x, w, act_group_size)
+    if backend != "reference":
+        ext = native._loaded.get("module") or _load(backend)
+        if ext is not None:  # leading dimensions of x are kept by the kernel
+            return ext.lut_gemm(x if x.dtype == torch.float32 else x.float(), w.packed, w.scales, w.zeros,
+                                w.bits, w.out_features, w.group_size, act_group_size, ISA.get(isa, 1))
+    return lut_reference(x, w, act_group_size)
+
+
+def _load(backend: str):
+    """The extension, or None (after one warning per process) when "auto" has to fall back."""
+    global _warned
     try:
-        ext = native.load()
+        return native.load()
     except KernelUnavailable as e:
         if backend == "native":
             raise
         if not _warned:
-            warnings.warn(f"{e} — using the PyTorch reference instead (slow)", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{e} — using the PyTorch reference instead (slow)", RuntimeWarning, stacklevel=3)
             _warned = True
-        return lut_reference(x, w, act_group_size)
-    x2 = x.reshape(-1, w.in_features).to(torch.float32)
-    y = ext.lut_gemm(x2, w.packed, w.scales, w.zeros, w.bits, w.out_features, w.group_size,
-                     act_group_size, ISA.get(isa, 1))
-    return y.view(*x.shape[:-1], w.out_features)
+        return None

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -212,11 +213,11 @@ std::vector<torch::Tensor> quantized_tables(torch::Tensor x, int64_t act_group_s
 torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales,
                        c10::optional<torch::Tensor> zeros, int64_t bits, int64_t M, int64_t group_size,
                        int64_t act_group_size, int64_t isa) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 (N, K)");
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == torch::kFloat32, "x must be float32 (..., K)");
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() && packed.dim() == 3);
   TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.is_contiguous());
   x = x.contiguous();
-  const int64_t N = x.size(0), K = x.size(1), tiles = packed.size(0);
+  const int64_t K = x.size(-1), N = x.numel() / std::max<int64_t>(K, 1), tiles = packed.size(0);
   const Problem p = make_problem(K, group_size, act_group_size, bits);
   TORCH_CHECK(packed.size(1) == K / kStep && packed.size(2) == kTile * bits, "packed weight does not fit x");
   TORCH_CHECK(tiles * kTile >= M && M > (tiles - 1) * kTile, "M does not fit the packed weight");
@@ -226,13 +227,13 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
     zr = zeros->data_ptr<float>();
   }
   const int64_t groups = K / p.G, act_groups = (K + p.A - 1) / p.A;
-  auto tbl = torch::empty({N, K / 4, 16}, torch::kInt8);
-  auto lut_scale = torch::empty({N, act_groups}, torch::kFloat32);
-  auto gsum = torch::empty({N, groups}, torch::kFloat32);
+  // scratch: int8 tables, their scales and the per-group activation sums of every row
+  std::unique_ptr<int8_t[]> tbl(new int8_t[N * K * 4]);  // no zero fill: every entry is written
+  std::vector<float> lut_scale(N * act_groups), gsum(N * groups);
   const float* xp = x.data_ptr<float>();
-  int8_t* tblp = tbl.data_ptr<int8_t>();
-  float* lsp = lut_scale.data_ptr<float>();
-  float* gsp = gsum.data_ptr<float>();
+  int8_t* tblp = tbl.get();
+  float* lsp = lut_scale.data();
+  float* gsp = gsum.data();
   at::parallel_for(0, N, 4, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       build_tables(xp + n * K, p, tblp + n * K * 4, lsp + n * act_groups);
@@ -244,7 +245,9 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
       }
     }
   });
-  auto y = torch::empty({N, M}, torch::kFloat32);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = M;
+  auto y = torch::empty(out_shape, torch::kFloat32);
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float* scp = scales.data_ptr<float>();
