@@ -12,25 +12,28 @@ from petkit.kernels.lut.pack import LutWeight
 from petkit.kernels.lut.reference import lut_reference
 
 BACKENDS = ("auto", "native", "reference")
-ISA = {"scalar": 0, "avx2": 1}
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2, "best": 2}
 _warned = False
 
 
 def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_size: int = 64,
                isa: str = "best") -> torch.Tensor:
     """x (..., K) float → y (..., M) float32, no bias. Tables are int8 with one scale per
-    `act_group_size` activations (a multiple of 8). `isa="scalar"` forces the portable C++ path."""
+    `act_group_size` activations (a multiple of 8). `isa` caps the native instruction set: "best" (default), "avx512", "avx2" or "scalar"
+    (the portable C++ path); the CPU's own limit always applies."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if x.shape[-1] != w.in_features:
         raise ValueError(f"x has {x.shape[-1]} features but the weight expects K={w.in_features}")
+    if isa not in ISA:
+        raise ValueError(f"isa must be one of {', '.join(ISA)}, got {isa!r}")
     if act_group_size <= 0 or act_group_size % 8:
         raise ValueError(f"act_group_size must be a positive multiple of 8, got {act_group_size!r}")
     if backend != "reference":
         ext = native._loaded.get("module") or _load(backend)
         if ext is not None:  # leading dimensions of x are kept by the kernel
             return ext.lut_gemm(x if x.dtype == torch.float32 else x.float(), w.packed, w.scales, w.zeros,
-                                w.bits, w.out_features, w.group_size, act_group_size, ISA.get(isa, 1))
+                                w.bits, w.out_features, w.group_size, act_group_size, ISA[isa])
     return lut_reference(x, w, act_group_size)
 
 

@@ -69,8 +69,9 @@ def _build():
             # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers; without it, 1 thread.
             extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # compiler errors, missing headers, a broken toolchain
-        raise KernelUnavailable(f"building the LUT kernel in {build_dir} failed ({type(e).__name__}: "
-                                f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); {_FALLBACK}") from e
+        lines = str(e).strip().splitlines() or [repr(e)]
+        why = next((line for line in lines if "error" in line.lower()), lines[-1])
+        raise KernelUnavailable(f"building the LUT kernel in {build_dir} failed ({why.strip()}); {_FALLBACK}") from e
 
 
 def available() -> bool:
