@@ -33,33 +33,70 @@ struct Problem {
   int64_t tile_bytes;  // packed bytes per 32-row tile
 };
 
-// Tables of one activation row: tbl[j*16 + c] = round(T_j[c] / s), s = max sum|a| / 127 over the
-// activation group. The same float operations, in the same order, as reference.py.
-void build_tables(const float* x, const Problem& p, int8_t* tbl, float* lut_scale) {
-  const int64_t J = p.K / 4, per_group = p.A / 4;
+// Round half to even, as torch.round, without a libm call (std::nearbyint is one on baseline x86-64):
+// adding and subtracting 1.5 * 2^23 rounds in the FPU's default mode, exact for |v| < 2^22.
+inline float round_even(float v) {
+  volatile float big = 12582912.f;  // volatile: keep the compiler from folding (v + big) - big to v
+  return (v + big) - big;
+}
+
+// The largest possible |entry| of each activation group's tables: s = max sum|a| / 127.
+void table_scales(const float* x, int64_t J, int64_t per_group, float* lut_scale, float* inv) {
   for (int64_t a0 = 0, ga = 0; a0 < J; a0 += per_group, ++ga) {
-    const int64_t a1 = std::min(J, a0 + per_group);
     float peak = 0.f;
-    for (int64_t j = a0; j < a1; ++j) {
+    for (int64_t j = a0; j < std::min(J, a0 + per_group); ++j) {
       const float* g = x + 4 * j;
       peak = std::max(peak, ((std::fabs(g[0]) + std::fabs(g[1])) + std::fabs(g[2])) + std::fabs(g[3]));
     }
-    const float inv = peak > 0.f ? 127.f / peak : 0.f;
+    inv[ga] = peak > 0.f ? 127.f / peak : 0.f;
     lut_scale[ga] = peak / 127.f;
-    for (int64_t j = a0; j < a1; ++j) {
-      const float* g = x + 4 * j;
-      for (int c = 0; c < 8; ++c) {  // mirror consolidation: entries 8..15 are -entries 7..0
-        float t = (c & 1) ? g[0] : -g[0];
-        t = t + ((c & 2) ? g[1] : -g[1]);
-        t = t + ((c & 4) ? g[2] : -g[2]);
-        t = t + (-g[3]);
-        const float q = std::min(127.f, std::max(-127.f, std::nearbyint(t * inv)));
-        tbl[16 * j + c] = static_cast<int8_t>(q);
-        tbl[16 * j + 15 - c] = static_cast<int8_t>(-q);
-      }
+  }
+}
+
+// Tables of one activation row: tbl[j*16 + c] = round(T_j[c] / s). The same float operations, in
+// the same order, as reference.py, so the int8 entries are identical.
+void build_tables_scalar(const float* x, const Problem& p, int8_t* tbl, float* lut_scale) {
+  const int64_t J = p.K / 4, per_group = p.A / 4;
+  std::vector<float> inv((J + per_group - 1) / per_group);
+  table_scales(x, J, per_group, lut_scale, inv.data());
+  for (int64_t j = 0; j < J; ++j) {
+    const float* g = x + 4 * j;
+    for (int c = 0; c < 8; ++c) {  // mirror consolidation: entries 8..15 are -entries 7..0
+      float t = (c & 1) ? g[0] : -g[0];
+      t = t + ((c & 2) ? g[1] : -g[1]);
+      t = t + ((c & 4) ? g[2] : -g[2]);
+      t = t + (-g[3]);
+      const float q = std::min(127.f, std::max(-127.f, round_even(t * inv[j / per_group])));
+      tbl[16 * j + c] = static_cast<int8_t>(q);
+      tbl[16 * j + 15 - c] = static_cast<int8_t>(-q);
     }
   }
 }
+
+#ifdef PETKIT_X86
+// The same tables, 8 entries per instruction (cvtps_epi32 rounds half to even by default).
+__attribute__((target("avx2,fma"))) void build_tables_avx2(const float* x, const Problem& p, int8_t* tbl,
+                                                             float* lut_scale) {
+  const int64_t J = p.K / 4, per_group = p.A / 4;
+  std::vector<float> inv((J + per_group - 1) / per_group);
+  table_scales(x, J, per_group, lut_scale, inv.data());
+  const __m256 s0 = _mm256_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1), s1 = _mm256_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1);
+  const __m256 s2 = _mm256_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1);
+  const __m128i reverse16 = _mm_setr_epi8(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+  for (int64_t j = 0; j < J; ++j) {
+    const float* g = x + 4 * j;
+    __m256 t = _mm256_mul_ps(_mm256_set1_ps(g[0]), s0);  // products with +-1 are exact, so the
+    t = _mm256_fmadd_ps(_mm256_set1_ps(g[1]), s1, t);     // fused adds round like the scalar sums
+    t = _mm256_fmadd_ps(_mm256_set1_ps(g[2]), s2, t);
+    t = _mm256_sub_ps(t, _mm256_set1_ps(g[3]));
+    const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(t, _mm256_set1_ps(inv[j / per_group])));
+    const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i mirrored = _mm_shuffle_epi8(_mm_sub_epi16(_mm_setzero_si128(), q16), reverse16);
+    const __m128i q8 = _mm_max_epi8(_mm_packs_epi16(q16, mirrored), _mm_set1_epi8(-127));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(tbl + 16 * j), q8);
+  }
+}
+#endif
 
 // Portable kernel over the same layout, for CPUs without AVX2 and as a check of the SIMD one.
 void tile_scalar(const int8_t* tbl, const float* lut_scale, const float* gsum, const uint8_t* w,
@@ -246,6 +283,15 @@ __attribute__((target("avx512f,avx512bw,avx2,fma"))) void tile_pair_avx512(
 using TileFn = void (*)(const int8_t*, const float*, const float*, const uint8_t*, const float*,
                         const float*, const Problem&, float*);
 
+int64_t best_isa();
+
+void build_tables(const float* x, const Problem& p, int8_t* tbl, float* lut_scale, int64_t isa) {
+#ifdef PETKIT_X86
+  if (std::min(isa, best_isa()) >= 1) return build_tables_avx2(x, p, tbl, lut_scale);
+#endif
+  build_tables_scalar(x, p, tbl, lut_scale);
+}
+
 int64_t best_isa() {  // 0 = scalar, 1 = AVX2, 2 = AVX-512BW
 #ifdef PETKIT_X86
   __builtin_cpu_init();
@@ -282,7 +328,7 @@ Problem make_problem(int64_t K, int64_t G, int64_t A, int64_t bits) {
                  (K / kStep) * kTile * bits};
 }
 
-std::vector<torch::Tensor> quantized_tables(torch::Tensor x, int64_t act_group_size) {
+std::vector<torch::Tensor> quantized_tables(torch::Tensor x, int64_t act_group_size, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) % 4 == 0);
   x = x.contiguous();
   const int64_t N = x.size(0), K = x.size(1), A = act_group_size;
@@ -291,7 +337,7 @@ std::vector<torch::Tensor> quantized_tables(torch::Tensor x, int64_t act_group_s
   auto ls = torch::empty({N, (K + A - 1) / A}, torch::kFloat32);
   for (int64_t n = 0; n < N; ++n)
     build_tables(x.data_ptr<float>() + n * K, p, tbl.data_ptr<int8_t>() + n * K * 4,
-                 ls.data_ptr<float>() + n * ls.size(1));
+                 ls.data_ptr<float>() + n * ls.size(1), isa);
   return {tbl, ls};
 }
 
@@ -322,7 +368,7 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
   float* gsp = gsum.data();
   at::parallel_for(0, N, 4, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      build_tables(xp + n * K, p, tblp + n * K * 4, lsp + n * act_groups);
+      build_tables(xp + n * K, p, tblp + n * K * 4, lsp + n * act_groups, isa);
       for (int64_t g = 0; g < groups; ++g) {
         const float* xg = xp + n * K + g * p.G;
         float s = 0.f;
