@@ -12,15 +12,17 @@ from petkit.kernels.lut.pack import LutWeight
 from petkit.kernels.lut.reference import lut_reference
 
 BACKENDS = ("auto", "native", "reference")
-ISA = {"scalar": 0, "avx2": 1, "avx512": 2, "best": 2}
+# AVX-512BW is opt-in: on this repo's AMD EPYC test machine (512-bit ops double-pumped) it measured
+# no faster than AVX2 (benchmarks/results/lut_gemm.md).
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
 _warned = False
 
 
 def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_size: int = 64,
-               isa: str = "best") -> torch.Tensor:
+               isa: str = "avx2") -> torch.Tensor:
     """x (..., K) float → y (..., M) float32, no bias. Tables are int8 with one scale per
-    `act_group_size` activations (a multiple of 8). `isa` caps the native instruction set: "best" (default), "avx512", "avx2" or "scalar"
-    (the portable C++ path); the CPU's own limit always applies."""
+    `act_group_size` activations (a multiple of 8). `isa` caps the native instruction set: "avx2"
+    (default), "avx512" or "scalar" (the portable C++ path); the CPU's own limit always applies."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if x.shape[-1] != w.in_features:
