@@ -123,6 +123,17 @@ def test_native_matches_reference(ext, bits):
             assert rel_err(y, lut_reference(x, w, act_group)) < 1e-5, (M, K, G, with_zeros, N, isa, act_group)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_native_worst_case_sums_do_not_overflow_int16(ext, isa):
+    # Every lookup at the largest entry (+127) and every plane bit set: the int16 accumulators reach
+    # their bound, 127 · 15 per table group, 16 table groups (64 activations) between flushes.
+    K = 512
+    w = pack_lut(torch.full((64, K), 15), torch.ones(64, K // 128), None, 4, 128)
+    x = torch.ones(2, K)
+    y = lut_matmul(x, w, backend="native", act_group_size=128, isa=isa)
+    assert torch.allclose(y, torch.full((2, 64), 7.0 * K), rtol=1e-6)
+
+
 def test_native_int8_nmse_and_leading_dims(ext):
     w, dense = random_weight(256, 512, 2, 128, with_zeros=True, seed=7)
     x = torch.randn(2, 3, 512)
