@@ -387,7 +387,9 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
   const int64_t per_item = kernels.pair ? 2 : 1;  // tiles per work item
   const int64_t items = (tiles + per_item - 1) / per_item;
   const int64_t work_per_item = (K / kStep) * bits * N * per_item;
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, work_per_item));
+  // A work unit (one plane of one 32-row tile over 8 activations) is ~1 ns; a thread team costs a few
+  // us to start and join, so only hand a thread at least ~8 us of work (small GEMVs stay serial).
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, work_per_item));
   at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
     float out[2 * kTile];
     for (int64_t t = i0 * per_item; t < std::min(tiles, i1 * per_item);) {
