@@ -166,29 +166,39 @@ def render_md(res) -> str:
 
 
 def plot(res, path):
+    """GEMV (N = 1) time against bits, one panel per shape, 1 thread: wall clock and CPU time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gemv = [c for c in res["cases"] if c["N"] == 1]
-    shapes = list(dict.fromkeys((c["M"], c["K"], c["role"]) for c in gemv))
-    fig, axes = plt.subplots(1, len(shapes), figsize=(3.2 * len(shapes), 3.4), squeeze=False)
-    for ax, (M, K, role) in zip(axes[0], shapes):
-        for c in (c for c in gemv if (c["M"], c["K"]) == (M, K)):
-            style = "-" if c["threads"] == 1 else "--"
-            t = c["threads"]
-            ax.plot(BITS, [c["ms"][f"lut_b{b}"] for b in BITS], "o" + style, color="C0", label=f"LUT, {t}t")
-            ax.axhline(c["ms"]["dequant"], color="C1", ls=style, label=f"dequant+matmul, {t}t")
-            ax.axhline(c["ms"]["fp32"], color="C2", ls=style, label=f"fp32 F.linear, {t}t")
-        ax.set_title(f"{M}x{K} ({role}), N=1", fontsize=9)
+    gemv = [c for c in res["cases"] if c["N"] == 1 and c["threads"] == 1]
+    cols = min(3, len(gemv))
+    rows = -(-len(gemv) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, c in zip(axes.flat, gemv):
+        ax.plot(BITS, [c["ms"][f"lut_b{b}"] for b in BITS], "o-", color="C0", label="LUT kernel (wall)")
+        ax.plot(BITS, [c["cpu_ms"][f"lut_b{b}"] for b in BITS], "o:", color="C0", label="LUT kernel (CPU time)")
+        ax.axhline(c["ms"]["dequant"], color="C1", label="dequantise + F.linear")
+        ax.axhline(c["ms"]["fp32"], color="C2", label="fp32 F.linear")
+        ax.set_title(f"{c['M']}x{c['K']} ({c['role']}), N=1, 1 thread", fontsize=9)
         ax.set_xlabel("weight bits")
         ax.set_xticks(BITS)
         ax.set_yscale("log")
-    axes[0][0].set_ylabel("ms per call (log)")
-    axes[0][-1].legend(fontsize=6)
+        ax.set_ylabel("ms per call (log)")
+    for ax in list(axes.flat)[len(gemv):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_reports(res, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lut_gemm.json").write_text(json.dumps(res, indent=1))
+    (out / "lut_gemm.md").write_text(render_md(res))
+    plot(res, out / "lut_gemm.png")
+    log(f"wrote {out}/lut_gemm.{{json,md,png}}")
 
 
 def main(argv=None):
@@ -197,7 +207,14 @@ def main(argv=None):
     ap.add_argument("--lm-head", action="store_true", help="also time the 49152x576 LM head")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--report-only", action="store_true", help="re-render .md and .png from the .json in --out")
     args = ap.parse_args(argv)
+    if args.report_only:
+        res = json.loads((Path(args.out) / "lut_gemm.json").read_text())
+        for c in res["cases"]:  # JSON turned the bit keys into strings
+            for key in ("lut_over_dequant", "lut_over_fp32"):
+                c[key] = {int(b): v for b, v in c[key].items()}
+        return write_reports(res, Path(args.out))
     shapes = QUICK_SHAPES if args.quick else SHAPES + ([LM_HEAD] if args.lm_head else [])
     batches = QUICK_BATCHES if args.quick else BATCHES
     rounds = args.rounds or (3 if args.quick else 41)
@@ -210,12 +227,7 @@ def main(argv=None):
     machine["loadavg_end"] = os.getloadavg()
     res.update(machine=machine, rounds=rounds, quick=args.quick,
                isa="avx2" if native.load().best_isa() >= 1 else "scalar")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lut_gemm.json").write_text(json.dumps(res, indent=1))
-    (out / "lut_gemm.md").write_text(render_md(res))
-    plot(res, out / "lut_gemm.png")
-    log(f"wrote {out}/lut_gemm.{{json,md,png}}")
+    write_reports(res, Path(args.out))
 
 
 if __name__ == "__main__":
