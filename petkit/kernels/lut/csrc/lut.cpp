@@ -31,6 +31,7 @@ struct Problem {
   int64_t K, G, A, F;  // in_features, weight group, activation (table-scale) group, flush block
   int bits;
   int64_t tile_bytes;  // packed bytes per 32-row tile
+  int64_t tbl_stride = 0, ls_stride = 0, gs_stride = 0;  // per activation row: tables, their scales, sums
 };
 
 // Round half to even, as torch.round, without a libm call (std::nearbyint is one on baseline x86-64):
@@ -141,7 +142,10 @@ void tile_scalar(const int8_t* tbl, const float* lut_scale, const float* gsum, c
 }
 
 #ifdef PETKIT_X86
-template <int BITS>
+// NB activation rows at once (NB = 2 in a GEMM): each weight vector is loaded and split into
+// nibbles once and looked up in every row's tables. Row r reads tbl + r * p.tbl_stride etc. and
+// writes out + 32 r.
+template <int BITS, int NB>
 __attribute__((target("avx2,fma"))) void tile_avx2(const int8_t* tbl, const float* lut_scale,
                                                    const float* gsum, const uint8_t* w,
                                                    const float* sc, const float* zr, const Problem& p,
@@ -152,53 +156,69 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const int8_t* tbl, const floa
   constexpr int lone = BITS - 1;
   const __m256i lone_even = _mm256_set1_epi16(static_cast<int16_t>(1 << lone));
   const __m256i lone_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << lone) << 8));
-  __m256 y[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 y[NB][4];
+  for (int r = 0; r < NB; ++r)
+    for (int a = 0; a < 4; ++a) y[r][a] = _mm256_setzero_ps();
   const int64_t groups = p.K / p.G, steps_per_flush = p.F / kStep;
   const uint8_t* wp = w;
   const int8_t* tp = tbl;
   for (int64_t g = 0; g < groups; ++g) {
-    __m256 gacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 gacc[NB][4];
+    for (int r = 0; r < NB; ++r)
+      for (int a = 0; a < 4; ++a) gacc[r][a] = _mm256_setzero_ps();
     for (int64_t f0 = g * p.G; f0 < (g + 1) * p.G; f0 += p.F) {
-      __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                        _mm256_setzero_si256()};
+      __m256i acc[NB][4];
+      for (int r = 0; r < NB; ++r)
+        for (int a = 0; a < 4; ++a) acc[r][a] = _mm256_setzero_si256();
       for (int64_t s = 0; s < steps_per_flush; ++s, tp += 32) {
-        const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp));
+        __m256i t[NB];
+        for (int r = 0; r < NB; ++r) t[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + r * p.tbl_stride));
         for (int u = 0; u < BITS / 2; ++u) {
           const __m256i mult = u == 0 ? pair01 : pair23;
           for (int v = 0; v < 2; ++v, wp += 32) {
             const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
-            const __m256i lo = _mm256_shuffle_epi8(t, _mm256_and_si256(wv, nibble));
-            const __m256i hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble));
-            acc[2 * v] = _mm256_add_epi16(acc[2 * v], _mm256_maddubs_epi16(mult, lo));
-            acc[2 * v + 1] = _mm256_add_epi16(acc[2 * v + 1], _mm256_maddubs_epi16(mult, hi));
+            const __m256i lo_idx = _mm256_and_si256(wv, nibble);
+            const __m256i hi_idx = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble);
+            for (int r = 0; r < NB; ++r) {
+              acc[r][2 * v] = _mm256_add_epi16(acc[r][2 * v], _mm256_maddubs_epi16(mult, _mm256_shuffle_epi8(t[r], lo_idx)));
+              acc[r][2 * v + 1] = _mm256_add_epi16(acc[r][2 * v + 1], _mm256_maddubs_epi16(mult, _mm256_shuffle_epi8(t[r], hi_idx)));
+            }
           }
         }
         if (BITS % 2) {
           const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
           wp += 32;
-          const __m256i lo = _mm256_shuffle_epi8(t, _mm256_and_si256(wv, nibble));
-          const __m256i hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble));
-          acc[0] = _mm256_add_epi16(acc[0], _mm256_maddubs_epi16(lone_even, lo));
-          acc[1] = _mm256_add_epi16(acc[1], _mm256_maddubs_epi16(lone_odd, lo));
-          acc[2] = _mm256_add_epi16(acc[2], _mm256_maddubs_epi16(lone_even, hi));
-          acc[3] = _mm256_add_epi16(acc[3], _mm256_maddubs_epi16(lone_odd, hi));
+          const __m256i lo_idx = _mm256_and_si256(wv, nibble);
+          const __m256i hi_idx = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nibble);
+          for (int r = 0; r < NB; ++r) {
+            const __m256i lo = _mm256_shuffle_epi8(t[r], lo_idx), hi = _mm256_shuffle_epi8(t[r], hi_idx);
+            acc[r][0] = _mm256_add_epi16(acc[r][0], _mm256_maddubs_epi16(lone_even, lo));
+            acc[r][1] = _mm256_add_epi16(acc[r][1], _mm256_maddubs_epi16(lone_odd, lo));
+            acc[r][2] = _mm256_add_epi16(acc[r][2], _mm256_maddubs_epi16(lone_even, hi));
+            acc[r][3] = _mm256_add_epi16(acc[r][3], _mm256_maddubs_epi16(lone_odd, hi));
+          }
         }
       }
-      const __m256 ls = _mm256_set1_ps(lut_scale[f0 / p.A]);
-      for (int a = 0; a < 4; ++a) {  // fold the two lanes (two table groups, same rows), widen
-        const __m128i folded = _mm_add_epi16(_mm256_castsi256_si128(acc[a]), _mm256_extracti128_si256(acc[a], 1));
-        gacc[a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(folded)), ls, gacc[a]);
+      for (int r = 0; r < NB; ++r) {
+        const __m256 ls = _mm256_set1_ps(lut_scale[r * p.ls_stride + f0 / p.A]);
+        for (int a = 0; a < 4; ++a) {  // fold the two lanes (two table groups, same rows), widen
+          const __m128i folded = _mm_add_epi16(_mm256_castsi256_si128(acc[r][a]), _mm256_extracti128_si256(acc[r][a], 1));
+          gacc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(folded)), ls, gacc[r][a]);
+        }
       }
     }
-    const __m256 half = _mm256_set1_ps(0.5f), sum = _mm256_set1_ps(gsum[g]);
+    const __m256 half = _mm256_set1_ps(0.5f);
     for (int a = 0; a < 4; ++a) {
       const __m256 hs = _mm256_mul_ps(half, _mm256_loadu_ps(sc + 32 * g + 8 * a));
       const __m256 z = zr ? _mm256_loadu_ps(zr + 32 * g + 8 * a) : _mm256_setzero_ps();
-      y[a] = _mm256_fmadd_ps(gacc[a], hs, y[a]);
-      y[a] = _mm256_fmadd_ps(_mm256_sub_ps(z, hs), sum, y[a]);
+      for (int r = 0; r < NB; ++r) {
+        y[r][a] = _mm256_fmadd_ps(gacc[r][a], hs, y[r][a]);
+        y[r][a] = _mm256_fmadd_ps(_mm256_sub_ps(z, hs), _mm256_set1_ps(gsum[r * p.gs_stride + g]), y[r][a]);
+      }
     }
   }
-  for (int a = 0; a < 4; ++a) _mm256_storeu_ps(out + 8 * a, y[a]);
+  for (int r = 0; r < NB; ++r)
+    for (int a = 0; a < 4; ++a) _mm256_storeu_ps(out + kTile * r + 8 * a, y[r][a]);
 }
 
 // 32 bytes (or 8 floats) of each of two tiles, `next` elements apart, as one zmm register. (Lambdas
@@ -305,19 +325,21 @@ int64_t best_isa() {  // 0 = scalar, 1 = AVX2, 2 = AVX-512BW
 struct Kernels {
   TileFn one;   // one 32-row tile
   TileFn pair;  // two adjacent tiles (out: 64 floats), or nullptr
+  TileFn two_rows;  // one tile for two activation rows (out: 2 x 32 floats), or nullptr
 };
 
 Kernels pick_kernels(int64_t isa, int bits) {
   isa = std::min(isa, best_isa());
 #ifdef PETKIT_X86
   if (isa >= 1) {
-    const TileFn one = bits == 1 ? tile_avx2<1> : bits == 2 ? tile_avx2<2> : bits == 3 ? tile_avx2<3> : tile_avx2<4>;
-    if (isa < 2) return {one, nullptr};
+    const TileFn one = bits == 1 ? tile_avx2<1, 1> : bits == 2 ? tile_avx2<2, 1> : bits == 3 ? tile_avx2<3, 1> : tile_avx2<4, 1>;
+    const TileFn two_rows = bits == 1 ? tile_avx2<1, 2> : bits == 2 ? tile_avx2<2, 2> : bits == 3 ? tile_avx2<3, 2> : tile_avx2<4, 2>;
+    if (isa < 2) return {one, nullptr, two_rows};
     return {one, bits == 1 ? tile_pair_avx512<1> : bits == 2 ? tile_pair_avx512<2>
-                 : bits == 3 ? tile_pair_avx512<3> : tile_pair_avx512<4>};
+                 : bits == 3 ? tile_pair_avx512<3> : tile_pair_avx512<4>, nullptr};
   }
 #endif
-  return {tile_scalar, nullptr};
+  return {tile_scalar, nullptr, nullptr};
 }
 
 Problem make_problem(int64_t K, int64_t G, int64_t A, int64_t bits) {
@@ -350,7 +372,7 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
   TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.is_contiguous());
   x = x.contiguous();
   const int64_t K = x.size(-1), N = x.numel() / std::max<int64_t>(K, 1), tiles = packed.size(0);
-  const Problem p = make_problem(K, group_size, act_group_size, bits);
+  Problem p = make_problem(K, group_size, act_group_size, bits);
   TORCH_CHECK(packed.size(1) == K / kStep && packed.size(2) == kTile * bits, "packed weight does not fit x");
   TORCH_CHECK(tiles * kTile >= M && M > (tiles - 1) * kTile, "M does not fit the packed weight");
   const float* zr = nullptr;
@@ -359,6 +381,7 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
     zr = zeros->data_ptr<float>();
   }
   const int64_t groups = K / p.G, act_groups = (K + p.A - 1) / p.A;
+  p.tbl_stride = K * 4, p.ls_stride = act_groups, p.gs_stride = groups;
   // scratch: int8 tables, their scales and the per-group activation sums of every row
   std::unique_ptr<int8_t[]> tbl(new int8_t[N * K * 4]);  // no zero fill: every entry is written
   std::vector<float> lut_scale(N * act_groups), gsum(N * groups);
@@ -395,11 +418,21 @@ torch::Tensor lut_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor scal
     for (int64_t t = i0 * per_item; t < std::min(tiles, i1 * per_item);) {
       const bool pair = kernels.pair && t + 1 < tiles;
       const int64_t rows = std::min<int64_t>(pair ? 2 * kTile : kTile, M - t * kTile);
-      for (int64_t n = 0; n < N; ++n) {  // the weight tile stays in L1 across activation rows
-        (pair ? kernels.pair : kernels.one)(tblp + n * K * 4, lsp + n * act_groups, gsp + n * groups,
-                                            wp + t * p.tile_bytes, scp + t * groups * kTile,
-                                            zr ? zr + t * groups * kTile : nullptr, p, out);
-        std::copy(out, out + rows, yp + n * M + t * kTile);
+      const float* sct = scp + t * groups * kTile;
+      const float* zrt = zr ? zr + t * groups * kTile : nullptr;
+      for (int64_t n = 0; n < N;) {  // the weight tile stays in L1 across activation rows
+        float* yt = yp + n * M + t * kTile;
+        if (pair) {  // two tiles, one activation row
+          kernels.pair(tblp + n * K * 4, lsp + n * act_groups, gsp + n * groups, wp + t * p.tile_bytes, sct, zrt, p, out);
+          std::copy(out, out + rows, yt);
+          n += 1;
+          continue;
+        }
+        const int64_t nb = kernels.two_rows && n + 1 < N ? 2 : 1;  // one tile, one or two activation rows
+        (nb == 2 ? kernels.two_rows : kernels.one)(tblp + n * K * 4, lsp + n * act_groups, gsp + n * groups,
+                                                   wp + t * p.tile_bytes, sct, zrt, p, out);
+        for (int64_t r = 0; r < nb; ++r) std::copy(out + r * kTile, out + r * kTile + rows, yt + r * M);
+        n += nb;
       }
       t += pair ? 2 : 1;
     }
