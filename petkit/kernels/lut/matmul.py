@@ -22,7 +22,8 @@ def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_s
                isa: str = "avx2") -> torch.Tensor:
     """x (..., K) float → y (..., M) float32, no bias. Tables are int8 with one scale per
     `act_group_size` activations (a multiple of 8). `isa` caps the native instruction set: "avx2"
-    (default), "avx512" or "scalar" (the portable C++ path); the CPU's own limit always applies."""
+    (default), "avx512" or "scalar" (the portable C++ path); the CPU's own limit always applies.
+    Inference only: the native result carries no gradient."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if x.shape[-1] != w.in_features:
