@@ -31,3 +31,8 @@ class StateError(PetkitError, RuntimeError):
 
 class MissingExtra(PetkitError, ImportError):
     """A feature whose optional dependencies are not installed; the message names the pip extra."""
+
+
+class KernelUnavailable(PetkitError, RuntimeError):
+    """A native (C++) kernel that cannot be built or loaded here; the message says why and names the
+    pure-PyTorch fallback."""
