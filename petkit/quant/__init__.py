@@ -3,9 +3,9 @@
 through the T-MAC lookup-table kernel (`petkit.kernels.lut`)."""
 
 from petkit.quant.formats import NF4, SCHEMES
-from petkit.quant.linear import PackedLinear, QuantFormat
-from petkit.quant.quantize import quantize, quantized_layers
+from petkit.quant.linear import PackedEmbedding, PackedLinear, QuantFormat
+from petkit.quant.quantize import quantize, quantized_layers, use_lut
 from petkit.quant.storage import load_quantized, save_quantized
 
-__all__ = ["NF4", "SCHEMES", "PackedLinear", "QuantFormat", "load_quantized", "quantize", "quantized_layers",
-           "save_quantized"]
+__all__ = ["NF4", "SCHEMES", "PackedEmbedding", "PackedLinear", "QuantFormat", "load_quantized", "quantize",
+           "quantized_layers", "save_quantized", "use_lut"]

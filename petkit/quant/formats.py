@@ -88,9 +88,11 @@ def _fit_int(g: torch.Tensor, bits: int):
 
 def _representable(scale, zero):
     """The fp16 values the statistics are stored as, so the error is measured on what is kept. A zero
-    scale (a constant group) would make the codes undefined: any positive one gives q = 0 exactly."""
+    scale (a constant group, e.g. a padding row) would make the codes undefined: any positive one gives
+    q = 0 exactly; the smallest normal fp16 keeps the group's terms tiny for kernels that write
+    w = s·(q − c) + z (T-MAC), where a large s would leave a large cancelling pair."""
     scale = scale.half().float()
-    return torch.where(scale > 0, scale, torch.ones_like(scale)), zero.half().float()
+    return torch.where(scale > 0, scale, torch.full_like(scale, 2.0 ** -14)), zero.half().float()
 
 
 def _round(g, scale, zero, top):

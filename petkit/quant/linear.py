@@ -143,13 +143,14 @@ class PackedLinear(PackedRows, QuantizedLinear):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lut and not (torch.is_grad_enabled() and x.requires_grad):
+        # eval only: a training forward keeps the exact dequantised product even where x needs no gradient
+        if self.lut and not self.training and not (torch.is_grad_enabled() and x.requires_grad):
             return self._lut_forward(x)
         return PackedLinearFn.apply(x, self, self.bias)
 
     def use_lut(self, enabled: bool = True) -> None:
-        """Run inference forwards (no gradient wanted) through the T-MAC kernel; training forwards
-        keep dequantising. Needs the int scheme at 1–4 bits."""
+        """Run inference forwards (eval mode, no gradient wanted) through the T-MAC kernel; training
+        forwards keep dequantising. Needs the int scheme at 1–4 bits."""
         if enabled and (self.format.scheme != "int" or self.format.bits > 4):
             raise ValueError(f"the LUT kernel takes the int scheme at 1–4 bits, this layer is "
                              f"{self.format.scheme} at {self.format.bits} bits")

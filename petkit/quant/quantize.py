@@ -53,6 +53,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, s
     if embeddings:
         built.update(_packed_embeddings(model, modules, fmt))
     for path, layer in built.items():
+        layer.train(modules[path].training)  # a new module starts in training mode; keep the model's mode
         parent, _, leaf = path.rpartition(".")
         setattr(modules[parent] if parent else model, leaf, layer)
     return model
@@ -86,3 +87,17 @@ def _shared_weights(model: nn.Module) -> set[int]:
 def quantized_layers(model: nn.Module) -> dict[str, PackedRows]:
     """The low-bit modules of a model by path (inside adapter wrappers too)."""
     return {n.replace(".base_layer", ""): m for n, m in model.named_modules() if isinstance(m, PackedRows)}
+
+
+def use_lut(model: nn.Module, enabled: bool = True) -> list[str]:
+    """Run the inference forwards (eval mode, no gradient wanted) of every low-bit linear layer the T-MAC kernel
+    can take (int scheme, 1–4 bits) through it; returns their paths. Training forwards, and layers at
+    other formats, keep dequantising. Refused when no layer qualifies."""
+    eligible = {p: m for p, m in quantized_layers(model).items()
+                if isinstance(m, PackedLinear) and m.format.scheme == "int" and m.format.bits <= 4}
+    if enabled and not eligible:
+        raise ConfigError("no low-bit layer can use the LUT kernel: it takes the int scheme at 1–4 bits "
+                          "(petkit.quantize(model, bits=2, scheme='int'))")
+    for layer in eligible.values():
+        layer.use_lut(enabled)
+    return list(eligible)
