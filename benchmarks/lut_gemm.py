@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -99,15 +98,10 @@ def ratio(times, a, b):
 
 
 def machine_info():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "loadavg_start": os.getloadavg()}
+    from petkit.bench import machine
+
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": machine.cpu(),
+            "versions": machine.versions(), "loadavg_start": os.getloadavg()}
 
 
 def run(shapes, batches, threads_list, rounds):
@@ -136,7 +130,7 @@ def render_md(res) -> str:
     m = res["machine"]
     lines = [
         "# T-MAC LUT kernel vs dequantise+matmul vs fp32 (CPU)", "",
-        f"- date: {m['date']}; CPU: {m['cpu']}, {m['cores']} cores; python {m['python']}, torch {m['torch']}",
+        f"- date: {m['date']}; CPU: {m['cpu']}; {m['versions']}",
         f"- load average (1/5/15 min) at start: {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}; at end: "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_end'])} (the start value shows what else was running)",
         f"- kernel load (build or cache hit) in this run: {res['load_seconds']:.1f} s; isa: {res['isa']}",

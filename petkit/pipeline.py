@@ -56,12 +56,20 @@ class RunSpec:
     truncation: str = "truncate"
     answers: int = 100
     answer_tokens: int = 32
+    # A low-bit frozen base (QLoRA-style): petkit.quantize's settings, e.g. {bits: 4} or
+    # {bits: 4, scheme: nf4, group_size: 64, embeddings: true}; None keeps the base in float.
+    quantize: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not isinstance(self.answers, int) or self.answers < 0:
             raise ConfigError(f"answers must be an integer >= 0, got {self.answers!r}")
+        if self.quantize is not None:
+            if not isinstance(self.quantize, dict) or "bits" not in self.quantize:
+                raise ConfigError(f"quantize must be a mapping with bits, e.g. {{bits: 4}}, got {self.quantize!r}")
+            check_keys(self.quantize, ("bits", "scheme", "group_size", "embeddings", "targets", "exclude"),
+                       where="quantize")
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -121,6 +129,10 @@ def prepare(spec: RunSpec) -> Prepared:
         splits = [lm_blocks(tokenizer, s, spec.max_length) for s in (data.train, data.dev, data.test)]
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.quantize:
+        from petkit.quant import quantize
+
+        quantize(model, **spec.quantize)  # before the adapter: the base is stored low-bit, the adapter trains
     task = "classification" if data.task == "classification" else "causal_lm"
     return Prepared(spec, task, data.labels, tokenizer, model, *splits, kind=data.task,
                     test_records=list(data.test) if data.task == "sft" else [])

@@ -79,6 +79,8 @@ def _spec_from_args(args):
         data["data"] = files
     if args.format:
         data["save_format"] = args.format
+    if getattr(args, "quantize", None) is not None:
+        data["quantize"] = {**(data.get("quantize") or {}), "bits": args.quantize}
     method = dict(data.get("method") or {})
     if args.method:
         method = {"name": args.method}

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="folder for the adapter, checkpoints and metrics")
     p.add_argument("--format", choices=["petkit", "peft"], help="adapter file format (default petkit)")
+    p.add_argument("--quantize", type=int, metavar="BITS",
+                   help="store the frozen base's linear layers at BITS bits (4: NF4, QLoRA-style; 1, 2, 3, 8: int) "
+                        "and train the adapter on top; more settings under quantize: in --config")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--nproc", type=int, default=1,
