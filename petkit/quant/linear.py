@@ -86,6 +86,16 @@ class PackedRows:
         bound = group if self.format.scheme == "int" else group * float(formats.NF4.diff().max()) / 2
         return values, bound
 
+    def _apply(self, fn, *args, **kwargs):
+        # model.to(dtype) may move the statistics but not change their format: bf16 scales would add
+        # rounding the codes were not fitted for (and a merge's undo state would no longer match)
+        out = super()._apply(fn, *args, **kwargs)
+        stat = formats.STAT_DTYPES[self.format.scheme]
+        self.scales.data = self.scales.data.to(stat)
+        if self.zeros is not None:
+            self.zeros.data = self.zeros.data.to(stat)
+        return out
+
     def nbytes(self) -> int:
         """Bytes of the stored weight (codes and statistics; not a bias)."""
         return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros) if t is not None)
