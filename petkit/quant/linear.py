@@ -73,10 +73,15 @@ class PackedRows:
         return formats.unpack(codes.reshape(-1, codes.shape[-1]), self.format.bits, self._cols)
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows=None) -> torch.Tensor:
-        """The float (rows, cols) matrix, or only the given rows (a flat index tensor)."""
-        scales, zeros = (self.scales, self.zeros) if rows is None else \
-            (self.scales[rows], None if self.zeros is None else self.zeros[rows])
-        return formats.dequantize_codes(self.unpacked_codes(rows), scales, zeros, self.format.scheme, dtype)
+        """The float (rows, cols) matrix, or only the given rows (a flat integer index tensor, or a slice)."""
+        codes, scales, zeros, index = self.codes, self.scales, self.zeros, None
+        if isinstance(rows, torch.Tensor) and not rows.is_floating_point() and rows.dtype != torch.bool:
+            index = rows.reshape(-1)  # gathered inside the kernel: no copy of the selected codes
+        elif rows is not None:
+            codes, scales, zeros = codes[rows], scales[rows], None if zeros is None else zeros[rows]
+        return formats.dequantize_packed(codes.reshape(-1, codes.shape[-1]), scales.reshape(-1, scales.shape[-1]),
+                                         None if zeros is None else zeros.reshape(-1, zeros.shape[-1]),
+                                         self.format.scheme, self.format.bits, self._cols, dtype, index=index)
 
     def _sample_stored(self, flat_index):
         values = self.dequantize().reshape(-1)[flat_index]
