@@ -133,7 +133,7 @@ def test_row_subsets(ext, scheme, bits):
 def test_out_buffer_and_threads(ext):
     """Bug: `out=` ignored (a new tensor returned, the buffer left stale) or rows split over threads
     with a wrong offset (large matrices are split, small ones run on the calling thread)."""
-    packed, scales, zeros = packed_weight("int", 4, 700, 576, 32)  # 403K weights: two thread chunks
+    packed, scales, zeros = packed_weight("int", 4, 700, 576, 32)  # 403K weights: split over the threads
     want = torch_path(packed, scales, zeros, "int", 4, 576, torch.float32)
     before = torch.get_num_threads()
     torch.set_num_threads(2)

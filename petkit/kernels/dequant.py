@@ -9,7 +9,7 @@ operations; tests/test_quant_native.py checks every scheme and width). Covers th
 4 and 8 bits and nf4, float32 and bfloat16 outputs, CPU tensors; for anything else, or when the
 extension cannot be built (one RuntimeWarning per process), `dequantize_packed` returns None and the
 caller runs the PyTorch path. AVX2 where the CPU has it, a portable scalar path otherwise; rows are
-split over threads (at::parallel_for) only when there are more than ~256K weights.
+split over threads (at::parallel_for) only when there are more than 64K weights.
 
 `set_native(False)` (or `PETKIT_NATIVE_DEQUANT=0` in the environment) turns the kernel off, e.g. to
 time the PyTorch path.

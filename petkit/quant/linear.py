@@ -72,8 +72,9 @@ class PackedRows:
         codes = self.codes if rows is None else self.codes[rows]
         return formats.unpack(codes.reshape(-1, codes.shape[-1]), self.format.bits, self._cols)
 
-    def dequantize(self, dtype: torch.dtype = torch.float32, rows=None) -> torch.Tensor:
-        """The float (rows, cols) matrix, or only the given rows (a flat integer index tensor, or a slice)."""
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows=None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The float (rows, cols) matrix, or only the given rows (an integer index tensor, or a slice);
+        written into `out` where the native kernel runs (see formats.dequantize_packed): use the result."""
         codes, scales, zeros, index = self.codes, self.scales, self.zeros, None
         if isinstance(rows, torch.Tensor) and not rows.is_floating_point() and rows.dtype != torch.bool:
             index = rows.reshape(-1)  # gathered inside the kernel: no copy of the selected codes
@@ -81,7 +82,7 @@ class PackedRows:
             codes, scales, zeros = codes[rows], scales[rows], None if zeros is None else zeros[rows]
         return formats.dequantize_packed(codes.reshape(-1, codes.shape[-1]), scales.reshape(-1, scales.shape[-1]),
                                          None if zeros is None else zeros.reshape(-1, zeros.shape[-1]),
-                                         self.format.scheme, self.format.bits, self._cols, dtype, index=index)
+                                         self.format.scheme, self.format.bits, self._cols, dtype, index=index, out=out)
 
     def _sample_stored(self, flat_index):
         values = self.dequantize().reshape(-1)[flat_index]
@@ -221,8 +222,11 @@ class PackedLinearFn(torch.autograd.Function):
             y = torch.matmul(x, layer.dequantize(x.dtype).t())
         else:
             y = x.new_empty(*x.shape[:-1], layer.out_features)
+            scratch = _scratch(rows, layer, x.dtype)
             for block in rows:
-                torch.matmul(x, layer.dequantize(x.dtype, rows=block).t(), out=y[..., block])
+                w = layer.dequantize(x.dtype, rows=block,
+                                     out=None if scratch is None else scratch[: block.stop - block.start])
+                torch.matmul(x, w.t(), out=y[..., block])
         return y if bias is None else y.add_(bias.to(y.dtype))
 
     @staticmethod
@@ -230,9 +234,15 @@ class PackedLinearFn(torch.autograd.Function):
         grad_x = grad_bias = None
         layer = ctx.layer
         if ctx.needs_input_grad[0]:
-            for block in _row_blocks(layer):
-                part = torch.matmul(grad[..., block], layer.dequantize(grad.dtype, rows=block))
-                grad_x = part if grad_x is None else grad_x.add_(part)
+            rows = _row_blocks(layer)
+            scratch = _scratch(rows, layer, grad.dtype)
+            g2 = grad.reshape(-1, grad.shape[-1])
+            for block in rows:
+                w = layer.dequantize(grad.dtype, rows=block,
+                                     out=None if scratch is None else scratch[: block.stop - block.start])
+                # the blocks' products summed inside the GEMM (beta = 1), not through a temporary each
+                grad_x = torch.mm(g2[:, block], w) if grad_x is None else grad_x.addmm_(g2[:, block], w)
+            grad_x = grad_x.view(*grad.shape[:-1], layer.in_features)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, None, grad_bias
@@ -243,6 +253,16 @@ def _row_blocks(layer: PackedLinear) -> list:
     if step >= layer.out_features:
         return [slice(None)]
     return [slice(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
+
+
+def _scratch(rows: list, layer: PackedLinear, dtype: torch.dtype):
+    """One float buffer every block of rows is dequantised into (by the native kernel), or None for a
+    single block (then the weight is dequantised into a fresh tensor, as the PyTorch path does)."""
+    from petkit.kernels import dequant
+
+    if rows[0] == slice(None) or not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
+        return None
+    return torch.empty(rows[0].stop - rows[0].start, layer.in_features, dtype=dtype)
 
 
 class PackedEmbedding(PackedRows, QuantizedEmbedding):

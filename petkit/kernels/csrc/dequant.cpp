@@ -239,9 +239,9 @@ torch::Tensor dequantize(torch::Tensor packed, torch::Tensor scales, c10::option
   const int64_t* ip = index.has_value() ? idx.data_ptr<int64_t>() : nullptr;
   float* yf = bf16 ? nullptr : y.data_ptr<float>();
   c10::BFloat16* yb = bf16 ? y.data_ptr<c10::BFloat16>() : nullptr;
-  // ~0.1-0.3 ns per weight: hand a thread at least ~256K weights (tens of us), so a small layer or an
+  // ~0.1-0.3 ns per weight: hand a thread at least 64K weights (~10 us), so a small layer or an
   // embedding lookup of a few rows stays on the calling thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / cols);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> s(groups), z(nf4 ? 0 : groups), buf(bf16 ? cols : 0);
     for (int64_t r = r0; r < r1; ++r) {
