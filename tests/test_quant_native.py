@@ -21,7 +21,7 @@ from petkit.quant.linear import PackedEmbedding
 
 FORMATS = [("int", 1), ("int", 2), ("int", 4), ("int", 8), ("nf4", 4)]
 DTYPES = [torch.float32, torch.bfloat16]
-ISAS = ["avx2", "scalar"]  # "avx2" runs the scalar path too on a CPU without AVX2
+ISAS = ["avx512", "avx2", "scalar"]  # each capped by the CPU: without AVX2, all three run the scalar path
 # (rows, cols, group): a single row, a single group, odd row counts, the smallest group, SmolLM2's width
 SHAPES = [(1, 8, 8), (3, 24, 8), (37, 200, 8), (5, 64, 64), (64, 576, 32), (11, 96, 16)]
 

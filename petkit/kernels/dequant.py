@@ -32,7 +32,7 @@ EXTENSION = NativeExtension(
     "the packed weights are dequantised in PyTorch instead (same values, slower)",
     # exactly the adds and multiplies written (no fused multiply-add), as formats.dequantize_codes
     extra_cflags=("-ffp-contract=off",))
-ISA = {"scalar": 0, "avx2": 1}
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
 BITS = {"int": (1, 2, 4, 8), "nf4": (4,)}
 DTYPES = (torch.float32, torch.bfloat16)
 

@@ -11,7 +11,7 @@
 // rounded to bfloat16 once, as PyTorch's bfloat16 ops do. Built with -ffp-contract=off so the
 // compiler adds and multiplies exactly as written.
 //
-// The AVX2 kernels carry their own target attribute and run only after a runtime CPU check; the
+// The AVX2 and AVX-512 kernels carry their own target attributes and run only after a runtime CPU check; the
 // scalar path runs anywhere.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -120,6 +120,48 @@ __attribute__((target("avx2"))) void row_avx2(const uint8_t* p, const float* s, 
   }
 }
 
+// The same with 16 codes per step: the first 8 codes' bytes broadcast to lanes 0-7, the next 8 codes'
+// to lanes 8-15; NF4 is one 16-entry permute.
+template <int BITS, bool NF4>
+__attribute__((target("avx512f,avx2"))) void row_avx512(const uint8_t* p, const float* s, const float* z,
+                                                        const Spec& sp, float* out) {
+  const __m512i shifts = _mm512_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS, 0, BITS,
+                                           2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
+  const __m512i mask = _mm512_set1_epi32((1 << (BITS == 8 ? 0 : BITS)) - 1);
+  const __m512 table = _mm512_loadu_ps(sp.levels);
+  for (int64_t g = 0; g < sp.groups; ++g) {
+    const __m512 vs = _mm512_set1_ps(s[g]);
+    const __m512 vz = _mm512_set1_ps(NF4 ? 0.f : z[g]);
+    float* o = out + g * sp.G;
+    if (!NF4 && nan_zero_group(z[g], sp.G, o)) {
+      p += sp.G * BITS / 8;
+      continue;
+    }
+    int64_t k = 0;
+    for (; k + 16 <= sp.G; k += 16, p += 2 * BITS) {
+      __m512i q;
+      if (BITS == 8) {
+        q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      } else {
+        const __m512i both = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(static_cast<int>(read_bits(p, BITS))),
+                                                     _mm512_set1_epi32(static_cast<int>(read_bits(p + BITS, BITS))));
+        q = _mm512_and_si512(_mm512_srlv_epi32(both, shifts), mask);
+      }
+      const __m512 v = NF4 ? _mm512_mul_ps(_mm512_permutexvar_ps(q, table), vs)
+                           : _mm512_add_ps(vz, _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs));
+      _mm512_storeu_ps(o + k, v);
+    }
+    if (k < sp.G) {  // a group of 8 (G = 8, 24, ...): the last 8 codes
+      const __m512i q8 = BITS == 8 ? _mm512_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
+                                   : _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(read_bits(p, BITS))), shifts), mask);
+      const __m512 v = NF4 ? _mm512_mul_ps(_mm512_permutexvar_ps(q8, table), vs)
+                           : _mm512_add_ps(vz, _mm512_mul_ps(_mm512_cvtepi32_ps(q8), vs));
+      _mm512_mask_storeu_ps(o + k, 0x00FF, v);
+      p += BITS;
+    }
+  }
+}
+
 // float -> bfloat16, round to nearest even, NaN -> 0x7FC0: c10::BFloat16(float), 8 at a time.
 __attribute__((target("avx2"))) void to_bf16_avx2(const float* in, int64_t n, c10::BFloat16* out) {
   const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF), nan = _mm256_set1_epi32(0x7FC0);
@@ -140,9 +182,10 @@ __attribute__((target("avx2"))) void to_bf16_avx2(const float* in, int64_t n, c1
 using RowFn = void (*)(const uint8_t*, const float*, const float*, const Spec&, float*);
 using Bf16Fn = void (*)(const float*, int64_t, c10::BFloat16*);
 
-int64_t best_isa() {  // 0 = scalar, 1 = AVX2
+int64_t best_isa() {  // 0 = scalar, 1 = AVX2, 2 = AVX-512F
 #ifdef PETKIT_X86
   __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")) return 2;
   if (__builtin_cpu_supports("avx2")) return 1;
 #endif
   return 0;
@@ -150,6 +193,15 @@ int64_t best_isa() {  // 0 = scalar, 1 = AVX2
 
 RowFn pick_row(int64_t isa, int bits, bool nf4) {
 #ifdef PETKIT_X86
+  if (std::min(isa, best_isa()) >= 2) {
+    if (nf4) return row_avx512<4, true>;
+    switch (bits) {
+      case 1: return row_avx512<1, false>;
+      case 2: return row_avx512<2, false>;
+      case 4: return row_avx512<4, false>;
+      case 8: return row_avx512<8, false>;
+    }
+  }
   if (std::min(isa, best_isa()) >= 1) {
     if (nf4) return row_avx2<4, true>;
     switch (bits) {
@@ -263,5 +315,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequantize", &dequantize, "float32/bfloat16 rows of a packed low-bit matrix",
         py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("levels"), py::arg("index"), py::arg("bits"),
         py::arg("cols"), py::arg("bf16"), py::arg("out"), py::arg("isa"));
-  m.def("best_isa", &best_isa, "0 = portable scalar, 1 = AVX2");
+  m.def("best_isa", &best_isa, "0 = portable scalar, 1 = AVX2, 2 = AVX-512F");
 }
