@@ -9,7 +9,10 @@ Each test's docstring names the bug it is there to catch.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from petkit.kernels import dequant
 from petkit.quant import PackedLinear, QuantFormat, formats
 from petkit.quant.linear import PackedEmbedding
 
+ROOT = Path(__file__).resolve().parents[1]
 FORMATS = [("int", 1), ("int", 2), ("int", 4), ("int", 8), ("nf4", 4)]
 DTYPES = [torch.float32, torch.bfloat16]
 ISAS = ["avx512", "avx2", "scalar"]  # each capped by the CPU: without AVX2, all three run the scalar path
@@ -226,3 +230,14 @@ def test_extensions_share_one_builder():
     assert type(lut_native.EXTENSION) is type(dequant.EXTENSION)
     assert lut_native.cache_dir() != dequant.EXTENSION.cache_dir()
     assert lut_native.cache_dir().parent == dequant.EXTENSION.cache_dir().parent
+
+
+@pytest.mark.slow  # times a few tiny cases: ~20 s; runs without bitsandbytes (its variants are then left out)
+def test_benchmark_quick_run(tmp_path, ext):
+    spec = importlib.util.spec_from_file_location("lowbit_layer", ROOT / "benchmarks" / "lowbit_layer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "lowbit_layer.json").read_text())
+    assert result["cases"] and all(ms > 0 for c in result["cases"] for ms in c["ms"].values())
+    assert (tmp_path / "lowbit_layer.md").is_file()
