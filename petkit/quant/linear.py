@@ -3,7 +3,9 @@
 Training (QLoRA-style) needs y = x Wᵀ + b and the input gradient g W, never a weight gradient. Both
 dequantise W on the fly and drop it again: the autograd function saves no float weight, so the
 memory a model holds is the packed codes (plus one layer's float weight at a time), at the price of
-a second dequantisation in backward — what bitsandbytes does too (notes/low-bit.md §1.2).
+a second dequantisation in backward — what bitsandbytes does too (notes/low-bit.md §1.2). The
+dequantisation runs in the native kernel (petkit.kernels.dequant) where it builds, else in PyTorch;
+both give the same bits.
 
 Inference may instead run the T-MAC lookup-table kernel (`lut=True`, int scheme, b ≤ 4): its weight
 layout is built once, next to the packed codes (never instead of them: no mode-dependent in-place
@@ -260,7 +262,8 @@ def _scratch(rows: list, layer: PackedLinear, dtype: torch.dtype):
     single block (then the weight is dequantised into a fresh tensor, as the PyTorch path does)."""
     from petkit.kernels import dequant
 
-    if rows[0] == slice(None) or not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
+    if rows[0] == slice(None) or layer.codes.device.type != "cpu" or \
+            not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
         return None
     return torch.empty(rows[0].stop - rows[0].start, layer.in_features, dtype=dtype)
 
