@@ -75,7 +75,7 @@ def supports(scheme: str, bits: int, dtype: torch.dtype) -> bool:
 def dequantize_packed(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, scheme: str,
                       bits: int, cols: int, dtype: torch.dtype = torch.float32, index: torch.Tensor | None = None,
                       out: torch.Tensor | None = None, levels: torch.Tensor | None = None,
-                      isa: str = "avx2") -> torch.Tensor | None:
+                      isa: str = "avx512") -> torch.Tensor | None:
     """The (rows, cols) matrix of packed rows (rows of `index` only, when given: a flat integer tensor,
     negative entries counting from the end), written into `out` when given; None when the kernel
     does not cover the case or cannot be built. `levels`: the 16 NF4 values (nf4 scheme)."""

@@ -15,6 +15,7 @@ repacking, and `state_dict()` has no side effects).
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -220,11 +221,11 @@ class PackedLinearFn(torch.autograd.Function):
     def forward(ctx, x, layer: PackedLinear, bias):
         ctx.layer = layer
         rows = _row_blocks(layer)
+        scratch = _scratch(rows, layer, x.dtype)
         if len(rows) == 1:
-            y = torch.matmul(x, layer.dequantize(x.dtype).t())
+            y = torch.matmul(x, layer.dequantize(x.dtype, out=scratch).t())
         else:
             y = x.new_empty(*x.shape[:-1], layer.out_features)
-            scratch = _scratch(rows, layer, x.dtype)
             for block in rows:
                 w = layer.dequantize(x.dtype, rows=block,
                                      out=None if scratch is None else scratch[: block.stop - block.start])
@@ -240,8 +241,8 @@ class PackedLinearFn(torch.autograd.Function):
             scratch = _scratch(rows, layer, grad.dtype)
             g2 = grad.reshape(-1, grad.shape[-1])
             for block in rows:
-                w = layer.dequantize(grad.dtype, rows=block,
-                                     out=None if scratch is None else scratch[: block.stop - block.start])
+                w = layer.dequantize(grad.dtype, rows=None if block == slice(None) else block,
+                                     out=None if scratch is None else scratch[: _rows_in(block, layer)])
                 # the blocks' products summed inside the GEMM (beta = 1), not through a temporary each
                 grad_x = torch.mm(g2[:, block], w) if grad_x is None else grad_x.addmm_(g2[:, block], w)
             grad_x = grad_x.view(*grad.shape[:-1], layer.in_features)
@@ -257,15 +258,28 @@ def _row_blocks(layer: PackedLinear) -> list:
     return [slice(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
 
 
+_SCRATCH = threading.local()  # per thread: one float buffer of at most ~BLOCK_ELEMENTS, reused by every layer
+
+
+def _rows_in(block: slice, layer: PackedLinear) -> int:
+    return layer.out_features if block == slice(None) else block.stop - block.start
+
+
 def _scratch(rows: list, layer: PackedLinear, dtype: torch.dtype):
-    """One float buffer every block of rows is dequantised into (by the native kernel), or None for a
-    single block (then the weight is dequantised into a fresh tensor, as the PyTorch path does)."""
+    """The (rows of the first block, in_features) buffer the native kernel dequantises every block into,
+    or None where the PyTorch path runs (it returns fresh tensors). Shared by all layers of a thread and
+    only used between one dequantisation and its matmul: a fresh multi-MB tensor per call costs page
+    faults (the allocator maps and unmaps it each time) comparable to the dequantisation itself."""
     from petkit.kernels import dequant
 
-    if rows[0] == slice(None) or layer.codes.device.type != "cpu" or \
-            not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
+    if layer.codes.device.type != "cpu" or not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
         return None
-    return torch.empty(rows[0].stop - rows[0].start, layer.in_features, dtype=dtype)
+    shape = (_rows_in(rows[0], layer), layer.in_features)
+    n = shape[0] * shape[1]
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        buf = _SCRATCH.buf = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
 
 
 class PackedEmbedding(PackedRows, QuantizedEmbedding):
