@@ -26,6 +26,7 @@ variant's time is the median over rounds, its ratio the median of per-round rati
 
     python benchmarks/lowbit_layer.py            # full run (~5 min on 2 cores), results in benchmarks/results/
     python benchmarks/lowbit_layer.py --quick --out /tmp/lb   # smoke run, seconds
+    python benchmarks/lowbit_layer.py --report-only --note "..."   # re-render the .md from the .json
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ def render_md(res) -> str:
         "`bnb_nf4_eval` is its eval/no-grad fused bf16 path (forward only; it repacks the weight in place, "
         "so it is a separate instance and not a training path).",
         "- N = 1: x (1, in); N = 256: x (2, 128, in). Shapes are out x in.",
+        *([f"- **Note:** {res['note']}"] if res.get("note") else []),
         "",
         "## Dequantising 2048x2048 (4.2M weights) alone, ms",
         "",
@@ -302,7 +304,16 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--note", help="a remark on the run (e.g. other load), stored and shown in the report")
+    ap.add_argument("--report-only", action="store_true", help="re-render lowbit_layer.md from lowbit_layer.json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        res = json.loads((args.out / "lowbit_layer.json").read_text(encoding="utf-8"))
+        if args.note:
+            res["note"] = args.note
+            (args.out / "lowbit_layer.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+        (args.out / "lowbit_layer.md").write_text(render_md(res), encoding="utf-8")
+        return
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
     shapes = QUICK_SHAPES if args.quick else SHAPES
     rounds = 3 if args.quick else args.rounds
@@ -310,7 +321,7 @@ def main(argv=None):
     res = run(shapes, rounds, [int(t) for t in args.threads.split(",")])
     res["bit_compat"] = bit_compat(shapes)
     machine["loadavg_end"] = os.getloadavg()
-    res.update(machine=machine, rounds=rounds, quick=args.quick)
+    res.update(machine=machine, rounds=rounds, quick=args.quick, note=args.note)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lowbit_layer.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     (args.out / "lowbit_layer.md").write_text(render_md(res), encoding="utf-8")
