@@ -191,7 +191,7 @@ def test_matmul_rejects_bad_input():
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native.EXTENSION, "_loaded", {})
     monkeypatch.setenv("CXX", "no-such-compiler-petkit")
     with pytest.raises(KernelUnavailable, match="no C\\+\\+ compiler .* backend=\"reference\""):
         native.load()
@@ -201,8 +201,8 @@ def test_unavailable_native_raises_and_auto_falls_back_with_one_warning(monkeypa
     def broken_build():
         raise KernelUnavailable('building the LUT kernel failed (simulated); backend="reference" works')
 
-    monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(native, "_build", broken_build)
+    monkeypatch.setattr(native.EXTENSION, "_loaded", {})
+    monkeypatch.setattr(native.EXTENSION, "_build", broken_build)
     monkeypatch.setattr(matmul, "_warned", False)
     w, _ = random_weight(32, 64, 2, 64, with_zeros=True)
     x = torch.randn(2, 64)

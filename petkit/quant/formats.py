@@ -99,6 +99,24 @@ def _round(g, scale, zero, top):
     return ((g - zero[..., None]) / scale[..., None]).round_().clamp_(0, top)
 
 
+def dequantize_packed(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, scheme: str, bits: int,
+                      cols: int, dtype: torch.dtype = torch.float32, index: torch.Tensor | None = None,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """The float (rows, cols) matrix of packed rows (`pack`'s layout) and their statistics, or only the
+    rows of a flat integer `index`: the native kernel (petkit.kernels.dequant) where it covers the
+    case and builds, else `unpack` and `dequantize_codes` in PyTorch; the two agree bit for bit. The
+    kernel writes into `out` (contiguous, of `dtype` and the result's shape) when given; the PyTorch
+    path ignores it and returns a new tensor, so use the returned one."""
+    from petkit.kernels import dequant
+
+    w = dequant.dequantize_packed(packed, scales, zeros, scheme, bits, cols, dtype, index=index, out=out, levels=NF4)
+    if w is not None:
+        return w
+    if index is not None:
+        packed, scales, zeros = packed[index], scales[index], None if zeros is None else zeros[index]
+    return dequantize_codes(unpack(packed, bits, cols), scales, zeros, scheme, dtype)
+
+
 def dequantize_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, scheme: str,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The float (out, in) weight for unpacked codes (out, in) and per-group statistics (out, in/G)."""

@@ -3,7 +3,9 @@
 Training (QLoRA-style) needs y = x Wᵀ + b and the input gradient g W, never a weight gradient. Both
 dequantise W on the fly and drop it again: the autograd function saves no float weight, so the
 memory a model holds is the packed codes (plus one layer's float weight at a time), at the price of
-a second dequantisation in backward — what bitsandbytes does too (notes/low-bit.md §1.2).
+a second dequantisation in backward — what bitsandbytes does too (notes/low-bit.md §1.2). The
+dequantisation runs in the native kernel (petkit.kernels.dequant) where it builds, else in PyTorch;
+both give the same bits.
 
 Inference may instead run the T-MAC lookup-table kernel (`lut=True`, int scheme, b ≤ 4): its weight
 layout is built once, next to the packed codes (never instead of them: no mode-dependent in-place
@@ -13,6 +15,7 @@ repacking, and `state_dict()` has no side effects).
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -72,11 +75,17 @@ class PackedRows:
         codes = self.codes if rows is None else self.codes[rows]
         return formats.unpack(codes.reshape(-1, codes.shape[-1]), self.format.bits, self._cols)
 
-    def dequantize(self, dtype: torch.dtype = torch.float32, rows=None) -> torch.Tensor:
-        """The float (rows, cols) matrix, or only the given rows (a flat index tensor)."""
-        scales, zeros = (self.scales, self.zeros) if rows is None else \
-            (self.scales[rows], None if self.zeros is None else self.zeros[rows])
-        return formats.dequantize_codes(self.unpacked_codes(rows), scales, zeros, self.format.scheme, dtype)
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows=None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The float (rows, cols) matrix, or only the given rows (an integer index tensor, or a slice);
+        written into `out` where the native kernel runs (see formats.dequantize_packed): use the result."""
+        codes, scales, zeros, index = self.codes, self.scales, self.zeros, None
+        if isinstance(rows, torch.Tensor) and not rows.is_floating_point() and rows.dtype != torch.bool:
+            index = rows.reshape(-1)  # gathered inside the kernel: no copy of the selected codes
+        elif rows is not None:
+            codes, scales, zeros = codes[rows], scales[rows], None if zeros is None else zeros[rows]
+        return formats.dequantize_packed(codes.reshape(-1, codes.shape[-1]), scales.reshape(-1, scales.shape[-1]),
+                                         None if zeros is None else zeros.reshape(-1, zeros.shape[-1]),
+                                         self.format.scheme, self.format.bits, self._cols, dtype, index=index, out=out)
 
     def _sample_stored(self, flat_index):
         values = self.dequantize().reshape(-1)[flat_index]
@@ -222,12 +231,15 @@ class PackedLinearFn(torch.autograd.Function):
     def forward(ctx, x, layer: PackedLinear, bias):
         ctx.layer = layer
         rows = _row_blocks(layer)
+        scratch = _scratch(rows, layer, x.dtype)
         if len(rows) == 1:
-            y = torch.matmul(x, layer.dequantize(x.dtype).t())
+            y = torch.matmul(x, layer.dequantize(x.dtype, out=scratch).t())
         else:
             y = x.new_empty(*x.shape[:-1], layer.out_features)
             for block in rows:
-                torch.matmul(x, layer.dequantize(x.dtype, rows=block).t(), out=y[..., block])
+                w = layer.dequantize(x.dtype, rows=block,
+                                     out=None if scratch is None else scratch[: block.stop - block.start])
+                torch.matmul(x, w.t(), out=y[..., block])
         return y if bias is None else y.add_(bias.to(y.dtype))
 
     @staticmethod
@@ -235,9 +247,15 @@ class PackedLinearFn(torch.autograd.Function):
         grad_x = grad_bias = None
         layer = ctx.layer
         if ctx.needs_input_grad[0]:
-            for block in _row_blocks(layer):
-                part = torch.matmul(grad[..., block], layer.dequantize(grad.dtype, rows=block))
-                grad_x = part if grad_x is None else grad_x.add_(part)
+            rows = _row_blocks(layer)
+            scratch = _scratch(rows, layer, grad.dtype)
+            g2 = grad.reshape(-1, grad.shape[-1])
+            for block in rows:
+                w = layer.dequantize(grad.dtype, rows=None if block == slice(None) else block,
+                                     out=None if scratch is None else scratch[: _rows_in(block, layer)])
+                # the blocks' products summed inside the GEMM (beta = 1), not through a temporary each
+                grad_x = torch.mm(g2[:, block], w) if grad_x is None else grad_x.addmm_(g2[:, block], w)
+            grad_x = grad_x.view(*grad.shape[:-1], layer.in_features)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, None, grad_bias
@@ -248,6 +266,30 @@ def _row_blocks(layer: PackedLinear) -> list:
     if step >= layer.out_features:
         return [slice(None)]
     return [slice(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
+
+
+_SCRATCH = threading.local()  # per thread: one float buffer of at most ~BLOCK_ELEMENTS, reused by every layer
+
+
+def _rows_in(block: slice, layer: PackedLinear) -> int:
+    return layer.out_features if block == slice(None) else block.stop - block.start
+
+
+def _scratch(rows: list, layer: PackedLinear, dtype: torch.dtype):
+    """The (rows of the first block, in_features) buffer the native kernel dequantises every block into,
+    or None where the PyTorch path runs (it returns fresh tensors). Shared by all layers of a thread and
+    only used between one dequantisation and its matmul: a fresh multi-MB tensor per call costs page
+    faults (the allocator maps and unmaps it each time) comparable to the dequantisation itself."""
+    from petkit.kernels import dequant
+
+    if layer.codes.device.type != "cpu" or not dequant.supports(layer.format.scheme, layer.format.bits, dtype):
+        return None
+    shape = (_rows_in(rows[0], layer), layer.in_features)
+    n = shape[0] * shape[1]
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        buf = _SCRATCH.buf = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
 
 
 class PackedEmbedding(PackedRows, QuantizedEmbedding):

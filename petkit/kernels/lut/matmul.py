@@ -33,7 +33,7 @@ def lut_matmul(x: torch.Tensor, w: LutWeight, backend: str = "auto", act_group_s
     if act_group_size <= 0 or act_group_size % 8:
         raise ValueError(f"act_group_size must be a positive multiple of 8, got {act_group_size!r}")
     if backend != "reference":
-        ext = native._loaded.get("module") or _load(backend)
+        ext = _load(backend)  # after the first call, a dictionary look-up
         if ext is not None:  # leading dimensions of x are kept by the kernel
             return ext.lut_gemm(x if x.dtype == torch.float32 else x.float(), w.packed, w.scales, w.zeros,
                                 w.bits, w.out_features, w.group_size, act_group_size, ISA[isa])
