@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 steps, 4 eval blocks")
     parser.add_argument("--memory-sweep", action="store_true",
-                        help="memory only, at batch 1, 2 and 4: 3 steps per run, no perplexity")
+                        help="memory (and step time) only, at batch 1, 2 and 4: 6 steps per run, no perplexity")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
@@ -182,16 +182,19 @@ def run_child(base: str, args, *extra: str) -> dict:
 def memory_sweep(args) -> None:
     """Training memory against the batch: the weights shrink, the activations (most of all the
     49k-vocabulary logits and their gradient) do not, so the ratio depends on how much is in flight."""
-    args.steps, args.eval_blocks = 3, 0
+    args.steps, args.eval_blocks = 6, 0  # step time: the median of steps 4-6
     rows = [{**run_child(base, args, "--batch", str(batch)), "batch": batch} for batch in (1, 2, 4) for base in BASES]
     lines = ["# Training memory of LoRA on SmolLM2-135M: low-bit bases vs the fp32 base, by batch size", "",
-             f"{args.length}-token rows, 3 steps each, activation checkpointing {'on' if args.checkpointing else 'off'}; "
-             "memory as in qlora_smollm2.md (peak RSS while training less RSS before loading).", "",
-             "| batch | base | weights resident MB | training memory MB | × fp32 |", "|---|---|---|---|---|"]
+             f"{args.length}-token rows, 6 steps each, activation checkpointing {'on' if args.checkpointing else 'off'}; "
+             "memory as in qlora_smollm2.md (peak RSS while training less RSS before loading); step time: median "
+             "of steps 4-6.", "",
+             "| batch | base | weights resident MB | training memory MB | × fp32 | step s | × fp32 |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         fp32 = next(x for x in rows if x["batch"] == r["batch"] and x["base"] == "fp32")
         lines.append(f"| {r['batch']} | {r['base']} | {r['weights_mb']} | {r['train_memory_mb']} | "
-                     f"{r['train_memory_mb'] / fp32['train_memory_mb']:.2f} |")
+                     f"{r['train_memory_mb'] / fp32['train_memory_mb']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['step_s'] / fp32['step_s']:.2f} |")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "qlora_smollm2_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.output / "qlora_smollm2_memory.md").write_text("\n".join(lines) + "\n")
