@@ -9,6 +9,9 @@ group_size 64, per-group scales, no zero points. Variants, all fed the same x:
   dequant      from the same codes (kept unpacked as uint8, one byte per weight, the cheapest form for
                plain PyTorch) each call: W = (codes - 2^(b-1)) * scales, then F.linear. Its cost does
                not depend on b; it is measured with the 4-bit codes.
+  petkit_dequant  petkit's own dequantise-then-matmul: a PackedLinear (int4, the same codes, packed)
+               whose forward dequantises with the native kernel (petkit.kernels.dequant) into a reused
+               buffer, then multiplies: the strongest dequantising baseline petkit has.
   fp32         F.linear with the dense float32 weight
 Timing: torch.set_num_threads(1), then 2; per case, `rounds` rounds, each runs every variant once (the
 order rotates) for `inner` back-to-back calls, and a variant's time is the median over rounds of
@@ -38,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from petkit.kernels.lut import lut_matmul, native, pack_lut  # noqa: E402
+from petkit.quant import PackedLinear, QuantFormat, formats  # noqa: E402
 
 SHAPES = [(576, 576, "q,o"), (192, 576, "k,v"), (1536, 576, "gate,up"), (576, 1536, "down"),
           (2048, 2048, "notes")]
@@ -70,6 +74,17 @@ def make_case(M, K, N, seed=0):
 
     dense = (codes4.float() - 8.0) * scales.repeat_interleave(GROUP, 1)
     fns["dequant"] = dequant
+    layer = PackedLinear(K, M, QuantFormat("int", 4, GROUP), bias=False)
+    layer.codes.copy_(formats.pack(codes4, 4))
+    layer.scales.copy_(scales.half())
+    layer.zeros.copy_(-8.0 * scales.half())  # exact in fp16: w = s·q − 8s = s·(q − 8)
+    layer.eval()
+
+    def petkit_dequant():
+        with torch.no_grad():
+            return layer(x)
+
+    fns["petkit_dequant"] = petkit_dequant
     fns["fp32"] = lambda: F.linear(x, dense)
     return fns
 
@@ -118,6 +133,7 @@ def run(shapes, batches, threads_list, rounds):
                         "ms": {n: statistics.median(v) for n, v in times.items()},
                         "cpu_ms": {n: statistics.median(v) for n, v in cpu.items()},
                         "lut_over_dequant": {b: ratio(times, f"lut_b{b}", "dequant") for b in BITS},
+                        "lut_over_petkit_dequant": {b: ratio(times, f"lut_b{b}", "petkit_dequant") for b in BITS},
                         "lut_over_fp32": {b: ratio(times, f"lut_b{b}", "fp32") for b in BITS}}
                 cases.append(case)
                 for n, ms in case["ms"].items():
@@ -139,21 +155,24 @@ def render_md(res) -> str:
     ]
     for threads in sorted({c["threads"] for c in res["cases"]}):
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
-                  "| M x K (role) | N | fp32 | dequant | LUT b1 | LUT b2 | LUT b3 | LUT b4 | b2 / dequant | b2 / fp32 | b4 / dequant | b4 / fp32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| M x K (role) | N | fp32 | dequant | petkit dequant | LUT b1 | LUT b2 | LUT b3 | LUT b4 | b2 / dequant | "
+                  "b2 / petkit dequant | b2 / fp32 | b4 / petkit dequant | b4 / fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in (c for c in res["cases"] if c["threads"] == threads):
             ms = c["ms"]
             lines.append(
                 f"| {c['M']}x{c['K']} ({c['role']}) | {c['N']} | {ms['fp32']:.4f} | {ms['dequant']:.4f} | "
-                + " | ".join(f"{ms[f'lut_b{b}']:.4f}" for b in BITS)
-                + f" | {c['lut_over_dequant'][2]:.3f} | {c['lut_over_fp32'][2]:.3f}"
-                + f" | {c['lut_over_dequant'][4]:.3f} | {c['lut_over_fp32'][4]:.3f} |")
+                f"{ms['petkit_dequant']:.4f} | " + " | ".join(f"{ms[f'lut_b{b}']:.4f}" for b in BITS)
+                + f" | {c['lut_over_dequant'][2]:.3f} | {c['lut_over_petkit_dequant'][2]:.3f} | {c['lut_over_fp32'][2]:.3f}"
+                + f" | {c['lut_over_petkit_dequant'][4]:.3f} | {c['lut_over_fp32'][4]:.3f} |")
         lines.append("")
     lines += ["## 1 thread, process CPU time (ms; less sensitive to other load than the wall clock)", "",
-              "| M x K (role) | N | fp32 | dequant | LUT b1 | LUT b2 | LUT b3 | LUT b4 |", "|---|---|---|---|---|---|---|---|"]
+              "| M x K (role) | N | fp32 | dequant | petkit dequant | LUT b1 | LUT b2 | LUT b3 | LUT b4 |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in (c for c in res["cases"] if c["threads"] == 1):
         ms = c["cpu_ms"]
         lines.append(f"| {c['M']}x{c['K']} ({c['role']}) | {c['N']} | {ms['fp32']:.4f} | {ms['dequant']:.4f} | "
+                     f"{ms['petkit_dequant']:.4f} | "
                      + " | ".join(f"{ms[f'lut_b{b}']:.4f}" for b in BITS) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -172,7 +191,8 @@ def plot(res, path):
     for ax, c in zip(axes.flat, gemv):
         ax.plot(BITS, [c["ms"][f"lut_b{b}"] for b in BITS], "o-", color="C0", label="LUT kernel (wall)")
         ax.plot(BITS, [c["cpu_ms"][f"lut_b{b}"] for b in BITS], "o:", color="C0", label="LUT kernel (CPU time)")
-        ax.axhline(c["ms"]["dequant"], color="C1", label="dequantise + F.linear")
+        ax.axhline(c["ms"]["dequant"], color="C1", label="dequantise (PyTorch) + F.linear")
+        ax.axhline(c["ms"]["petkit_dequant"], color="C3", label="petkit PackedLinear (native dequantise)")
         ax.axhline(c["ms"]["fp32"], color="C2", label="fp32 F.linear")
         ax.set_title(f"{c['M']}x{c['K']} ({c['role']}), N=1, 1 thread", fontsize=9)
         ax.set_xlabel("weight bits")
@@ -206,7 +226,7 @@ def main(argv=None):
     if args.report_only:
         res = json.loads((Path(args.out) / "lut_gemm.json").read_text())
         for c in res["cases"]:  # JSON turned the bit keys into strings
-            for key in ("lut_over_dequant", "lut_over_fp32"):
+            for key in ("lut_over_dequant", "lut_over_petkit_dequant", "lut_over_fp32"):
                 c[key] = {int(b): v for b, v in c[key].items()}
         return write_reports(res, Path(args.out))
     shapes = QUICK_SHAPES if args.quick else SHAPES + ([LM_HEAD] if args.lm_head else [])
