@@ -201,7 +201,7 @@ class PackedLinear(PackedRows, QuantizedLinear):
                 self.scales.copy_(scales)
                 if zeros is not None:
                     self.zeros.copy_(zeros)
-                self._lut_weight = None
+                self._stored_changed()
             else:
                 merged = self._merging
                 self._undo.append(tuple(None if t is None else t.clone() for t in (self.codes, self.scales, self.zeros)))
