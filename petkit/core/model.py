@@ -31,7 +31,7 @@ from petkit.core.registry import Method, method_for
 from petkit.core.state import AdapterState
 from petkit.core.summary import render_summary
 from petkit.core.targeting import HEAD_NAMES, method_targets, resolve_targets, task_head_names
-from petkit.core.unwrapped import base_parameters, named_base_modules
+from petkit.core.unwrapped import base_parameters, named_base_modules, tied_parameter_ids
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -340,7 +340,7 @@ class AdaptedModel(nn.Module):
             if n in self.model_deltas:
                 raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged: it acts on the whole "
                                  "model (extra inputs or a side network), not on weights")
-            tied = self._tied_weights()
+            tied = tied_parameter_ids(self.base)
             for p, layer, delta in self.layers(n):
                 if not delta.mergeable:
                     raise StateError(f"{self.method_of(n).name} adapter {n!r} cannot be merged ({p})")
@@ -375,14 +375,6 @@ class AdaptedModel(nn.Module):
         trainable = any(p.requires_grad for p in delta.parameters())
         self.state.configs[name] = delta.fold(self.state.configs[name])
         self.set_trainable(name, trainable)
-
-    def _tied_weights(self) -> set[int]:
-        """ids of parameters owned by more than one module (tied input/output embeddings)."""
-        owners: dict[int, int] = defaultdict(int)
-        for module in self.base.modules():
-            for p in module.parameters(recurse=False):
-                owners[id(p)] += 1
-        return {i for i, count in owners.items() if count > 1}
 
     def unmerge(self) -> None:
         for n in reversed([n for n in self.state.merged if n not in self.state.selected]):

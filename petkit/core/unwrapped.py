@@ -35,3 +35,12 @@ def base_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """named_parameters() of the base model alone, by the names they have without petkit's wrappers
     (no adapter's tensors), in model order."""
     return {name.replace(".base_layer.", "."): p for name, p in model.named_parameters() if ".deltas." not in name}
+
+
+def tied_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of parameters owned by more than one module (tied input/output embeddings)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {i for i, count in owners.items() if count > 1}

@@ -8,6 +8,7 @@ from petkit.core.errors import ConfigError, StateError, TargetError
 from petkit.core.layer import AdaptedLayer, weight_oi
 from petkit.core.module_types import LINEAR_TYPES, QuantizedWeight
 from petkit.core.targeting import resolve_targets
+from petkit.core.unwrapped import tied_parameter_ids
 from petkit.quant.linear import PackedEmbedding, PackedLinear, PackedRows, QuantFormat
 
 DEFAULT_GROUP = 64  # QLoRA's block size
@@ -39,7 +40,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = DEFAULT_GROUP, s
         targets = (targets,)
     paths = resolve_targets(model, tuple(targets), tuple(exclude), LINEAR_TYPES)
     modules = dict(model.named_modules())
-    shared = _shared_weights(model)
+    shared = tied_parameter_ids(model)
     bad = [f"{p} (in_features={weight_oi(modules[p]).shape[1]})" for p in paths
            if weight_oi(modules[p]).shape[1] % group_size]
     if bad:
@@ -74,14 +75,6 @@ def _packed_embeddings(model: nn.Module, modules: dict, fmt: QuantFormat) -> dic
     if head is not None and getattr(head, "weight", None) is table.weight:
         built[paths[id(head)]] = PackedLinear.sharing(packed)
     return built
-
-
-def _shared_weights(model: nn.Module) -> set[int]:
-    owners: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
-    return {i for i, n in owners.items() if n > 1}
 
 
 def quantized_layers(model: nn.Module) -> dict[str, PackedRows]:
