@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from petkit.continual.model import ContinualClassifier
 from petkit.continual.stream import Stream, Task
 from petkit.testing import tiny_bert, tiny_tokenizer
@@ -36,6 +38,7 @@ def toy_model(stream: Stream, seed: int = 0, layers: int = 2) -> ContinualClassi
     backbone = tiny_bert(seed=seed, layers=layers).bert
     for p in backbone.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(seed)  # the head's init
     return ContinualClassifier(backbone, backbone.config.hidden_size, stream.num_classes, "mean")
 
 

@@ -210,6 +210,31 @@ def fed(args) -> int:
     return 0
 
 
+def continual(args) -> int:
+    from petkit.continual import ContinualConfig, run_stream
+    from petkit.continual.report import matrix_table, metrics_line, plot_curves, plot_heatmap, seen_average_curve
+    settings = read_settings(args.config, "continual") if args.config else {}
+    settings.update(parse_pairs(args.set, "continual"))
+    if args.stream:
+        is_file = args.stream.endswith((".yaml", ".yml")) or Path(args.stream).is_file()
+        settings["stream"] = read_settings(args.stream, "stream") if is_file else args.stream
+    for key in ("method", "model", "seed"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    settings["options"] = {**settings.get("options", {}), **parse_pairs(args.option, "method")}
+    out = Path(args.output)
+    cfg = ContinualConfig.from_dict({**settings, "output_dir": str(out)})
+    result = run_stream(cfg, resume=args.resume, progress=not args.no_progress)
+    (out / "matrix.md").write_text(f"{matrix_table(result)}\n\n{metrics_line(result)}\n")
+    plot_heatmap(result, out / "heatmap.png")
+    plot_curves({cfg.method: seen_average_curve(result)}, out / "curve.png", f"{cfg.method} on {result.stream}",
+                result.stream)
+    console.print(matrix_table(result))
+    console.print(metrics_line(result))
+    console.print(f"result: {out / 'result.json'}; plots: {out / 'heatmap.png'}, {out / 'curve.png'}")
+    return 0
+
+
 def methods(args) -> int:
     from petkit.cli.methods_table import COLUMNS, method_rows  # the README's method table: the same rows
     table = Table(title="registered methods")

@@ -116,6 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SuperLink + SuperNodes) to DIR and print the commands that run it")
     p.set_defaults(func=commands.fed)
 
+    p = sub.add_parser("continual", help="learn a stream of tasks one after another (LAE, OVOR, L2M, MoRA, baselines): "
+                                         "accuracy matrix, forgetting, plots")
+    p.add_argument("config", nargs="?", help="YAML with the run settings (petkit/continual/run.py ContinualConfig)")
+    p.add_argument("--stream", help="a named stream (trec-classes, news-classes, text-tasks, instruct-tasks) or a YAML "
+                                    "file with scenario and tasks")
+    p.add_argument("--method", help="seq-lora, seq-full, per-task, joint, lae, ovor, l2m, mora")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. -o pet=prefix -o freeze_epochs=3 (repeatable)")
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run setting, e.g. -s epochs=3 -s lr=1e-3 -s max_train=600 (repeatable)")
+    p.add_argument("--model", help="alias (minilm, smollm2) or a local Hugging Face folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", default="runs/continual", help="folder for checkpoints, result.json, matrix.md and plots")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output after its last finished task")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=commands.continual)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 

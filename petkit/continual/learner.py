@@ -18,6 +18,7 @@ that is not a tensor of the model goes in `extra_state`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -102,7 +103,12 @@ def register_learner(cls: type[Learner]) -> type[Learner]:
 def make_learner(name: str, options: dict | None = None) -> Learner:
     if name not in LEARNERS:
         raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(LEARNERS))}")
-    return LEARNERS[name](**(options or {}))
+    cls, options = LEARNERS[name], dict(options or {})
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "options")]
+    stray = [k for k in options if k not in known]
+    if stray:
+        raise ConfigError(f"{name} has no option {stray[0]!r}; its options: {', '.join(known) or 'none'}")
+    return cls(**options)
 
 
 def check_scenario(learner: Learner, stream: Stream) -> None:

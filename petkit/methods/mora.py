@@ -12,8 +12,9 @@ top_k · (in + out) (`active_parameters`).
 
 Not mergeable, for any setting: w depends on x through the softmax even when top_k = r, so there is
 no single ΔW (a given input's ΔW = B diag(m ⊙ w(x)) A could be formed, but only per token).
-Not implemented here: the continual-learning protocol (new experts per task, earlier ones frozen);
-the paper's values of k, τ and δ were not available (spec §7), so the defaults are ours.
+`live` limits the mixture to the first `live` experts (the rest sit unused, as if not yet added):
+petkit.continual's MoRA protocol grows it by a block of new experts per task and freezes the earlier
+ones. The paper's values of k, τ and δ were not available (spec §7), so the defaults are ours.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class MoraDelta(Delta):
         super().__init__()
         in_f, out_f = in_out_features(base)
         self.k, self.tau, self.threshold = config.top_k, float(config.temperature), config.threshold
+        self.live: int | None = None  # experts in use: the first `live` (None: all r)
         self.A = nn.Parameter(torch.zeros(config.r, in_f))
         self.B = nn.Parameter(torch.zeros(out_f, config.r))
         if init:
@@ -67,15 +69,17 @@ class MoraDelta(Delta):
     def gates(self, a: torch.Tensor) -> torch.Tensor:
         """Per-token expert weights m_i · w_i from the activations a = A x (zero outside the top-k)."""
         s = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        top, idx = s.topk(self.k, dim=-1)
+        top, idx = s.topk(min(self.k, s.shape[-1]), dim=-1)
         w = torch.softmax(top / self.tau, dim=-1)
         if self.threshold is not None:
             w = w * (top >= self.threshold)
         return torch.zeros_like(a).scatter(-1, idx, w)
 
     def forward(self, base, x, y):
-        a = F.linear(x.to(self.A.dtype), self.A)
-        return y + F.linear(self.gates(a) * a, self.B).to(y.dtype)
+        # experts not yet added (past `live`) neither score nor count in the norm
+        A, B = (self.A, self.B) if self.live is None else (self.A[: self.live], self.B[:, : self.live])
+        a = F.linear(x.to(A.dtype), A)
+        return y + F.linear(self.gates(a) * a, B).to(y.dtype)
 
 
 def build_mora(base, config: MoraConfig, path: str, model, init: bool = True) -> MoraDelta:

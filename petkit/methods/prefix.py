@@ -40,11 +40,14 @@ from petkit.models.structure import attention_shape, hf_model, hidden_size, laye
 @dataclass(frozen=True)
 class PrefixTuningConfig(AdapterConfig):
     """num_virtual_tokens: prefix length m. projection: train through the reparametrisation MLP
-    (fold it away after training); projection_hidden: its hidden width (None: the model's width)."""
+    (fold it away after training); projection_hidden: its hidden width (None: the model's width).
+    compensate: renormalise the attention weights on the prefix to sum to 1 in every query row (LAE's
+    prefix compensation, Gao et al. 2023: the prefix then learns as fast as an adapter)."""
 
     num_virtual_tokens: int = 20
     projection: bool = True
     projection_hidden: int | None = None
+    compensate: bool = False
 
     def validate(self):
         check(is_pos_int(self.num_virtual_tokens),
@@ -53,6 +56,7 @@ class PrefixTuningConfig(AdapterConfig):
         check(self.projection_hidden is None or is_pos_int(self.projection_hidden),
               f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
         check(self.projection or self.projection_hidden is None, "projection_hidden needs projection=true")
+        check(isinstance(self.compensate, bool), f"compensate must be true or false, got {self.compensate!r}")
         check(not self.targets, "prefix tuning has no targets: every self-attention layer gets a prefix")
 
 
@@ -60,7 +64,7 @@ class PrefixDelta(ModelDelta):
     def __init__(self, model: nn.Module, config: PrefixTuningConfig, init: bool = True):
         super().__init__()
         object.__setattr__(self, "hf", hf_model(model, "prefix tuning"))  # looked at, not owned
-        self.m = config.num_virtual_tokens
+        self.m, self.compensate = config.num_virtual_tokens, config.compensate
         self.kv_heads, self.head_dim = attention_shape(self.hf.config)
         object.__setattr__(self, "attention", _attention_modules(self.hf))
         self.causal = not getattr(self.hf.config, "is_encoder_decoder", False) and any(
@@ -128,7 +132,7 @@ class PrefixDelta(ModelDelta):
             if not self._is_live():
                 return None
             kv = self.layer_prefix(layer)
-            return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1)
+            return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1), self.compensate
         return provide
 
     def _shift_positions(self, module, args, kwargs):
@@ -181,6 +185,9 @@ def _attention_modules(hf: nn.Module) -> list[nn.Module]:
 
 def _peft_table(am, name: str):
     delta = am.model_deltas[name]
+    if delta.compensate:
+        raise ConfigError("PEFT has no prefix compensation, so a PEFT file would run this prefix differently: save "
+                          "it with format='petkit'")
     if not delta.causal:
         raise ConfigError(f"PEFT runs prefixes as a KV cache, which {type(delta.hf).__name__} does not take on its "
                           "encoder; PEFT prefix files are written for decoder-only causal LMs: save this "

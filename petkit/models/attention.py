@@ -27,7 +27,8 @@ from torch import nn
 
 from petkit.core.errors import StateError, TargetError
 
-# module -> providers; a provider returns (keys, values) of shape (batch, kv heads, m, head dim) or None
+# module -> providers; a provider returns (keys, values) of shape (batch, kv heads, m, head dim), or
+# (keys, values, compensate) to renormalise the prefix's attention mass (LAE), or None
 _PROVIDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PREFIX = "petkit+"
 _WRAPPABLE = ("eager", "sdpa")
@@ -133,19 +134,44 @@ def _wrapper(name: str) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
         prefixes = [kv for p in _PROVIDERS.get(module, ()) if (kv := p(query.shape[0])) is not None]
         if prefixes:
-            m = sum(k.shape[2] for k, _ in prefixes)
-            for k, _ in prefixes:
-                if k.shape[1] != key.shape[1] or k.shape[3] != key.shape[3]:
-                    raise StateError(f"prefix of shape {tuple(k.shape)} does not fit {type(module).__name__}'s keys "
+            m = sum(kv[0].shape[2] for kv in prefixes)
+            for kv in prefixes:
+                if kv[0].shape[1] != key.shape[1] or kv[0].shape[3] != key.shape[3]:
+                    raise StateError(f"prefix of shape {tuple(kv[0].shape)} does not fit {type(module).__name__}'s keys "
                                      f"{tuple(key.shape)} (kv heads, head dim)")
-            key = torch.cat([k.to(key.dtype) for k, _ in prefixes] + [key], dim=2)
-            value = torch.cat([v.to(value.dtype) for _, v in prefixes] + [value], dim=2)
+            key = torch.cat([kv[0].to(key.dtype) for kv in prefixes] + [key], dim=2)
+            value = torch.cat([kv[1].to(value.dtype) for kv in prefixes] + [value], dim=2)
             attention_mask = _widen_mask(attention_mask, module, query, key, m, additive=name == "eager")
             bias = kwargs.get("position_bias")
             if isinstance(bias, torch.Tensor) and bias.dim() == 4:  # T5: prefix keys carry no position bias
                 kwargs["position_bias"] = nn.functional.pad(bias, (m, 0))
+            if any(len(kv) > 2 and kv[2] for kv in prefixes):
+                return compensated_attention(module, query, key, value, attention_mask, m, **kwargs)
         return _original(name, module)(module, query, key, value, attention_mask, **kwargs)
     return attention
+
+
+def compensated_attention(module, query, key, value, attention_mask, m: int, scaling=None, dropout: float = 0.0,
+                          position_bias=None, **_):
+    """Attention whose first m keys (the prefix) get their softmax weights renormalised to sum to 1:
+    LAE's prefix compensation (Gao et al. 2023). A prefix's output is otherwise scaled by the attention
+    mass λ it happens to get, which makes prefixes learn more slowly than adapters or LoRA."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if isinstance(position_bias, torch.Tensor):
+        scores = scores + position_bias
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask[..., : key.shape[2]]
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    mass = weights[..., :m].sum(-1, keepdim=True)
+    weights = torch.cat([weights[..., :m] / mass.clamp_min(1e-12), weights[..., m:]], dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 def _widen_mask(mask, module, query, key, m: int, additive: bool):
