@@ -21,11 +21,17 @@ from test_data import needs_shared
 FAST = {"epochs": 2, "lr": 5e-3, "batch_size": 8}
 
 
-def run(method, stream=None, options=None, output=None, resume=False, seed=0, **settings):
+def run(method, stream=None, options=None, output=None, resume=False, seed=0, model=None, **settings):
     stream = stream or toy_stream()
     cfg = ContinualConfig(method=method, options=options or {}, output_dir=output, seed=seed, **{**FAST, **settings})
-    return run_stream(cfg, model=toy_model(stream, seed), tokenizer=tokenizer(), stream=stream, progress=False,
+    tok = tokenizer() if model is None else _chat_tokenizer()
+    return run_stream(cfg, model=model or toy_model(stream, seed), tokenizer=tok, stream=stream, progress=False,
                       resume=resume)
+
+
+def _chat_tokenizer():
+    from petkit.testing import tiny_chat_tokenizer
+    return tiny_chat_tokenizer()
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -256,3 +262,70 @@ def test_unknown_methods_and_options_fail_clearly():
         make_learner("lae", {"ema_decay": 1.5})
     with pytest.raises(ConfigError, match="lae has no option 'decay'.*ema_decay"):
         make_learner("lae", {"decay": 0.9})
+
+
+# -- decoders ------------------------------------------------------------------------------------------
+
+def instruct_stream():
+    from continual_cases import WORDS, examples
+    from petkit.continual import Task
+    tasks = []
+    for t in range(2):
+        words = [WORDS[2 * t], WORDS[2 * t + 1]]
+        rows = [{"text": f"which word? {ex['text']}", "label": ex["label"]} for ex in examples([2 * t, 2 * t + 1], 16, t)]
+        tasks.append(Task(f"i{t}", words, rows, rows[:8], rows[:8], words=words))
+    return Stream("instruct", "task", tasks)
+
+
+def test_a_decoder_reads_the_last_prompt_token_and_its_head_starts_from_the_answer_words():
+    """The head rows of an instruction task are the LM head's rows of the answer words' first tokens, so
+    step 0 is the model's own answer; features come from the last real token whatever the padding.
+    Catches pooling a pad token, or head rows taken from the wrong word."""
+    from petkit.continual.model import classifier_for
+    from petkit.data.sft import encode
+    from petkit.testing import tiny_chat_tokenizer, tiny_llama
+    stream = instruct_stream()
+    lm, tok = tiny_llama(), tiny_chat_tokenizer()
+    model = classifier_for(lm.model, stream, 0, lm_head=lm.get_output_embeddings(), tokenizer=tok)
+    assert model.pooling == "last"
+    for row, word in zip(range(4), ["apple", "river", "stone", "cloud"]):
+        assert torch.equal(model.head.weight[row], lm.lm_head.weight[encode(tok, word)[0]])
+    enc = encode_split(tok, stream.tasks[0], stream.tasks[0].test[:2] + [{"text": "a", "label": 0}], 0, 200)
+    assert tok.decode(enc.ids[0]).endswith("assistant\n")  # the chat prompt, ready for the answer
+    batch = collate(enc, [0, 1, 2], tok.pad_token_id)
+    alone = collate(enc, [2], tok.pad_token_id)
+    with torch.no_grad():
+        logits = lm(input_ids=alone["input_ids"]).logits[0, -1]
+        ours = model(batch["input_ids"], batch["attention_mask"])[2]
+        assert torch.allclose(ours[:2], logits[[encode(tok, w)[0] for w in ("apple", "river")]], atol=1e-5)
+    result = run("seq-lora", stream, model=model)
+    assert [len(r) for r in result.matrix] == [1, 2]
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+def test_petkit_continual_writes_the_matrix_plots_and_resumes(tmp_path, capsys):
+    from petkit.cli.main import main
+    from petkit.testing import tiny_bert, tiny_tokenizer
+    folder = tmp_path / "model"
+    tiny_bert().bert.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    rows = ["text,label"] + [f"{w} {w} thing {i},{w}" for i in range(24) for w in ("red", "blue", "green", "pink")]
+    (tmp_path / "colours.csv").write_text("\n".join(rows))
+    stream = tmp_path / "stream.yaml"
+    stream.write_text(f"scenario: class\ntasks:\n  - {{dataset: {tmp_path / 'colours.csv'}, classes: [red, blue]}}\n"
+                      f"  - {{dataset: {tmp_path / 'colours.csv'}, classes: [green, pink]}}\n")
+    out = tmp_path / "run"
+    args = ["continual", "--stream", str(stream), "--method", "lae", "-o", "ema_decay=0.9", "-o", "freeze_epochs=1",
+            "--model", str(folder), "-s", "epochs=2", "-s", "batch_size=8", "--output", str(out), "--no-progress"]
+    assert main(args) == 0
+    for name in ("result.json", "matrix.md", "heatmap.png", "curve.png", "progress.json"):
+        assert (out / name).is_file(), name
+    assert "forgetting" in (out / "matrix.md").read_text()
+    assert main(args) == 2
+    assert "already holds a continual run" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # nothing left to do: the saved result again
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"scenario: class\ntasks:\n  - {{dataset: {tmp_path / 'colours.csv'}, classes: [red, blue]}}\n")
+    assert main(["continual", "--stream", str(bad), "--model", str(folder), "--output", str(tmp_path / "r2")]) == 2
+    assert "needs at least two" in capsys.readouterr().err

@@ -53,24 +53,31 @@ class Encoded:
 
 def build_classifier(name: str, stream: Stream, seed: int) -> tuple[ContinualClassifier, object]:
     """(classifier, tokenizer) for a model alias or folder; the head is initialised with `seed`."""
-    from petkit.models.loading import load_model, load_tokenizer
-    from petkit.models.structure import is_causal
+    from transformers import AutoConfig
 
+    from petkit.models.loading import load_model, load_tokenizer, resolve
+
+    config = AutoConfig.from_pretrained(resolve(name), local_files_only=True)
+    decoder = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     tokenizer = load_tokenizer(name)
-    base = load_model(name, task="base")
-    decoder = is_causal(base)
-    lm_head = None
     if decoder:
         full = load_model(name, task="causal_lm")
-        base, lm_head = full.model, full.get_output_embeddings()
-    width = hidden_size(base.config)
-    torch.manual_seed(seed)
-    model = ContinualClassifier(base, width, stream.num_classes, "last" if decoder else "mean")
+        return classifier_for(full.model, stream, seed, lm_head=full.get_output_embeddings(), tokenizer=tokenizer), tokenizer
+    return classifier_for(load_model(name, task="base"), stream, seed), tokenizer
+
+
+def classifier_for(base: nn.Module, stream: Stream, seed: int, lm_head: nn.Module | None = None,
+                   tokenizer=None) -> ContinualClassifier:
+    """A frozen base model (an encoder, or a decoder's body with its LM head given: last-token pooling,
+    instruction tasks' head rows from the LM head) with a head over every class of the stream."""
     for p in base.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(seed)
+    model = ContinualClassifier(base, hidden_size(base.config), stream.num_classes,
+                                "last" if lm_head is not None else "mean")
     if lm_head is not None:
         init_head_from_words(model.head, lm_head, tokenizer, stream)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def init_head_from_words(head: nn.Linear, lm_head: nn.Module, tokenizer, stream: Stream) -> None:

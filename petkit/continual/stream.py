@@ -128,7 +128,7 @@ def task_from_dataset(dataset: str, classes=None, *, seed: int = 0, max_train: i
         return stratified_sample(rows, n, seed, f"continual/{dataset}/{'-'.join(keep)}/{split}")
 
     words = keep if data.task == "sft" else None
-    label = name or (dataset if classes is None else f"{dataset}:{'+'.join(keep)}")
+    label = name or (data.name if classes is None else f"{data.name}:{'+'.join(keep)}")
     return Task(label, keep, pick(data.train, max_train, "train"), pick(data.dev, max_eval, "dev"),
                 pick(data.test, max_eval, "test"), words)
 
