@@ -2,6 +2,7 @@
 runner that trains task after task and fills the accuracy matrix, and its metrics and plots."""
 
 from . import baselines  # noqa: F401  (registers the learners)
+from . import l2m  # noqa: F401
 from .learner import LEARNERS, Learner, make_learner, register_learner
 from .metrics import summarise
 from .model import ContinualClassifier, build_classifier
