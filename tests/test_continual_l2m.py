@@ -3,6 +3,8 @@ the engine, gradients of the picked entries only, and whole runs (both scenarios
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from petkit.continual.run import ContinualConfig, run_stream
 from petkit.continual.stream import Stream, Task
 from petkit.core.errors import ConfigError
 from petkit.core.storage import read_tensors
-from petkit.testing import tiny_bert
+from petkit.testing import tiny_bert, tiny_gpt2, tiny_llama
 
 
 def learner_on(stream, dropout=None, **options) -> L2M:
@@ -154,13 +156,34 @@ def test_only_the_picked_entries_and_keys_get_gradients():
     assert trainable == expected
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoders_take_the_pool(family):
+    """Bug: L2M-LoRA refused on a model that fuses q, k and v (GPT-2: no attn.q role) or failing on a
+    decoder's last-token pooling."""
+    stream = toy_stream()
+    backbone = tiny_llama().model if family == "llama" else tiny_gpt2().transformer
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    learner = make_learner("l2m", {"pool_size": 3})
+    learner.setup(ContinualClassifier(backbone, 32, stream.num_classes, "last"), stream)
+    attention = ("attn.qkv",) if family == "gpt2" else ("attn.q", "attn.v")
+    assert learner.am.adapter_config("pool2").targets == (*attention, "mlp.up")
+    learner.begin_task(0)
+    learner.model.train()
+    learner.loss(batch_of(stream, 0, [0, 1]), 0).backward()
+    assert any(pool_grads(learner).values())
+
+
 def similar_stream() -> Stream:
     """Three tasks whose texts share one long filler, so every query is nearly the same."""
-    def examples(classes, n):
-        return [{"text": "the a of the a of the a of the a of " + WORDS[classes[i % 2]], "label": i % 2} for i in range(n)]
-    return Stream("similar", "class", [Task(f"s{t}", [WORDS[2 * t], WORDS[2 * t + 1]], examples([2 * t, 2 * t + 1], 16),
-                                            examples([2 * t, 2 * t + 1], 4), examples([2 * t, 2 * t + 1], 4))
-                                       for t in range(3)])
+    filler = "the a of the a of the a of the a of "
+
+    def task(t, n_train=16, n_eval=4):
+        words = [WORDS[2 * t], WORDS[2 * t + 1]]
+        split = [[{"text": filler + words[i % 2], "label": i % 2} for i in range(n)] for n in (n_train, n_eval, n_eval)]
+        return Task(f"s{t}", words, *split)
+
+    return Stream("similar", "class", [task(t) for t in range(3)])
 
 
 def test_without_the_count_penalty_tasks_collapse_onto_one_key():
@@ -185,7 +208,8 @@ def scenario_stream(scenario):
 @pytest.mark.parametrize("scenario,modulator", [("class", "lora"), ("task", "ia3")])
 def test_runs_a_stream_and_reports_key_usage(tmp_path, scenario, modulator):
     """Bug: the learner failing in a scenario or with a modulator; the keys missing from the checkpoint
-    (not on the classifier); key-usage reports that do not count every training and test sample."""
+    (not on the classifier); key-usage reports that do not count every training and test sample; test
+    picks counted into the usage that drives the penalty."""
     stream = scenario_stream(scenario)
     cfg = ContinualConfig(method="l2m", options={"pool_size": 6, "modulator": modulator}, epochs=2, lr=5e-3,
                           batch_size=8, output_dir=str(tmp_path))
@@ -195,6 +219,8 @@ def test_runs_a_stream_and_reports_key_usage(tmp_path, scenario, modulator):
     assert [sum(h.values()) for h in result.extra["l2m_train_keys"]] == [2 * 16] * 3
     for t, rows in enumerate(result.extra["l2m_test_keys"]):
         assert [sum(h.values()) for h in rows] == [8] * (t + 1)
+    saved = json.loads((tmp_path / "progress.json").read_text())["learner"]
+    assert saved["batches_seen"] == 3 * 2 * 2  # usage counts training batches only, not test or dev ones
     tensors, _ = read_tensors(tmp_path / "task-2.safetensors")
     assert tuple(tensors["l2m_keys"].shape) == (6, 32)
     assert sum("pool5" in k for k in tensors) > 0

@@ -8,6 +8,8 @@ entries and only the entries picked in a step get gradients.
   modulator "lora": LoRA r=8, alpha=16 (scaling 2) on attention q and v and on the MLP's
   up-projection. The official code's MLP LoRA reads the up-projection's *output* (a 4d→8→4d LoRA
   added before the activation); ours is a standard LoRA on the up-projection (it reads its input).
+  On a model that fuses q, k and v in one layer (GPT-2) both act on that layer (LoRA: keys too; IA³:
+  queries too, as PEFT's IA³ default for GPT-2).
   modulator "ia3": IA³ vectors on attention keys and values and on the FF activations (the input of
   the MLP's output layer).
 - query: the masked mean of the sample's input token embeddings (the embedding table only, no extra
@@ -36,6 +38,7 @@ from torch import nn
 from petkit.core.errors import ConfigError
 from petkit.core.mapping import int_at_least
 from petkit.core.model import adapt
+from petkit.core.roles import roles_of
 
 from .baselines import AdapterLearner, adapter_config
 from .learner import Learner, current_task_loss, register_learner
@@ -77,8 +80,12 @@ class L2M(AdapterLearner):
 
     def setup(self, model, stream):
         super().setup(model, stream)
+        adapter = self.adapter
+        if self.modulator == "lora" and "attn.q" not in roles_of(self.am.base).roles():
+            # q, k and v fused in one layer (GPT-2's c_attn): the LoRA goes on that layer, keys included
+            adapter = adapter_config({**MODULATORS["lora"], "targets": ["attn.qkv", "mlp.up"]})
         for k in range(self.pool_size):
-            adapt(self.am, self.adapter, self.entry(k))
+            adapt(self.am, adapter, self.entry(k))
         for k in range(self.pool_size):  # set_trainable freezes the base, then thaws the one entry
             self.am.set_trainable(self.entry(k), True)
         embeddings = self.am.get_input_embeddings()
