@@ -88,9 +88,11 @@ class L2M(AdapterLearner):
             adapt(self.am, adapter, self.entry(k))
         for k in range(self.pool_size):  # set_trainable freezes the base, then thaws the one entry
             self.am.set_trainable(self.entry(k), True)
-        embeddings = self.am.get_input_embeddings()
-        keys = torch.empty(self.pool_size, embeddings.embedding_dim, device=model.head.weight.device)
-        model.l2m_keys = nn.Parameter(keys.uniform_(-1.0, 1.0))  # on the classifier: saved with the checkpoint
+        width = self.am.get_input_embeddings().weight.shape[1]
+        keys = torch.empty(self.pool_size, width, device=model.head.weight.device).uniform_(-1.0, 1.0)
+        # On the classifier, so checkpoints hold it. One tensor, as in the official code: a key no sample
+        # picks gets a zero gradient, though Adam's momentum still moves it a little after its last pick.
+        model.l2m_keys = nn.Parameter(keys)
 
     # -- selection ----------------------------------------------------------------------------------
     def query(self, batch: dict) -> torch.Tensor:
