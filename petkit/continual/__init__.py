@@ -1,7 +1,7 @@
 """Continual learning with adapters: task streams, learners (baselines, LAE, OVOR, L2M, MoRA), the
 runner that trains task after task and fills the accuracy matrix, and its metrics and plots."""
 
-from . import baselines, lae, mora, ovor  # noqa: F401  (registers the learners)
+from . import baselines, l2m, lae, mora, ovor  # noqa: F401  (registers the learners)
 from .learner import LEARNERS, Learner, make_learner, register_learner
 from .metrics import summarise
 from .model import ContinualClassifier, build_classifier
