@@ -42,7 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from petkit.continual import ContinualConfig, ContinualResult, run_stream  # noqa: E402
+from continual_minilm_report import write_report  # noqa: E402
+from petkit.continual import ContinualConfig, run_stream  # noqa: E402
 
 ADAPTER_LR, PROMPT_LR, FULL_LR = 2e-3, 1e-2, 1e-4
 # EMA memory 1/(1-d) = 500 steps, about 7 tasks of 75 steps: the paper's 0.9999 over ~1000-step tasks
@@ -109,21 +110,9 @@ def main() -> None:
                     if variant in TASK_ONLY and stream != "text-tasks":
                         continue
                     run_one(stream, variant, seed, args)
-    from continual_minilm_report import write_report
-    write_report(args.out)
+    print(f"report: {write_report(args.out)}")
 
 
 if __name__ == "__main__":
     main()
 
-
-def load_results(root: Path) -> dict[str, dict[str, list[ContinualResult]]]:
-    """{stream: {variant: [result per seed]}} of every finished run under root."""
-    out: dict = {}
-    for path in sorted(root.glob("*/*/seed*.json")):
-        record = json.loads(path.read_text())
-        wall = record.pop("wall_seconds", None)
-        result = ContinualResult(**record)
-        result.extra["wall_seconds"] = wall
-        out.setdefault(path.parent.parent.name, {}).setdefault(path.parent.name, []).append(result)
-    return out
