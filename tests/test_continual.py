@@ -260,6 +260,8 @@ def test_unknown_methods_and_options_fail_clearly():
         make_learner("ewc")
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         make_learner("lae", {"ema_decay": 1.5})
+    with pytest.raises(ConfigError, match="freeze_epochs=3 with epochs=2 leaves the PET frozen"):
+        run("lae", options={"freeze_epochs": 3})
     with pytest.raises(ConfigError, match="lae has no option 'decay'.*ema_decay"):
         make_learner("lae", {"decay": 0.9})
 

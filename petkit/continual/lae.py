@@ -59,6 +59,11 @@ class LAE(AdapterLearner):
         super().__init__(adapter=adapter or preset)
         self.pet, self.decay, self.freeze_epochs, self.ensemble = pet, float(ema_decay), freeze_epochs, ensemble
 
+    def check(self, epochs):
+        if self.freeze_epochs >= epochs:
+            raise ConfigError(f"freeze_epochs={self.freeze_epochs} with epochs={epochs} leaves the PET frozen for every "
+                              "task after the first; freeze fewer epochs than each task has")
+
     def setup(self, model, stream):
         super().setup(model, stream)
         self.add("online")

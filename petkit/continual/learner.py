@@ -42,6 +42,9 @@ class Learner:
             raise ConfigError(f"{self.name} takes no options {sorted(options)}")
 
     # -- building ---------------------------------------------------------------------------------
+    def check(self, epochs: int) -> None:
+        """Refuse run settings the method cannot work with (before anything is built)."""
+
     def setup(self, model: ContinualClassifier, stream: Stream) -> None:
         self.model, self.stream = model, stream
 

@@ -100,6 +100,7 @@ def run_stream(cfg: ContinualConfig, *, resume: bool = False, progress: bool = T
     if stream is None:
         stream = build_stream(cfg.stream, seed=cfg.seed, max_train=cfg.max_train, max_eval=cfg.max_eval)
     check_scenario(learner, stream)
+    learner.check(cfg.epochs)
     if model is None:
         model, tokenizer = build_classifier(cfg.model, stream, cfg.seed)
     if tokenizer is None:
