@@ -168,6 +168,12 @@ def test_the_matrix_is_lower_triangular_and_evaluates_among_the_right_classes():
     task = run("seq-lora", toy_stream("task"))
     # the task id limits the choice to two classes: never worse than chance by construction of argmax
     assert task.matrix[0] == pytest.approx(result.matrix[0])  # after task 0 both choose between the same two
+    # among a task's own classes: the task scenario's own matrix; in the class scenario never below the
+    # matrix (a sample right among all seen classes is right among its task's), and equal for task 0 then
+    assert task.task_aware == task.matrix
+    assert all(w >= a for rw, ra in zip(result.task_aware, result.matrix) for w, a in zip(rw, ra))
+    assert [row[0] for row in result.task_aware][:1] == result.matrix[0]
+    assert result.task_aware != result.matrix  # the toy's class-incremental rows are out-scored somewhere
     assert len(task.seconds) == 3
 
 

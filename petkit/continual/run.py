@@ -83,6 +83,9 @@ class ContinualResult:
     metrics: dict[str, float]            # last, average, forgetting, bwt (on test)
     seconds: list[float]                 # training time of each task
     extra: dict = field(default_factory=dict)  # what the learner reports (e.g. LAE's online/offline rows)
+    # test accuracy among task j's own classes (as if its task id were given): in a class-incremental
+    # stream it tells a task that was learnt but is out-scored by other tasks' classes from one forgotten
+    task_aware: list[list[float]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -119,12 +122,13 @@ def run_stream(cfg: ContinualConfig, *, resume: bool = False, progress: bool = T
         for rows in batch_indices(list(order), size or cfg.batch_size):
             yield collate(encoded, rows, pad)
 
-    matrix, dev_matrix, seconds, extra = [], [], [], {}
+    matrix, dev_matrix, task_aware, seconds, extra = [], [], [], [], {}
     if done >= 0:  # rebuild what tasks 0..done built, then load their trained tensors and the run's record
         for t in range(done + 1):
             learner.begin_task(t)
         load_task_state(out, done, model, learner, frozen)
         matrix, dev_matrix, seconds, extra = saved["matrix"], saved["dev_matrix"], saved["seconds"], saved["extra"]
+        task_aware = saved["task_aware"]
         torch.set_rng_state(torch.ByteTensor(list(base64.b64decode(saved["rng"]))))
 
     train_sets = [concat([d["train"] for d in data[: t + 1]]) if learner.replays_all else data[t]["train"]
@@ -138,20 +142,26 @@ def run_stream(cfg: ContinualConfig, *, resume: bool = False, progress: bool = T
             seconds.append(time.perf_counter() - started)
             model.eval()
             with torch.no_grad():
+                def pairs(scores, split):
+                    return [_accuracies(scores, stream, t, j, data[j][split], batches, cfg) for j in range(t + 1)]
+
                 def row(scores=learner.scores, split="test"):
-                    return [_accuracy(scores, stream, t, j, data[j][split], batches, cfg) for j in range(t + 1)]
-                matrix.append(row())
+                    return [a for a, _ in pairs(scores, split)]
+                test = pairs(learner.scores, "test")
+                matrix.append([a for a, _ in test])
+                task_aware.append([w for _, w in test])
                 dev_matrix.append(row(split="dev"))
                 extra = _merge_extra(extra, learner.report(t, row))
             bar.log("  accuracy: " + "  ".join(f"{stream.tasks[j].name} {a:.3f}" for j, a in enumerate(matrix[-1])))
             if out is not None:
                 record = {"config": _config_record(cfg), "task": t, "matrix": matrix, "dev_matrix": dev_matrix,
+                          "task_aware": task_aware,
                           "seconds": seconds, "extra": extra,
                           "rng": base64.b64encode(bytes(torch.get_rng_state().tolist())).decode()}
                 save_task_state(out, t, model, learner, frozen, record)
 
     result = ContinualResult(_config_record(cfg), [t.name for t in stream.tasks], stream.scenario, matrix,
-                             dev_matrix, summarise(matrix), seconds, extra)
+                             dev_matrix, summarise(matrix), seconds, extra, task_aware)
     if out is not None:
         (out / "result.json").write_text(result.to_json())
     return result
@@ -190,16 +200,19 @@ def _train_task(learner: Learner, model, t: int, data: Encoded, cfg: ContinualCo
     model.eval()
 
 
-def _accuracy(scores, stream: Stream, t: int, j: int, data: Encoded, batches, cfg: ContinualConfig) -> float:
-    """Accuracy on task j's examples after task t: among every class seen so far (class-incremental)
-    or among task j's own classes, with its task id (task-incremental)."""
+def _accuracies(scores, stream: Stream, t: int, j: int, data: Encoded, batches, cfg: ContinualConfig) -> tuple[float, float]:
+    """Accuracy on task j's examples after task t, among every class seen so far (class-incremental) or
+    among task j's own classes, with its task id (task-incremental); and among task j's own classes
+    from the same scores (the same number in the task-incremental scenario)."""
     given = stream.scenario == "task"
     classes = stream.classes_of(j) if given else range(0, stream.offsets[t + 1])
-    right = 0
+    own = slice(stream.offsets[j] - classes.start, stream.offsets[j + 1] - classes.start)
+    right = within = 0
     for batch in batches(data, shuffle=False, size=cfg.eval_batch_size):
-        predicted = scores(batch, classes, j if given else None).argmax(-1) + classes.start
-        right += int((predicted == batch["labels"]).sum())
-    return right / len(data)
+        s = scores(batch, classes, j if given else None)
+        right += int((s.argmax(-1) + classes.start == batch["labels"]).sum())
+        within += int((s[:, own].argmax(-1) + stream.offsets[j] == batch["labels"]).sum())
+    return right / len(data), within / len(data)
 
 
 def _merge_extra(extra: dict, new: dict) -> dict:
