@@ -71,8 +71,10 @@ STREAMS = ("trec-classes", "text-tasks")
 TASK_ONLY = {"per-task"}
 # The decoder stream (`--stream instruct-tasks`): SmolLM2 answering instructions, a few variants, one seed,
 # small tasks (about 0.6 s per training example on this CPU).
-DECODER = {"model": "smollm2", "max_length": 160, "max_train": 64, "max_eval": 64, "epochs": 2, "batch_size": 8,
+DECODER = {"model": "smollm2", "max_length": 160, "max_train": 48, "max_eval": 48, "epochs": 2, "batch_size": 8,
            "variants": ("seq-lora", "per-task", "lae-lora", "mora")}
+# LAE on the decoder's 12-step tasks: 1 frozen epoch of 2, and an EMA memory of ~7 tasks (84 steps).
+DECODER_LAE = {"freeze_epochs": 1, "ema_decay": 0.988}
 
 
 def run_one(stream: str, variant: str, seed: int, args) -> Path:
@@ -85,6 +87,7 @@ def run_one(stream: str, variant: str, seed: int, args) -> Path:
                 "epochs": args.epochs, "batch_size": 16}
     if stream == "instruct-tasks":
         settings = {k: v for k, v in DECODER.items() if k != "variants"}
+        options = {**options, **(DECODER_LAE if method == "lae" else {})}
     cfg = ContinualConfig(stream=stream, method=method, options=options, lr=lr, seed=seed, output_dir=str(work),
                           **settings)
     started = time.perf_counter()
