@@ -24,7 +24,7 @@ FAST = {"epochs": 2, "lr": 5e-3, "batch_size": 8}
 def run(method, stream=None, options=None, output=None, resume=False, seed=0, model=None, **settings):
     stream = stream or toy_stream()
     cfg = ContinualConfig(method=method, options=options or {}, output_dir=output, seed=seed, **{**FAST, **settings})
-    tok = tokenizer() if model is None else _chat_tokenizer()
+    tok = tokenizer() if model is None or model.pooling == "mean" else _chat_tokenizer()
     return run_stream(cfg, model=model or toy_model(stream, seed), tokenizer=tok, stream=stream, progress=False,
                       resume=resume)
 
@@ -337,3 +337,24 @@ def test_petkit_continual_writes_the_matrix_plots_and_resumes(tmp_path, capsys):
     bad.write_text(f"scenario: class\ntasks:\n  - {{dataset: {tmp_path / 'colours.csv'}, classes: [red, blue]}}\n")
     assert main(["continual", "--stream", str(bad), "--model", str(folder), "--output", str(tmp_path / "r2")]) == 2
     assert "needs at least two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method,options", [
+    ("seq-lora", {}), ("joint", {}), ("lae", {"pet": "lora", "freeze_epochs": 1}), ("lae", {"pet": "adapter", "freeze_epochs": 1}),
+    ("lae", {"pet": "prefix", "freeze_epochs": 1}), ("ovor", {"vor_epochs": 1}), ("l2m", {"pool_size": 3}),
+    ("mora", {"experts_per_task": 2})])
+def test_every_method_runs_on_decoder_backbones(family, method, options):
+    """Roles and hooks on the architectures people use, not only BERT: GPT-2 fuses q, k and v in one
+    Conv1D layer, Llama has grouped-query attention and rotary positions."""
+    from petkit.continual import ContinualClassifier
+    from petkit.testing import tiny_gpt2, tiny_llama
+    stream = toy_stream("class", tasks=2, n_train=16, n_eval=8)
+    lm = tiny_gpt2() if family == "gpt2" else tiny_llama()
+    backbone = lm.transformer if family == "gpt2" else lm.model
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    model = ContinualClassifier(backbone, backbone.config.hidden_size, stream.num_classes, "last")
+    result = run(method, stream, options, model=model)
+    assert [len(r) for r in result.matrix] == [1, 2]

@@ -34,7 +34,7 @@ from .baselines import AdapterLearner
 from .learner import register_learner
 
 PETS = {
-    "lora": {"method": "lora", "r": 5, "alpha": 5, "targets": ["attn.k", "attn.v"]},
+    "lora": {"method": "lora", "r": 5, "alpha": 5, "targets": ["attn.kv"]},  # the fused qkv layer where there is one
     "adapter": {"method": "bottleneck", "variant": "parallel", "bottleneck": 5, "init": "lora", "targets": ["attn.out"]},
     "prefix": {"method": "prefix", "num_virtual_tokens": 10, "projection": False},
 }

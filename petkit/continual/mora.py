@@ -28,11 +28,12 @@ class ContinualMoRA(AdapterLearner):
     name = "mora"
 
     def __init__(self, experts_per_task: int = 4, top_k: int = 2, temperature: float = 1.0,
-                 threshold: float | None = None, targets=("attn.q", "attn.v")):
+                 threshold: float | None = None, targets=()):
         if not (isinstance(experts_per_task, int) and experts_per_task >= 1):
             raise ConfigError(f"experts_per_task must be a positive int, got {experts_per_task!r}")
         super().__init__()
         self.per_task = experts_per_task
+        # targets: () = the mora method's defaults (attention q and v, or the fused qkv layer)
         self.settings = {"method": "mora", "top_k": top_k, "temperature": temperature, "threshold": threshold,
                          "targets": list(targets), "r": experts_per_task}
         self.adapter = self._config(1)  # checks the settings now, before any model is built
