@@ -55,6 +55,17 @@ def main_table(variants: dict[str, list[ContinualResult]]) -> list[str]:
     return lines
 
 
+def aware_table(variants) -> list[str]:
+    lines = ["| variant | last acc | last within-task acc | within-task forgetting |", "|---|---|---|---|"]
+    for name in [v for v in ORDER if v in variants]:
+        runs = [r for r in variants[name] if r.task_aware]
+        if runs:
+            lines.append(f"| {name} | {mean_sd([r.metrics['last'] for r in runs])} | "
+                         f"{mean_sd([summarise(r.task_aware)['last'] for r in runs])} | "
+                         f"{mean_sd([summarise(r.task_aware)['forgetting'] for r in runs])} |")
+    return lines
+
+
 def lae_table(variants) -> list[str]:
     lines = ["| variant | online expert | offline expert | ensemble |", "|---|---|---|---|"]
     for name in [v for v in ORDER if v.startswith("lae") and v in variants]:
@@ -88,18 +99,73 @@ def l2m_table(variants) -> list[str]:
             continue
         distinct, shared, routed = [], [], []
         for r in variants[name]:
-            mains = []
-            for t, keys in enumerate(r.extra["l2m_train_keys"]):
-                distinct.append(len(keys))
-                main = max(keys, key=keys.get) if keys else None
-                if t:
-                    shared.append(float(main in mains))
-                mains.append(main)
+            mains = [max(keys, key=keys.get) if keys else None for keys in r.extra["l2m_train_keys"]]
+            distinct += [len(keys) for keys in r.extra["l2m_train_keys"]]
+            shared += _shared_main_entry(r)
             final = r.extra["l2m_test_keys"][-1]
             hits = sum(final[j].get(mains[j], 0) for j in range(len(mains)))
             routed.append(hits / max(1, sum(sum(c.values()) for c in final)))
         lines.append(f"| {name} | {mean(distinct):.1f} | {mean(shared):.2f} | {mean(routed):.2f} |")
     return lines
+
+
+def _metric(variants, name: str, how) -> list[float]:
+    return [how(r) for r in variants.get(name, [])]
+
+
+def _claim(text: str, ours: list[float], theirs: list[float], lower_is_better: bool = False) -> str:
+    """One row: the claim, both sides' mean ± sd, in how many seeds it holds, and the verdict: holds (better
+    on average and worse in no seed), mixed (better on average, worse in some seed), tie, or refuted."""
+    if not ours or not theirs:
+        return f"| {text} | – | – | not run |"
+    sign = -1 if lower_is_better else 1
+    gaps = [sign * (a - b) for a, b in zip(ours, theirs)]
+    better, worse = sum(g > 1e-9 for g in gaps), sum(g < -1e-9 for g in gaps)
+    gap = mean(gaps)
+    verdict = ("tie" if abs(gap) <= 1e-9 else "refuted" if gap < 0 else "holds" if worse == 0 else "mixed")
+    return (f"| {text} | {mean_sd(ours)} | {mean_sd(theirs)} | better in {better}, worse in {worse} of {len(gaps)} "
+            f"seeds: {verdict} |")
+
+
+def directions(variants) -> list[str]:
+    last = lambda r: r.metrics["last"]  # noqa: E731
+    forget = lambda r: r.metrics["forgetting"]  # noqa: E731
+    lines = ["| the paper's direction | this side | the other side | verdict |", "|---|---|---|---|"]
+    for name in ("lae-lora", "lae-adapter", "lae-prefix"):
+        if name in variants:
+            on = _metric(variants, name, lambda r: summarise(r.extra["online"])["last"])
+            off = _metric(variants, name, lambda r: summarise(r.extra["offline"])["last"])
+            lines.append(_claim(f"{name}: ensemble > offline expert (last acc)", _metric(variants, name, last), off))
+            lines.append(_claim(f"{name}: offline > online expert (last acc)", off, on))
+    lines.append(_claim("LAE freeze-then-tune helps: lae-lora > lae-lora-nofreeze (last acc)",
+                        _metric(variants, "lae-lora", last), _metric(variants, "lae-lora-nofreeze", last)))
+    lines.append(_claim("prefix compensation helps: lae-prefix > lae-prefix-nocomp (last acc)",
+                        _metric(variants, "lae-prefix", last), _metric(variants, "lae-prefix-nocomp", last)))
+    if "ovor" in variants:
+        after = _metric(variants, "ovor", lambda r: mean(r.extra["energy_id_test_after"]))
+        before = _metric(variants, "ovor", lambda r: mean(r.extra["energy_id_test_before"]))
+        lines.append(_claim("VOR lowers the ID energy (test, mean over tasks)", after, before, lower_is_better=True))
+    lines.append(_claim("VOR raises last accuracy: ovor > oneprompt", _metric(variants, "ovor", last),
+                        _metric(variants, "oneprompt", last)))
+    lines.append(_claim("L2M forgets less than seq-lora", _metric(variants, "l2m", forget),
+                        _metric(variants, "seq-lora", forget), lower_is_better=True))
+    shared = lambda r: mean(_shared_main_entry(r))  # noqa: E731
+    lines.append(_claim("L2M without the count penalty collapses: tasks sharing an earlier task's main entry",
+                        _metric(variants, "l2m-nopenalty", shared), _metric(variants, "l2m", shared)))
+    lines.append(_claim("MoRA forgets less than seq-lora", _metric(variants, "mora", forget),
+                        _metric(variants, "seq-lora", forget), lower_is_better=True))
+    return lines
+
+
+def _shared_main_entry(r: ContinualResult) -> list[float]:
+    """For each task after the first: 1 if its most-picked training entry was an earlier task's."""
+    mains, out = [], []
+    for keys in r.extra["l2m_train_keys"]:
+        main = max(keys, key=keys.get) if keys else None
+        if mains:
+            out.append(float(main in mains))
+        mains.append(main)
+    return out
 
 
 def write_report(root: Path) -> Path:
@@ -113,6 +179,10 @@ def write_report(root: Path) -> Path:
         any_run = next(iter(variants.values()))[0]
         lines += [f"## {stream} ({any_run.scenario}-incremental: {' → '.join(any_run.stream)})", ""]
         lines += main_table(variants) + [""]
+        lines += ["### The papers' directions", ""] + directions(variants) + [""]
+        lines += ["### Within-task accuracy (the task id given at test time, same scores)", "",
+                  "In a class-incremental stream this tells a task still learnt but out-scored by other tasks' "
+                  "classes from one forgotten.", ""] + aware_table(variants) + [""]
         lines += ["### LAE: each expert alone (last accuracy)", ""] + lae_table(variants) + [""]
         if ovor_table(variants):
             lines += ["### OVOR: energies of the current task's data", ""] + ovor_table(variants) + [""]
