@@ -128,7 +128,7 @@ def run_stream(cfg: ContinualConfig, *, resume: bool = False, progress: bool = T
             learner.begin_task(t)
         load_task_state(out, done, model, learner, frozen)
         matrix, dev_matrix, seconds, extra = saved["matrix"], saved["dev_matrix"], saved["seconds"], saved["extra"]
-        task_aware = saved["task_aware"]
+        task_aware = saved.get("task_aware", [])
         torch.set_rng_state(torch.ByteTensor(list(base64.b64decode(saved["rng"]))))
 
     train_sets = [concat([d["train"] for d in data[: t + 1]]) if learner.replays_all else data[t]["train"]
@@ -140,18 +140,11 @@ def run_stream(cfg: ContinualConfig, *, resume: bool = False, progress: bool = T
             started = time.perf_counter()
             _train_task(learner, model, t, train_sets[t], cfg, steps[t], batches, bar)
             seconds.append(time.perf_counter() - started)
-            model.eval()
-            with torch.no_grad():
-                def pairs(scores, split):
-                    return [_accuracies(scores, stream, t, j, data[j][split], batches, cfg) for j in range(t + 1)]
-
-                def row(scores=learner.scores, split="test"):
-                    return [a for a, _ in pairs(scores, split)]
-                test = pairs(learner.scores, "test")
-                matrix.append([a for a, _ in test])
-                task_aware.append([w for _, w in test])
-                dev_matrix.append(row(split="dev"))
-                extra = _merge_extra(extra, learner.report(t, row))
+            test, dev, report = _evaluate(learner, stream, t, data, batches, cfg)
+            matrix.append([a for a, _ in test])
+            task_aware.append([w for _, w in test])
+            dev_matrix.append(dev)
+            extra = _merge_extra(extra, report)
             bar.log("  accuracy: " + "  ".join(f"{stream.tasks[j].name} {a:.3f}" for j, a in enumerate(matrix[-1])))
             if out is not None:
                 record = {"config": _config_record(cfg), "task": t, "matrix": matrix, "dev_matrix": dev_matrix,
@@ -198,6 +191,20 @@ def _train_task(learner: Learner, model, t: int, data: Encoded, cfg: ContinualCo
             bar.update(loss.item(), lr, len(batch["labels"]))
     learner.end_task(t, data, batches)
     model.eval()
+
+
+@torch.no_grad()
+def _evaluate(learner: Learner, stream: Stream, t: int, data, batches, cfg: ContinualConfig):
+    """After task t: (accuracy, within-task accuracy) on each seen task's test set, the accuracies on
+    their dev sets, and the learner's own report."""
+    learner.model.eval()
+
+    def pairs(scores, split):
+        return [_accuracies(scores, stream, t, j, data[j][split], batches, cfg) for j in range(t + 1)]
+
+    def row(scores=learner.scores, split="test"):
+        return [a for a, _ in pairs(scores, split)]
+    return pairs(learner.scores, "test"), row(split="dev"), learner.report(t, row)
 
 
 def _accuracies(scores, stream: Stream, t: int, j: int, data: Encoded, batches, cfg: ContinualConfig) -> tuple[float, float]:
