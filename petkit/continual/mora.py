@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 from petkit.core.errors import ConfigError
-from petkit.methods.mora import MoraDelta
 
 from .baselines import AdapterLearner, adapter_config
 from .learner import register_learner
@@ -50,8 +49,9 @@ class ContinualMoRA(AdapterLearner):
             delta.A.register_hook(lambda g: self._mask(g, rows=True))
             delta.B.register_hook(lambda g: self._mask(g, rows=False))
 
-    def deltas(self) -> list[MoraDelta]:
-        return [d for _, _, d in self.am.layers("online") if isinstance(d, MoraDelta)]
+    def deltas(self) -> list:
+        """The mora layers of the adapter (its config has no head, so every delta is one)."""
+        return [d for _, _, d in self.am.layers("online")]
 
     def _mask(self, grad: torch.Tensor, rows: bool) -> torch.Tensor:
         if self.frozen == 0:
