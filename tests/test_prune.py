@@ -134,3 +134,52 @@ def test_bad_input_is_refused_and_leaves_the_model_unchanged():
     prune(model, 0.5)
     with pytest.raises(ConfigError, match="pruned already"):
         prune(model, 0.5)
+
+
+# -- saved sparse ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_gpt2, tiny_llama])
+def test_a_pruned_model_saves_sparse_and_loads_back_exactly(tmp_path, build):
+    """Bitmask + kept values for pruned weights (Conv1D's stored layout and tied heads included).
+    Catches a bit order that differs between pack and unpack, or values written in another order."""
+    from petkit.prune.storage import load_pruned, pack_bits, save_pruned, unpack_bits
+    mask = torch.rand(37) > 0.5
+    assert torch.equal(unpack_bits(pack_bits(mask), 37), mask)
+    model = build()
+    result = prune(model, 0.75)
+    size = save_pruned(model, result, tmp_path / "p")
+    loaded = load_pruned(tmp_path / "p")
+    assert type(loaded) is type(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # the data part of the file (past safetensors' JSON header): bits of every pruned weight, kept values,
+    # and every other tensor once (a tied head is its embedding)
+    header = int.from_bytes((tmp_path / "p" / "model.safetensors").read_bytes()[:8], "little")
+    masks = result.masks.values()
+    pruned = sum(-(-m.numel() // 8) + 4 * int(m.sum()) for m in masks)
+    from petkit.models.rebuild import unique_tensors
+    others, _ = unique_tensors({n: t for n, t in model.state_dict().items() if n.removesuffix(".weight") not in result.masks})
+    rest = sum(t.numel() * t.element_size() for t in others.values())
+    assert size - 8 - header == pruned + rest
+    dense = sum(4 * m.numel() for m in masks)
+    assert pruned / dense == pytest.approx((1 + 32 * 0.25) / 32, rel=0.01)
+
+
+def test_a_sparse_file_refuses_what_would_load_wrong(tmp_path):
+    from petkit.core.errors import AdapterFileError
+    from petkit.prune.storage import WEIGHTS, load_pruned, save_pruned
+    model = tiny_bert()
+    result = prune(model, 0.5)
+    result.release()
+    with torch.no_grad():
+        weight_oi(dict(model.named_modules())[next(iter(result.masks))]).add_(1.0)  # fills the zeros in
+    with pytest.raises(AdapterFileError, match="non-zero weights where it was pruned"):
+        save_pruned(model, result, tmp_path / "a")
+    model = tiny_bert()
+    save_pruned(model, prune(model, 0.5), tmp_path / "b")
+    with pytest.raises(AdapterFileError, match="does not fit this model"):
+        load_pruned(tmp_path / "b", tiny_llama())
+    data = (tmp_path / "b" / WEIGHTS).read_bytes()
+    (tmp_path / "b" / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterFileError, match="corrupt or truncated"):
+        load_pruned(tmp_path / "b")

@@ -2,5 +2,8 @@
 
 from .masks import KINDS
 from .prune import DEFAULT_TARGETS, PruneResult, prunable_modules, prune
+from .storage import load_pruned, save_pruned
+from .sweep import SweepConfig, run_sweep
 
-__all__ = ["DEFAULT_TARGETS", "KINDS", "PruneResult", "prunable_modules", "prune"]
+__all__ = ["DEFAULT_TARGETS", "KINDS", "PruneResult", "SweepConfig", "load_pruned", "prunable_modules", "prune",
+           "run_sweep", "save_pruned"]

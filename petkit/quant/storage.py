@@ -17,6 +17,7 @@ from petkit.core.errors import AdapterFileError
 from petkit.core.layer import in_out_features
 from petkit.core.module_types import LINEAR_TYPES, Conv1D
 from petkit.core.storage import read_json, read_tensors, write_files
+from petkit.models.rebuild import config_record, from_config_folder, unique_tensors
 from petkit.quant.linear import PackedEmbedding, PackedLinear, QuantFormat
 from petkit.quant.quantize import quantized_layers
 
@@ -35,24 +36,13 @@ def save_quantized(model: nn.Module, folder) -> None:
     if not layers:
         raise AdapterFileError("the model has no quantised layers; petkit.quantize(model) first, or save it with "
                                "save_pretrained")
-    state, tied, seen = {}, {}, {}
-    for name, tensor in model.state_dict().items():
-        if ".deltas." in name:
-            continue
-        name = name.replace(".base_layer.", ".")
-        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
-        if tensor.numel() and key in seen:
-            tied[name] = seen[key]
-        else:
-            seen[key] = name
-            state[name] = tensor
+    state, tied = unique_tensors({name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
+                                  if ".deltas." not in name})
     spec = {"format": FORMAT, "version": VERSION, "tied": tied,
             "layers": {p: _entry(m, layers) for p, m in layers.items()}}
     files = {CONFIG: spec, WEIGHTS: (state, {"format": "pt"})}
-    if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        # the class to rebuild: this model's (a config made in memory names none, and a checkpoint's
-        # may name another head than the one it was loaded with), as save_pretrained records it
-        files["config.json"] = {**model.config.to_dict(), "architectures": [type(model).__name__]}
+    if (config := config_record(model)) is not None:
+        files["config.json"] = config
     write_files(Path(folder), files)
 
 
@@ -76,7 +66,7 @@ def load_quantized(folder, model: nn.Module | None = None) -> nn.Module:
         raise AdapterFileError(f"{folder / CONFIG} is not a petkit quantised-model description "
                                f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
     if model is None:
-        model = _from_config(folder)
+        model = from_config_folder(folder, "pass the float model: load_quantized(folder, model)")
     tensors, _ = read_tensors(folder / WEIGHTS)
     modules = dict(model.named_modules())
     built = {}
@@ -152,21 +142,3 @@ def _check_tensors(tensors: dict, expected: dict, tied: dict, folder: Path) -> N
         if got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
             raise AdapterFileError(f"{file}: {name} is {got.dtype} {tuple(got.shape)}, the model expects "
                                    f"{want.dtype} {tuple(want.shape)}; the file is corrupt or from a model of another shape")
-
-
-def _from_config(folder: Path) -> nn.Module:
-    import transformers
-    from transformers.initialization import no_init_weights
-
-    if not (folder / "config.json").is_file():
-        raise AdapterFileError(f"{folder} has no config.json to rebuild the model from; pass the float model: "
-                               "load_quantized(folder, model)")
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
-    if cls is None:
-        raise AdapterFileError(f"{folder}/config.json names no transformers model class ({names}); pass the model")
-    with no_init_weights():  # every weight is about to be overwritten
-        model = cls._from_config(config)
-    model.tie_weights()  # no_init_weights skips the tying too (transformers ties in init_weights)
-    return model.eval()  # as from_pretrained returns it
