@@ -40,13 +40,17 @@ def test_sweep_settings_are_checked():
         SweepConfig(sparsities=[0.0, 1.0])
 
 
-def test_a_sweep_runs_every_point_once_and_resumes(tmp_path):
+def tiny_setup(tmp_path):
     folder = tmp_path / "model"
-    model = tiny_bert(num_labels=2)
-    model.save_pretrained(folder)
+    tiny_bert(num_labels=2).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     rows = ["text,label"] + [f"{w} {w} thing {i},{w}" for i in range(40) for w in ("red", "blue")]
     (tmp_path / "d.csv").write_text("\n".join(rows))
+    return folder
+
+
+def test_a_sweep_runs_every_point_once_and_resumes(tmp_path):
+    folder = tiny_setup(tmp_path)
     run = {"model": str(folder), "data": str(tmp_path / "d.csv"), "method": {"name": "full"},
            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 16}, "max_length": 16}
     cfg = SweepConfig(run=run, kinds=["global", "random"], sparsities=[0.0, 0.5, 0.9], nm=[[2, 4]],
@@ -62,3 +66,24 @@ def test_a_sweep_runs_every_point_once_and_resumes(tmp_path):
     calls = []
     again = run_sweep(cfg, progress=False, log=calls.append)
     assert calls == [] and again["points"] == result["points"]
+
+
+def test_petkit_prune_sweep_and_apply(tmp_path, capsys):
+    from petkit.cli.main import main
+    from petkit.prune import load_pruned
+    folder = tiny_setup(tmp_path)
+    out = tmp_path / "sweep"
+    assert main(["prune", "sweep", "--model", str(folder), "--data", str(tmp_path / "d.csv"), "--kinds", "global",
+                 "--sparsities", "0,0.5", "--nm", "2:4", "-t", "epochs=1", "-t", "batch_size=16", "--output", str(out),
+                 "--no-progress"]) == 0
+    for name in ("sweep.json", "sweep.md", "sweep.png"):
+        assert (out / name).is_file(), name
+    assert "2:4" in (out / "sweep.md").read_text()
+    assert main(["prune", "apply", "--model", str(folder), "--sparsity", "0.8", "--output", str(tmp_path / "p")]) == 0
+    assert "removed" in capsys.readouterr().out
+    loaded = load_pruned(tmp_path / "p")
+    assert type(loaded).__name__ == "BertModel"
+    assert main(["prune", "apply", "--model", str(folder), "--sparsity", "1.5", "--output", str(tmp_path / "q")]) == 2
+    assert "sparsity must be a number in [0, 1)" in capsys.readouterr().err
+    assert main(["prune", "apply", "--model", str(folder), "--kind", "nm", "--nm", "2-4", "--output", str(tmp_path / "q")]) == 2
+    assert "two integers like 2:4" in capsys.readouterr().err

@@ -235,6 +235,59 @@ def continual(args) -> int:
     return 0
 
 
+def _nm(text: str) -> tuple[int, int]:
+    n, sep, m = text.partition(":")
+    if not sep or not n.isdigit() or not m.isdigit():
+        raise ConfigError(f"an N:M pattern is two integers like 2:4, got {text!r}")
+    return int(n), int(m)
+
+
+def prune_sweep(args) -> int:
+    from petkit.prune.report import plot_sweep, sweep_table
+    from petkit.prune.sweep import SweepConfig, run_sweep
+    settings = read_settings(args.config, "prune sweep") if args.config else {}
+    run = dict(settings.get("run", {}))
+    run.setdefault("method", {"name": "full"})
+    for key in ("model", "data", "max_train", "max_eval"):
+        if getattr(args, key) is not None:
+            run[key] = getattr(args, key)
+    if args.method:
+        run["method"] = {"name": args.method}
+    run["train"] = {**run.get("train", {}), **parse_pairs(args.train_arg, "train")}
+    settings["run"] = run
+    if args.kinds:
+        settings["kinds"] = [k for k in args.kinds.split(",") if k]
+    if args.sparsities:
+        settings["sparsities"] = [float(s) for s in args.sparsities.split(",") if s]
+    settings["nm"] = settings.get("nm", []) + [list(_nm(t)) for t in args.nm]
+    cfg = SweepConfig.from_dict({**settings, "output": args.output})
+    result = run_sweep(cfg, progress=not args.no_progress, log=console.print)
+    out = Path(args.output)
+    table = sweep_table(result)
+    (out / "sweep.md").write_text(f"# Sparsity sweep: {run.get('model')} on {run.get('data')}\n\n{table}\n")
+    plot_sweep(result, out / "sweep.png", f"{run.get('model')} on {run.get('data')}", cfg.tolerance)
+    console.print(table)
+    console.print(f"results: {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
+    return 0
+
+
+def prune_apply(args) -> int:
+    from petkit.models import load_model
+    from petkit.prune import prune, save_pruned
+    model = load_model(args.model, task="base")
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    if args.kind == "nm":
+        n, m = _nm(args.nm or "")
+        result = prune(model, kind="nm", n=n, m=m)
+    else:
+        result = prune(model, args.sparsity, kind=args.kind)
+    size = save_pruned(model, result, args.output)
+    console.print(f"removed {result.removed:,} weights ({result.sparsity:.1%} of the attention and FFN weights); "
+                  f"{args.output}: {size / 1e6:.1f} MB against {dense / 1e6:.1f} MB of dense parameters "
+                  f"({size / dense:.2f}×)")
+    return 0
+
+
 def methods(args) -> int:
     from petkit.cli.methods_table import COLUMNS, method_rows  # the README's method table: the same rows
     table = Table(title="registered methods")

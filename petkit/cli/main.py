@@ -133,6 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.continual)
 
+    p = sub.add_parser("prune", help="one-shot pruning of a pre-trained model: a sparsity sweep (essential sparsity) "
+                                     "or one pruned model saved sparse")
+    prune_sub = p.add_subparsers(dest="prune_command", required=True)
+    q = prune_sub.add_parser("sweep", help="prune at each sparsity, fine-tune with the mask fixed, evaluate: the curve, "
+                                           "its tolerance point and sharp drop (read on dev)")
+    q.add_argument("config", nargs="?", help="YAML with run (a petkit train run), kinds, sparsities, nm, tolerance")
+    q.add_argument("--model", help="alias or local folder (the run's model)")
+    q.add_argument("--data", help="dataset name or file (the run's data)")
+    q.add_argument("--method", help="how to fine-tune after pruning: full (default) or an adapter method, e.g. lora")
+    q.add_argument("--kinds", help="comma-separated: global, layer, random, erk (default global,layer,random)")
+    q.add_argument("--sparsities", help="comma-separated, with 0 (default 0,0.1,...,0.9)")
+    q.add_argument("--nm", action="append", default=[], metavar="N:M", help="an N:M pattern too, e.g. 2:4 (repeatable)")
+    q.add_argument("-t", "--train-arg", action="append", default=[], metavar="KEY=VALUE", help="trainer setting (repeatable)")
+    q.add_argument("--max-train", type=int)
+    q.add_argument("--max-eval", type=int)
+    q.add_argument("--output", default="runs/prune-sweep", help="folder for sweep.json, sweep.md and sweep.png")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=commands.prune_sweep)
+    q = prune_sub.add_parser("apply", help="prune a model once and save it sparse (bitmask + kept values)")
+    q.add_argument("--model", required=True)
+    q.add_argument("--sparsity", type=float, help="share of the attention and FFN weights removed (default 0.5)")
+    q.add_argument("--kind", default="global", help="global, layer, random, erk or nm")
+    q.add_argument("--nm", metavar="N:M", help="with --kind nm: remove N of every M, e.g. 2:4")
+    q.add_argument("--output", required=True, help="folder for the sparse model")
+    q.set_defaults(func=commands.prune_apply)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 
