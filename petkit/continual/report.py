@@ -61,9 +61,11 @@ def seen_average_curve(result: ContinualResult) -> list[float]:
 def plot_curves(results: dict[str, list[float]], path: Path, title: str, tasks: list[str]) -> Path:
     """One line per name: accuracy on the tasks seen so far after each task (e.g. a mean over seeds)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, curve in results.items():
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=name)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: a dozen methods stay apart
+    for i, (name, curve) in enumerate(results.items()):
+        ax.plot(range(1, len(curve) + 1), curve, marker="os^D"[i % 4], linestyle=("-", "--")[i // 10 % 2],
+                color=colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], label=name)
     ax.set_xticks(range(1, len(tasks) + 1), [f"{i + 1}: {t}" for i, t in enumerate(tasks)], rotation=20, ha="right",
                   fontsize=7)
     ax.set_ylabel("mean accuracy on tasks seen so far")
