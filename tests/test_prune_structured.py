@@ -84,3 +84,36 @@ def test_exempt_layers_and_bad_settings():
     model(**tiny_batch(model)).loss.backward()
     with pytest.raises(ConfigError, match="needs a LoRA adapter"):
         pruner.step()
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
+def test_removing_the_units_gives_a_smaller_model_that_computes_the_same_saves_and_generates(tmp_path, build):
+    """Grouped-query Llama (query heads out, k/v kept) and BERT (whole heads out). Catches slicing rows
+    where columns go, a kv-group count left stale, or a saved structure that reloads at the old shapes."""
+    from petkit.prune.remove import load_structured, remove_units, save_structured
+    torch.manual_seed(0)
+    model = build().eval()
+    am = petkit.adapt(model, LoraConfig(r=4, alpha=8, targets=ALL))
+    for p in am.trainable_parameters():  # a non-zero adapter, to be merged before slicing
+        torch.nn.init.normal_(p, std=0.05)
+    pruner = StructuredPruner(am, 0.5, 10, criterion="magnitude", exempt_first=0, exempt_last=False)
+    pruner.step()
+    pruner.prune_to(0.5)
+    batch = tiny_batch(model, seed=3)
+    batch.pop("labels")
+    with torch.no_grad():
+        masked = am(**batch).logits
+    plain = am.merge_and_unload()
+    before = sum(p.numel() for p in plain.parameters())
+    record = remove_units(plain, pruner)
+    assert sum(p.numel() for p in plain.parameters()) < before
+    with torch.no_grad():
+        assert torch.allclose(plain(**batch).logits, masked, atol=1e-5)
+    save_structured(plain, record, tmp_path / "small")
+    loaded = load_structured(tmp_path / "small")
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, masked, atol=1e-5)
+    if build is tiny_llama:
+        out = loaded.generate(batch["input_ids"][:1, :4], max_new_tokens=5, do_sample=False)
+        assert out.shape[1] == 9
+        assert loaded.model.layers[0].self_attn.num_key_value_groups == 1
