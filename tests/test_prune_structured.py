@@ -117,3 +117,24 @@ def test_removing_the_units_gives_a_smaller_model_that_computes_the_same_saves_a
         out = loaded.generate(batch["input_ids"][:1, :4], max_new_tokens=5, do_sample=False)
         assert out.shape[1] == 9
         assert loaded.model.layers[0].self_attn.num_key_value_groups == 1
+
+
+def test_loraprune_trains_prunes_and_returns_the_smaller_model():
+    from petkit.data.batches import lm_blocks
+    from petkit.prune.loraprune import PAPER_LORA, loraprune
+    from petkit.testing import tiny_chat_tokenizer
+    from petkit.train import TrainConfig
+    torch.manual_seed(0)
+    model = tiny_llama()
+    before = sum(p.numel() for p in model.parameters())
+    data = lm_blocks(tiny_chat_tokenizer(), "the cat sat on the mat and the dog sat on the log. " * 40, 16)
+    cfg = TrainConfig(lr=5e-3, epochs=2, batch_size=8, seed=0)
+    small, record = loraprune(model, data, cfg, ratio=0.5, every=2, exempt_first=0, exempt_last=False,
+                              lora={**PAPER_LORA, "dropout": 0.0}, progress=False)
+    assert sum(p.numel() for p in small.parameters()) < before
+    assert record["modules"] and small.model.layers[1].mlp.down_proj.in_features == 32
+    assert small.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape[1] == 6
+    with pytest.raises(ConfigError, match="criterion='grad'"):
+        loraprune(tiny_llama(), data, cfg, criterion="grad")
+    with pytest.raises(ConfigError, match="cannot resume"):
+        loraprune(tiny_llama(), data, cfg.__class__(output_dir="x"))
