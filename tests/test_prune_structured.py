@@ -138,3 +138,21 @@ def test_loraprune_trains_prunes_and_returns_the_smaller_model():
         loraprune(tiny_llama(), data, cfg, criterion="grad")
     with pytest.raises(ConfigError, match="cannot resume"):
         loraprune(tiny_llama(), data, cfg.__class__(output_dir="x"))
+
+
+def test_petkit_prune_lora_writes_a_smaller_model(tmp_path, capsys):
+    from petkit.cli.main import main
+    from petkit.prune.remove import load_structured
+    from petkit.testing import tiny_chat_tokenizer
+    folder = tmp_path / "model"
+    tiny_llama().save_pretrained(folder)
+    tiny_chat_tokenizer().save_pretrained(folder)
+    (tmp_path / "text.txt").write_text("\n\n".join(f"the cat number {i} sat on the mat." for i in range(200)))
+    args = ["prune", "lora", "--model", str(folder), "--data", str(tmp_path / "text.txt"), "--max-length", "16",
+            "-t", "epochs=1", "-t", "batch_size=8", "--output", str(tmp_path / "small"), "--no-progress"]
+    assert main(args) == 0
+    small = load_structured(tmp_path / "small")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in tiny_llama().parameters())
+    assert "test_perplexity_after" in (tmp_path / "small" / "result.json").read_text()
+    assert main(args[:-3] + ["--ratio", "1.2", "--output", str(tmp_path / "x")]) == 2
+    assert "ratio must be in [0, 1)" in capsys.readouterr().err

@@ -271,6 +271,17 @@ def prune_sweep(args) -> int:
     return 0
 
 
+def prune_lora(args) -> int:
+    from petkit.prune.loraprune import run_loraprune
+    run = {"model": args.model, "data": args.data, "max_length": args.max_length, "max_train": args.max_train,
+           "max_eval": args.max_eval, "method": {"name": "lora", **parse_pairs(args.method_arg, "method")},
+           "train": parse_pairs(args.train_arg, "train")}
+    report = run_loraprune(run, ratio=args.ratio, criterion=args.criterion, output=args.output,
+                           progress=not args.no_progress, log=console.print)
+    console.print_json(json.dumps(report))
+    return 0
+
+
 def prune_apply(args) -> int:
     from petkit.models import load_model
     from petkit.prune import prune, save_pruned

@@ -14,6 +14,7 @@ masks live in the pruner, not in the trainer's checkpoints.
 
 from __future__ import annotations
 
+import json
 import math
 
 from torch import nn
@@ -23,7 +24,7 @@ from petkit.core.model import adapt
 from petkit.core.registry import config_from_dict
 
 from .remove import remove_units
-from .structured import StructuredPruner
+from .structured import StructuredPruner, check_settings
 
 PAPER_LORA = {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "train_head": False,
               "targets": ["attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out"]}
@@ -63,3 +64,42 @@ def loraprune(model: nn.Module, train_data, cfg, *, ratio: float = 0.5, criterio
     pruner.prune_to(ratio)  # the schedule's end, whatever the step count rounded to
     plain = am.merge_and_unload()
     return plain, remove_units(plain, pruner)
+
+
+def run_loraprune(run: dict, *, ratio: float = 0.5, criterion: str = "lora", output: str | None = None,
+                  progress: bool = True, log=print, **pruner) -> dict:
+    """`petkit prune lora`: load `run`'s model and language-modelling data (petkit.pipeline.RunSpec fields),
+    measure test perplexity, LoRAPrune it, measure again, save the smaller model; returns the report."""
+    import time
+    from pathlib import Path
+
+    from petkit.pipeline import RunSpec, prepare
+    from petkit.train import evaluate
+
+    from .remove import save_structured
+
+    check_settings(ratio, criterion)
+    spec = RunSpec.from_dict({**run, "output": None})
+    prep = prepare(spec)
+    if prep.task != "causal_lm":
+        raise ConfigError(f"LoRAPrune here trains a language model; {spec.data} holds {prep.kind} data")
+    cfg = spec.train_config()
+    size = cfg.eval_batch_size or cfg.batch_size
+    before = evaluate(prep.model, prep.test, "causal_lm", batch_size=size)
+    params = sum(p.numel() for p in prep.model.parameters())
+    log(f"{spec.model}: {params:,} parameters, test perplexity {before['perplexity']:.2f}")
+    lora = {**PAPER_LORA, **({k: v for k, v in spec.method.items() if k != "name"} if spec.method.get("name") == "lora" else {})}
+    started = time.perf_counter()
+    small, record = loraprune(prep.model, prep.train, cfg, ratio=ratio, criterion=criterion, lora=lora,
+                              progress=progress, **pruner)
+    after = evaluate(small, prep.test, "causal_lm", batch_size=size)
+    report = {"model": spec.model, "data": spec.data, "ratio": ratio, "criterion": criterion,
+              "parameters_before": params, "parameters_after": sum(p.numel() for p in small.parameters()),
+              "test_perplexity_before": before["perplexity"], "test_perplexity_after": after["perplexity"],
+              "train_seconds": round(time.perf_counter() - started, 1)}
+    log(f"pruned {ratio:.0%} of heads and channels ({criterion}): {report['parameters_after']:,} parameters, "
+        f"test perplexity {after['perplexity']:.2f}")
+    if output:
+        report["bytes"] = save_structured(small, record, Path(output))
+        (Path(output) / "result.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -87,6 +87,13 @@ def find_blocks(model: nn.Module) -> list[Block]:
     return blocks
 
 
+def check_settings(ratio, criterion: str) -> None:
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
+        raise ConfigError(f"ratio must be in [0, 1) (the share of heads and channels removed), got {ratio!r}")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
 def cubic_ratio(step: int, total: int, ratio: float, warmup: float = 0.1, cooldown: float = 0.1) -> float:
     w, c = round(warmup * total), round(cooldown * total)
     if step <= w:
@@ -100,10 +107,7 @@ class StructuredPruner:
     def __init__(self, model: nn.Module, ratio: float, total_steps: int, *, adapter: str = "default",
                  criterion: str = "lora", every: int = 10, ema: float = 0.9, warmup: float = 0.1,
                  cooldown: float = 0.1, exempt_first: float = 0.1, exempt_last: bool = True, seed: int = 0):
-        if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
-            raise ConfigError(f"ratio must be in [0, 1) (the share of heads and channels removed), got {ratio!r}")
-        if criterion not in CRITERIA:
-            raise ConfigError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        check_settings(ratio, criterion)
         self.model, self.adapter, self.criterion = model, adapter, criterion
         self.ratio, self.total, self.every, self.ema = float(ratio), int(total_steps), int(every), float(ema)
         self.warmup, self.cooldown = warmup, cooldown
