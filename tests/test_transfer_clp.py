@@ -59,3 +59,11 @@ def test_a_decoder_moves_to_another_tokenizer_and_runs_with_it():
     ids = target_tok("hello world", return_tensors="pt")["input_ids"]
     assert model(input_ids=ids).logits.shape[-1] == report.target_size
     assert model.config.pad_token_id == target_tok.pad_token_id
+
+
+def test_overlap_only_leaves_the_rest_at_the_fallback():
+    source, sv, helper, tv = vocabularies()
+    full, _ = clp_rows(source, sv, helper, tv)
+    only, report = clp_rows(source, sv, helper, tv, combine=False)
+    assert report.fallback == 2 and torch.equal(only[0], full[0])
+    assert not torch.allclose(only[1], full[1])

@@ -36,9 +36,11 @@ class ClpReport:
 
 
 def clp_rows(source: torch.Tensor, source_vocab: dict[str, int], helper: torch.Tensor, target_vocab: dict[str, int],
-             *, negative: str = "clip", seed: int = 42, chunk: int = 4096) -> tuple[torch.Tensor, ClpReport]:
+             *, negative: str = "clip", seed: int = 42, chunk: int = 4096,
+             combine: bool = True) -> tuple[torch.Tensor, ClpReport]:
     """The target embedding matrix (len(target_vocab) × source width) from source rows and helper rows
-    (indexed by the target tokenizer's ids)."""
+    (indexed by the target tokenizer's ids). combine=False leaves every non-overlap row at its random
+    fallback (the "overlap only" baseline)."""
     if negative not in NEGATIVE:
         raise ConfigError(f"negative must be one of {NEGATIVE}, got {negative!r}")
     if helper.shape[0] < max(target_vocab.values(), default=-1) + 1:
@@ -56,6 +58,8 @@ def clp_rows(source: torch.Tensor, source_vocab: dict[str, int], helper: torch.T
     s_ids = torch.tensor([s for _, s in overlap])
     out[t_ids] = source[s_ids]
     missing = torch.tensor(sorted(set(target_vocab.values()) - set(t_ids.tolist())), dtype=torch.long)
+    if not combine:
+        return out, ClpReport(size, len(overlap), 0, len(missing))
     keys = nn.functional.normalize(helper.detach().float()[t_ids], dim=1)
     rows = source[s_ids]
     fallback = 0
