@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CLP-Transfer (issue 21): SmolLM2-135M (byte-level BPE) moved to MiniLM's WordPiece vocabulary, with
+"""CLP-Transfer: SmolLM2-135M (byte-level BPE) moved to MiniLM's WordPiece vocabulary, with
 MiniLM as the helper model (the only offline model that uses the target tokenizer).
 
 Initialisations of the new embedding rows (the output head is tied to them in SmolLM2):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Continual learning on MiniLM (issue 20): every method and baseline on two streams, 3 seeds.
+"""Continual learning on MiniLM: every method and baseline on two streams, 3 seeds.
 
 Streams (petkit.continual.stream.NAMED_STREAMS):
 - `trec-classes`: class-incremental, TREC's 6 question types 2 per task; no task id at test time;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""LoRAPrune on SmolLM2-135M (issue 21), the spec's two checks:
+"""LoRAPrune on SmolLM2-135M, the spec's two checks:
 
 1. Does the LoRA-only importance estimate rank heads and FFN channels like the true first-order score
    |∇W ⊙ W|? After a short LoRA warm-up (so B ≠ 0), one batch's scores per unit, Spearman correlation,

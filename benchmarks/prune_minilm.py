@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Essential sparsity on MiniLM (issue 21): one-shot magnitude pruning of the attention and FFN weights at
+"""Essential sparsity on MiniLM: one-shot magnitude pruning of the attention and FFN weights at
 0–90%, then full fine-tuning with the mask fixed, against layer-uniform, random and ERK pruning and 2:4;
 plus what the pruned model costs on disk (petkit's sparse file) and whether a sparse format makes a
 pruned layer faster on this CPU (torch's CSR matmul against the dense one, side by side).
