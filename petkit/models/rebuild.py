@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from petkit.core.errors import AdapterFileError
+from petkit.core.storage import read_json
 
 
 def config_record(model: nn.Module) -> dict | None:
@@ -50,3 +51,12 @@ def from_config_folder(folder: Path, hint: str) -> nn.Module:
         model = cls._from_config(config)
     model.tie_weights()  # no_init_weights skips the tying too (transformers ties in init_weights)
     return model.eval()  # as from_pretrained returns it
+
+
+def read_description(path: Path, fmt: str, version: int, what: str) -> dict:
+    """A format's JSON description (structure.json, pruning.json, ...), refused unless it names `fmt` at `version`."""
+    spec = read_json(path)
+    if spec.get("format") != fmt or spec.get("version") != version:
+        raise AdapterFileError(f"{path} is not a petkit {what} description "
+                               f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
+    return spec

@@ -22,8 +22,8 @@ from torch import nn
 
 from petkit.core.errors import AdapterFileError, StateError
 from petkit.core.model import AdaptedModel
-from petkit.core.storage import read_json, read_tensors, write_files
-from petkit.models.rebuild import config_record, from_config_folder, unique_tensors
+from petkit.core.storage import read_tensors, write_files
+from petkit.models.rebuild import config_record, from_config_folder, read_description, unique_tensors
 
 from .structured import StructuredPruner
 
@@ -103,10 +103,7 @@ def save_structured(model: nn.Module, record: dict, folder) -> int:
 def load_structured(folder) -> nn.Module:
     """The smaller model in `folder`: rebuilt from its config, the pruned modules shrunk, weights loaded."""
     folder = Path(folder)
-    spec = read_json(folder / CONFIG)
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-        raise AdapterFileError(f"{folder / CONFIG} is not a petkit structured-pruning description "
-                               f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
+    spec = read_description(folder / CONFIG, FORMAT, VERSION, "structured-pruning")
     tensors, _ = read_tensors(folder / WEIGHTS)
     model = from_config_folder(folder, "it was written without one")
     for path, (out_f, in_f, bias) in spec.get("modules", {}).items():

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from petkit.core.errors import AdapterFileError
-from petkit.core.storage import read_json, read_tensors, write_files
-from petkit.models.rebuild import config_record, from_config_folder, unique_tensors
+from petkit.core.storage import read_tensors, write_files
+from petkit.models.rebuild import config_record, from_config_folder, read_description, unique_tensors
 
 from .prune import PruneResult
 
@@ -67,10 +67,7 @@ def load_pruned(folder, model: nn.Module | None = None) -> nn.Module:
     """The pruned model in `folder`, dense with its zeros (rebuilt from config.json unless `model`, of the
     same architecture, is given to load into). Every tensor is checked before the model changes."""
     folder = Path(folder)
-    spec = read_json(folder / CONFIG)
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-        raise AdapterFileError(f"{folder / CONFIG} is not a petkit pruned-model description "
-                               f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
+    spec = read_description(folder / CONFIG, FORMAT, VERSION, "pruned-model")
     tensors, _ = read_tensors(folder / WEIGHTS)
     state = {}
     for path, entry in spec.get("layers", {}).items():

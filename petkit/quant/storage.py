@@ -16,8 +16,8 @@ from torch import nn
 from petkit.core.errors import AdapterFileError
 from petkit.core.layer import in_out_features
 from petkit.core.module_types import LINEAR_TYPES, Conv1D
-from petkit.core.storage import read_json, read_tensors, write_files
-from petkit.models.rebuild import config_record, from_config_folder, unique_tensors
+from petkit.core.storage import read_tensors, write_files
+from petkit.models.rebuild import config_record, from_config_folder, read_description, unique_tensors
 from petkit.quant.linear import PackedEmbedding, PackedLinear, QuantFormat
 from petkit.quant.quantize import quantized_layers
 
@@ -61,10 +61,7 @@ def load_quantized(folder, model: nn.Module | None = None) -> nn.Module:
     the original) its layers are replaced in place; without, the model is rebuilt from config.json.
     Everything is checked before the model changes: on an error it is left as it was."""
     folder = Path(folder)
-    spec = read_json(folder / CONFIG)
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-        raise AdapterFileError(f"{folder / CONFIG} is not a petkit quantised-model description "
-                               f"(format {spec.get('format')!r}, version {spec.get('version')!r})")
+    spec = read_description(folder / CONFIG, FORMAT, VERSION, "quantised-model")
     if model is None:
         model = from_config_folder(folder, "pass the float model: load_quantized(folder, model)")
     tensors, _ = read_tensors(folder / WEIGHTS)
