@@ -172,7 +172,7 @@ def _shared_main_entry(r: ContinualResult) -> list[float]:
 
 def write_report(root: Path) -> Path:
     results = load_results(root)
-    lines = ["# Continual learning on MiniLM", "",
+    lines = ["# Continual learning on MiniLM (and the decoder stream on SmolLM2)", "",
              "Written by `benchmarks/continual_minilm.py` (settings in its docstring). Test accuracy; mean ± sd over "
              "seeds. last = mean accuracy over all tasks after the last one; average = mean over tasks of the mean "
              "accuracy on the tasks seen so far; forgetting = mean drop from each task's best earlier accuracy; "
