@@ -86,9 +86,6 @@ class PerTaskAdapter(AdapterLearner):
         self.add(f"task{t}")
         self.am.set_active(f"task{t}")
 
-    def parameters(self, t):
-        return [p for p in self.model.parameters() if p.requires_grad]
-
     def scores(self, batch, classes, task):
         self.am.set_active(f"task{task}")
         return super().scores(batch, classes, task)
