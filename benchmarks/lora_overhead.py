@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import petkit  # noqa: E402
+from petkit.bench.machine import cpu_model  # noqa: E402
 
 R, ALPHA = 8, 16
 TRAIN_VARIANTS = ("step_ideal", "step_petkit", "step_peft", "step_full")
@@ -344,12 +345,7 @@ def paired_ratio(times, a, b):
 
 
 def machine_info():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import peft
     import transformers
     return {

@@ -47,9 +47,12 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))  # timing.py, also when a test loads this file by path
 
+from petkit.bench.machine import cpu_model  # noqa: E402
 from petkit.kernels import dequant  # noqa: E402
 from petkit.quant import PackedLinear, QuantFormat  # noqa: E402
+from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 SHAPES = [(576, 576, "q,o"), (192, 576, "k,v"), (1536, 576, "gate,up"), (576, 1536, "down"), (2048, 2048, "notes")]
 QUICK_SHAPES = [(64, 128, "tiny"), (192, 256, "small")]
@@ -133,21 +136,7 @@ def make_fns(layers, lead, seed=1):
 
 
 def time_case(fns, rounds, clock, budget_s=0.005):
-    names = list(fns)
-    inner = {}
-    for n in names:  # warm up, and pick `inner` so one measurement lasts about budget_s
-        fns[n]()
-        t = time.perf_counter()
-        fns[n]()
-        inner[n] = max(1, int(budget_s / max(time.perf_counter() - t, 1e-7)))
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            t = clock()
-            for _ in range(inner[n]):
-                fns[n]()
-            times[n].append((clock() - t) / inner[n] * 1e3)
-    return times
+    return time_interleaved(fns, rounds, {"clock": clock}, budget_s)["clock"]
 
 
 def ratios(times, base="fp32"):
@@ -209,12 +198,7 @@ def dequant_only(rounds, clock, M=2048, K=2048):
 
 
 def machine_info():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     try:
         import bitsandbytes
         bnb_version = bitsandbytes.__version__

@@ -39,9 +39,11 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))  # timing.py, also when a test loads this file by path
 
 from petkit.kernels.lut import lut_matmul, native, pack_lut  # noqa: E402
 from petkit.quant import PackedLinear, QuantFormat, formats  # noqa: E402
+from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 SHAPES = [(576, 576, "q,o"), (192, 576, "k,v"), (1536, 576, "gate,up"), (576, 1536, "down"),
           (2048, 2048, "notes")]
@@ -90,22 +92,8 @@ def make_case(M, K, N, seed=0):
 
 
 def time_case(fns, rounds, budget_s=0.002):
-    names = list(fns)
-    inner = {}
-    for n in names:  # warm up, and pick `inner` so one measurement lasts about budget_s
-        fns[n]()
-        t = time.perf_counter()
-        fns[n]()
-        inner[n] = max(1, int(budget_s / max(time.perf_counter() - t, 1e-7)))
-    times, cpu = {n: [] for n in names}, {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            t, c = time.perf_counter(), time.process_time()
-            for _ in range(inner[n]):
-                fns[n]()
-            times[n].append((time.perf_counter() - t) / inner[n] * 1e3)
-            cpu[n].append((time.process_time() - c) / inner[n] * 1e3)
-    return times, cpu
+    times = time_interleaved(fns, rounds, {"wall": time.perf_counter, "cpu": time.process_time}, budget_s)
+    return times["wall"], times["cpu"]
 
 
 def ratio(times, a, b):

@@ -8,6 +8,7 @@ from continual_cases import tokenizer, toy_model, toy_stream
 
 from petkit.continual import ContinualConfig, run_stream
 from petkit.continual.model import collate, encode_split
+from petkit.continual.learner import make_learner
 from petkit.continual.ovor import OVOR, class_outliers, clamp_to_class, kth_distance, npos_outliers
 from petkit.core.errors import ConfigError
 
@@ -199,10 +200,10 @@ def test_uniform_init_is_the_default_and_normal_the_alternative():
     ({"select": 2.5}, "select must be a positive integer"),
     ({"vor_weight": -0.1}, "vor_weight must be a number ≥ 0"),
     ({"tau_id": float("nan")}, "tau_id must be a finite number"),
-    ({"prompt": 10}, "ovor has no options ['prompt']"),
+    ({"prompt": 10}, "ovor has no option 'prompt'"),
 ])
 def test_options_are_checked(options, words):
     """Catches a bad setting accepted silently (an unknown outliers mode would quietly mean 'origin')."""
     with pytest.raises(ConfigError) as err:
-        OVOR(**options)
+        make_learner("ovor", options)
     assert words in str(err.value)

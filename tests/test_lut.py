@@ -16,6 +16,7 @@ import torch
 from petkit.core.errors import KernelUnavailable
 from petkit.kernels.lut import LutWeight, lut_matmul, lut_reference, matmul, native, pack_lut
 from petkit.kernels.lut.reference import build_tables, quantize_tables
+from native_cases import load_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 BITS = (1, 2, 3, 4)
@@ -44,12 +45,7 @@ def nmse(y, ref):
 
 @pytest.fixture(scope="module")
 def ext():
-    try:
-        return native.load()
-    except KernelUnavailable as e:
-        if str(e).startswith("building"):  # a toolchain is there and the build broke: a real failure
-            pytest.fail(str(e))
-        pytest.skip(str(e))  # no compiler or ninja on this machine
+    return load_or_skip(native.load)
 
 
 # -- reference ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from petkit.core.errors import KernelUnavailable
 from petkit.kernels import dequant
 from petkit.quant import PackedLinear, QuantFormat, formats
 from petkit.quant.linear import PackedEmbedding
+from native_cases import load_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = [("int", 1), ("int", 2), ("int", 4), ("int", 8), ("nf4", 4)]
@@ -40,12 +41,7 @@ def native_on():
 
 @pytest.fixture(scope="module")
 def ext():
-    try:
-        return dequant.load()
-    except KernelUnavailable as e:
-        if str(e).startswith("building"):  # a toolchain is there and the build broke: a real failure
-            pytest.fail(str(e))
-        pytest.skip(str(e))  # no compiler or ninja on this machine
+    return load_or_skip(dequant.load)
 
 
 def bits_of(t):

@@ -7,13 +7,16 @@ import os
 import platform
 
 
-def cpu() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
+        return platform.processor() or platform.machine()
+
+
+def cpu() -> str:
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def versions() -> str:

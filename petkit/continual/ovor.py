@@ -52,7 +52,6 @@ import torch
 import torch.nn.functional as F
 
 from petkit.core.config import check, is_number, is_pos_int
-from petkit.core.errors import ConfigError
 
 from .baselines import AdapterLearner
 from .learner import register_learner
@@ -143,11 +142,7 @@ class OVOR(AdapterLearner):
     def __init__(self, prompt_length: int = 10, init: str = "uniform", vor_epochs: int = 10, vor_lr: float = 1e-3,
                  vor_batch: int = 128, vor_weight: float = 0.1, tau_id: float = -15.0, tau_ood: float = -3.0,
                  cov: float = 0.1, select: int = 50, k: int = 50, sample_from: int = 600, per_class: int = 40,
-                 outliers: str = "boundary", **options):
-        if options:
-            raise ConfigError(f"ovor has no options {sorted(options)}; its options: prompt_length, init, vor_epochs, "
-                              "vor_lr, vor_batch, vor_weight, tau_id, tau_ood, cov, select, k, sample_from, "
-                              "per_class, outliers")
+                 outliers: str = "boundary"):
         for key, value in {"prompt_length": prompt_length, "vor_batch": vor_batch, "select": select, "k": k,
                            "sample_from": sample_from, "per_class": per_class}.items():
             check(is_pos_int(value), f"ovor: {key} must be a positive integer, got {value!r}")
