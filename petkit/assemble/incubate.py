@@ -9,15 +9,19 @@ Only T_k is optimised. The modules before k are frozen (no gradient, no backward
 modules after k stay in the graph — the gradient reaches T_k through them — but are not updated. The
 paper and the released code agree on this; the code freezes the earlier modules with requires_grad and
 simply leaves the later ones out of the optimizer (they still receive gradients). Here every module but
-k has requires_grad off, which gives the same update for less work. Each k depends only on the meta model
+k has requires_grad off, which gives the same update for less work. The released code also adds
+drop-path (0.1) in MT and FT; transformers' BERT has none, so its hidden and attention dropout (0.1) stay. Each k depends only on the meta model
 and on T_k's initial weights, so the K incubations can run as separate jobs.
 
 Cost of one step (`step_cost`), in steps of the whole target: a block costs one unit forward and two
 backward (activation and weight gradients), so a step of a model whose modules have `depths`, trained
 from module `first` on (no backward before it), costs (Σ depths + 2·Σ depths[first:]) / (3·D).
 With a meta model of K blocks its step costs K/D, and incubating module k costs
-(K−1 + D/K + 2·(D/K + K−1−k)) / (3·D).
-Embeddings and the head are not counted (small next to the blocks at the widths used here).
+(K−1 + D/K + 2·(D/K + K−1−k)) / (3·D). The frozen blocks after k need only activation gradients
+(one unit, not two): counting two overstates the assembling run's cost a little, in the baseline's favour.
+Embeddings and the head are not counted: their FLOPs are small next to the blocks', but
+the optimizer's update of a large vocabulary's embedding is memory-bound and not small in wall-clock
+time, so a small meta model costs more wall-clock than its K/D share (report both).
 """
 
 from __future__ import annotations
