@@ -129,6 +129,15 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def per_seed(results: list[dict], seeds: list[int]) -> str:
+    """Test accuracy (dev-selected) of every run of every seed: one failed run shows as what it is."""
+    lines = ["| seed | " + " | ".join(RUNS) + " | meta dev |", "|---|" + "---|" * (len(RUNS) + 1)]
+    for seed, r in zip(seeds, results):
+        cells = [f"{100 * r[name]['test']:.1f}" for name in RUNS]
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {100 * r['assembled']['phases'][0]['dev']:.1f} |")
+    return "\n".join(lines)
+
+
 def mean_curve(results: list[dict], name: str) -> tuple[list[float], list[float]]:
     curves = [r[name]["curve"] for r in results]
     steps = [s for s, _ in curves[0]]
@@ -197,6 +206,7 @@ def main() -> None:
              f"({', '.join(f'{c:.0f}' for c in cost['incubation'])}) + fine-tuning {cost['finetune']:.0f} = "
              f"{cost['total']:.0f}.", "", table(summary), "",
              "Meta model dev accuracy: " + _spread(summary["rows"]["assembled"]["meta_dev"]) + " %.", "",
+             "Test accuracy % per seed (dev-selected step):", "", per_seed(results, args.seeds), "",
              "## Convergence in fine-tuning", "", ft_convergence(results), "", "![curve](curve.png)", ""]
     (args.out / "assemble.md").write_text("\n".join(lines))
     print(f"report: {args.out / 'assemble.md'}")
