@@ -199,10 +199,10 @@ def test_module_file_round_trip_and_wrong_index(tmp_path):
 
 def test_a_module_that_does_not_fit_leaves_the_model_unchanged():
     """Catches a load that copies some tensors before it finds one that does not fit."""
-    model, wide = bert(8), bert(8, width=48)
+    model, other, wide = bert(8), bert(8, seed=3), bert(8, width=48)
     split = split_model(model, 4)
     before = {n: t.clone() for n, t in model.state_dict().items()}
-    state = module_state(model, split, 1)
+    state = module_state(other, split, 1)  # other values: a partial copy would show
     state["blocks.1.output.dense.weight"] = module_state(wide, split, 1)["blocks.1.output.dense.weight"]
     with pytest.raises(ConfigError, match="do not fit"):
         load_module_state(model, split, 1, state)
