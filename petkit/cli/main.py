@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, generate, serve  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, serve  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
 
@@ -173,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--nm", metavar="N:M", help="with --kind nm: remove N of every M, e.g. 2:4")
     q.add_argument("--output", required=True, help="folder for the sparse model")
     q.set_defaults(func=commands.prune_apply)
+
+    p = sub.add_parser("assemble", help="Deep Model Assembling: train a deep classifier from scratch in modules (meta "
+                                        "model, one incubation job per module, assembling + fine-tuning)")
+    assemble_sub = p.add_subparsers(dest="assemble_command", required=True)
+    phases = (("meta", "PT: train the meta model (one block per module) end to end"),
+              ("incubate", "MT: train one target module inside the meta model (one job per module, in any order)"),
+              ("assemble", "FT: put the incubated modules together and fine-tune end to end (no warmup, clip 1)"),
+              ("e2e", "the baseline: the target trained end to end, by default at the assembling run's budget"))
+    for name, text in phases:
+        q = assemble_sub.add_parser(name, help=text)
+        q.add_argument("config", nargs="?", help="YAML with the run settings (petkit/assemble/config.py AssembleConfig)")
+        q.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting, e.g. -s depth=8 -s num_modules=4 -s width=128 -s data=ag_news (repeatable); "
+                            "every phase of a run needs the same settings")
+        q.add_argument("--output", default="runs/assemble", help="the run's folder, shared by all its phases")
+        if name == "incubate":
+            q.add_argument("--module", type=int, required=True, metavar="K", help="the module to incubate, 0..K-1")
+        if name == "e2e":
+            q.add_argument("--steps", type=int, help="optimizer steps (default: the assembling run's whole budget)")
+        q.set_defaults(func=compress.assemble)
 
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
