@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from petkit.core.errors import ConfigError
-from petkit.data.batches import pad_batch, pad_token_id
+from petkit.data.batches import ClassificationDataset, pad_batch
 
 DEFAULT_TRAIN = {"lr": 1e-4, "epochs": 10, "batch_size": 16, "warmup": 0.1, "schedule": "linear"}
 
@@ -79,16 +79,11 @@ class SoftLabelDataset(Dataset):
         if logits is not None and (logits.dim() != 2 or len(logits) != len(examples)):
             raise ConfigError(f"need one row of teacher logits per example: {len(examples)} examples, "
                               f"logits of shape {tuple(logits.shape)}")
-        self.pad_id = pad_token_id(tokenizer)
         self.logits = logits
-        self.features: list[dict] = []
-        if not examples:
-            return
-        texts = [ex["text"] for ex in examples]
-        pairs = [ex["text_pair"] for ex in examples] if "text_pair" in examples[0] else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        self.features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+        # tokenised as any classification data; the placeholder label is dropped again
+        tokenised = ClassificationDataset(tokenizer, [{**ex, "label": 0} for ex in examples], max_length)
+        self.pad_id = tokenised.pad_id
+        self.features = [{k: v for k, v in f.items() if k != "labels"} for f in tokenised.features]
 
     def __len__(self) -> int:
         return len(self.features)
