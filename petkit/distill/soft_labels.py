@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from petkit.core.errors import ConfigError
 from petkit.data.batches import ClassificationDataset, pad_batch
@@ -111,6 +110,8 @@ class SoftLabelStudent(nn.Module):
         self.student, self.temperature, self.double_softmax = student, temperature, double_softmax
 
     def forward(self, teacher_logits: torch.Tensor | None = None, labels: torch.Tensor | None = None, **inputs):
+        from transformers.modeling_outputs import SequenceClassifierOutput  # lazily: importing petkit stays light
+
         logits = self.student(**inputs).logits
         if teacher_logits is not None:
             loss = soft_label_loss(logits, teacher_logits, self.temperature, self.double_softmax)
