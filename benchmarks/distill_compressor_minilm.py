@@ -211,6 +211,9 @@ def report(out: Path, found: dict, shape, tok_size: int, teach: dict, picked: di
                      f"{mean_std([r['test'] for r in rs])} | {statistics.mean(r['train_seconds'] for r in rs):.0f} / "
                      f"{statistics.mean(r['cpu_seconds'] for r in rs):.0f} | "
                      f"{statistics.mean(r['test_ms_per_example'] for r in rs):.3f} |")
+    lines += ["", "Per seed (seed: dev / test): " + "; ".join(
+        f"{v}: " + ", ".join(f"{r['seed']}: {r['dev']:.3f} / {r['test']:.3f}" for r in rs) for v, rs in runs.items())
+        + f". The majority class is {teach['dev_majority']:.3f} of dev: a student at that accuracy predicts one class."]
     lines += ["", f"Teacher accuracy on the unlabelled half's hidden labels (how right its soft labels are): "
               f"{teach['unlabelled_accuracy']:.4f}."]
     lines += ["", f"Students: mean ± std over seeds {[r['seed'] for r in max(runs.values(), key=len)]}; teacher: one seed. "
@@ -296,7 +299,9 @@ def main() -> None:
         lr_dev[variant], picked[variant] = pick(variant)
         seeds = args.seeds[:1] if variant == code else args.seeds  # the code's targets: one seed
         runs[variant] = [run(variant, picked[variant], seed) for seed in seeds]
+    counts = [sum(ex["label"] == c for ex in data.dev) for c in range(2)]
     teach = {**teach, "lr_dev": lr_dev, "labelled": len(labelled), "unlabelled": len(unlabelled),
+             "dev_majority": max(counts) / len(data.dev),
              "n_dev": len(data.dev), "n_test": len(data.test)}
     (args.out / "results.json").write_text(json.dumps({"shape": shape.genes(), "tokenizer_entries": len(tokenizer),
                                                        "max_length": MAX_LENGTH, "teacher": teach, "picked_lr": picked,
