@@ -194,6 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--steps", type=int, help="optimizer steps (default: the assembling run's whole budget)")
         q.set_defaults(func=compress.assemble)
 
+    p = sub.add_parser("distill", help="train small students from fine-tuned teachers (Compressor: shape search)")
+    distill_sub = p.add_subparsers(dest="distill_command", required=True)
+    q = distill_sub.add_parser("search", help="Compressor's genetic search for the student shape with the most "
+                                              "FLOPs within a size budget, against the best of N random shapes")
+    q.add_argument("--budget-mb", type=float, required=True, help="fp32 size budget in MB (e.g. 3)")
+    q.add_argument("--tolerance", type=float, default=0.05, help="how far off the budget a shape may be (fraction)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--mutation", choices=["suffix", "single"], default="suffix",
+                   help="suffix: the released code's (resample every gene from a random locus on); single: one gene")
+    q.add_argument("--generations", type=int, default=100)
+    q.add_argument("--population", type=int, default=50)
+    q.add_argument("--restarts", type=int, default=10, help="independent GA runs; the fittest result is kept")
+    q.add_argument("--vocab", type=int, nargs="+", help="narrow the vocabulary choices (e.g. what your tokenizer "
+                                                        "can learn); other genes keep the code's space")
+    q.add_argument("--seq-len", type=int, default=514, help="sequence length the cost model prices")
+    q.add_argument("--random", type=int, default=1000, help="random shapes within the tolerance to compare with "
+                                                            "(0: skip)")
+    q.add_argument("--output", help="write the result as JSON here")
+    q.set_defaults(func=compress.distill_search)
+
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
 
