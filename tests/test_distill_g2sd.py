@@ -119,12 +119,14 @@ def test_generic_distill_trains_the_student_and_head_and_never_the_frozen_teache
     in the targets), or a stage that does not learn at all."""
     teacher, student = teacher_and_student()
     teacher.train()
+    modes = []
+    teacher.register_forward_pre_hook(lambda m, args: modes.append(m.training))
     before_t, before_s = snapshot(teacher), snapshot(student)
     data = TextDataset(tokenizer, TEXTS * 4, 32)
     result = generic_distill(teacher, student, data, GenericConfig(epochs=8, batch_size=8, lr=3e-3))
     assert same(snapshot(teacher), before_t)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert not teacher.training
+    assert modes and not any(modes)  # eval mode in every step, not just at the end
     assert not same(snapshot(student), before_s)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
