@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""G2SD on text: MiniLM (6 × 384, 22.7M parameters) distilled into a 3-layer, 192-wide BERT student (8.0M parameters, 6.0M of them the
-WordPiece embedding table),
-then fine-tuned on SST-2 with few labels. The same student, four ways, side by side:
+"""G2SD on text: MiniLM (6 × 384, 22.7M parameters) distilled into a 3-layer, 192-wide BERT student
+(7.3M parameters, 5.9M of them the WordPiece embedding table), then fine-tuned on SST-2 with few
+labels. The same student, four ways, side by side:
 
 - g2sd:     generic stage (feature distillation from the frozen pre-trained MiniLM on unlabelled
             SST-2 train sentences, 15% shared masks) + specific stage (distillation token, hard labels
@@ -17,7 +17,11 @@ unlabelled text is the whole SST-2 train split with its labels dropped (the semi
 keeps its best epoch on dev (872 sentences); test (1821) is read once, at the end.
 
     .venv/bin/python benchmarks/distill_g2sd_minilm.py            # ≈ 30 min of one core (OMP_NUM_THREADS=1)
-    .venv/bin/python benchmarks/distill_g2sd_minilm.py --smoke --out /tmp/g2sd   # a one-minute smoke run
+    .venv/bin/python benchmarks/distill_g2sd_minilm.py --smoke --out /tmp/g2sd   # a few-minute smoke run
+
+On a busy machine the same runs can be shared by several processes (each run is claimed by a
+`.running` file): one without --skip-generic, others with `--sizes N --skip-generic` once the
+teacher for N is cached; their g2sd runs wait for the generic student.
 
 Writes to benchmarks/results/distill-g2sd/: runs/*.json (one per run; a run already there is skipped),
 results.json, g2sd.md, g2sd.png. Student weights are cached under --cache (not committed).
@@ -132,8 +136,17 @@ def teacher_for(n: int, out: Path, cache: Path, smoke: bool):
 
 def student_run(variant: str, n: int, seed: int, teacher, prep, cache: Path, out: Path, smoke: bool) -> None:
     path = out / "runs" / f"{variant}-n{n}-seed{seed}.json"
-    if path.is_file():
+    lock = path.with_suffix(".running")  # several processes may share the runs (see --help)
+    if path.is_file() or lock.is_file():
         return
+    lock.touch()
+    try:
+        _student_run(variant, n, seed, teacher, prep, cache, path, smoke)
+    finally:
+        lock.unlink()
+
+
+def _student_run(variant: str, n: int, seed: int, teacher, prep, cache: Path, path: Path, smoke: bool) -> None:
     student = build_student(teacher.config, **SHAPE, seed=seed)
     if variant == "g2sd":
         while not (cache / "generic-student.safetensors").is_file():  # another process runs the generic stage
@@ -247,7 +260,8 @@ def main() -> None:
                 generic_student(args.cache, args.out, args.smoke)
             if not args.generic_only:
                 for n in args.sizes:
-                    wanted = [(v, s) for s in args.seeds for v in VARIANTS  # seed by seed: a cut-short run stays comparable
+                    # seed by seed (a cut-short run stays comparable), g2sd last (it may wait for the generic stage)
+                    wanted = [(v, s) for s in args.seeds for v in VARIANTS[::-1]
                               if not (args.out / "runs" / f"{v}-n{n}-seed{s}.json").is_file()]
                     if not wanted and (args.out / "runs" / f"teacher-n{n}.json").is_file():
                         continue

@@ -364,3 +364,12 @@ def test_a_teacher_predicting_labels_the_task_lacks_is_refused(tokenizer):
     with pytest.raises(ConfigError, match="predicts label 2"):
         specific_distill(student, labelled(tokenizer), 2, teacher=teacher)
     assert same(snapshot(student), before)
+
+
+def test_a_sequence_with_no_room_for_the_distillation_token_is_refused():
+    """Catches an input at the position limit reaching HF's position table one row short (an index error
+    deep inside the embeddings) instead of a message that says to truncate."""
+    model = classifier().eval()
+    ids = torch.ones(2, model.config.max_position_embeddings, dtype=torch.long)
+    with pytest.raises(ConfigError, match="truncate one token shorter"):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))

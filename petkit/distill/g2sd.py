@@ -41,7 +41,6 @@ call leaves the models unchanged.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -194,7 +193,7 @@ def generic_loss(student_features: torch.Tensor, teacher_hidden: torch.Tensor, a
                  masked: torch.Tensor, supervise_all: bool = True, beta: float = 2.0) -> torch.Tensor:
     """SmoothL1_β between the student's projected features and LayerNorm_noaffine(teacher hidden states)."""
     target = F.layer_norm(teacher_hidden.detach(), teacher_hidden.shape[-1:])
-    keep = attention_mask.bool() & (masked if not supervise_all else True)
+    keep = attention_mask.bool() if supervise_all else attention_mask.bool() & masked
     per_token = F.smooth_l1_loss(student_features, target, beta=beta, reduction="none").mean(-1)
     return per_token[keep].mean()
 
@@ -217,6 +216,7 @@ class FeatureDistiller(nn.Module):
         self.feature_head = nn.Sequential(nn.Linear(width_s, width_t), nn.GELU(), nn.Linear(width_t, width_t))
         self.teacher_layer = cfg.teacher_layer or teacher.config.num_hidden_layers
         self.teacher.requires_grad_(False)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the masks' own stream, apart from dropout's
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -226,7 +226,7 @@ class FeatureDistiller(nn.Module):
     def forward(self, input_ids, attention_mask, special_tokens_mask=None, token_type_ids=None,
                 generator: torch.Generator | None = None) -> GenericOutput:
         maskable = attention_mask.bool() if special_tokens_mask is None else ~special_tokens_mask.bool()
-        masked = shared_mask(maskable & attention_mask.bool(), self.cfg.mask_ratio, generator)
+        masked = shared_mask(maskable & attention_mask.bool(), self.cfg.mask_ratio, generator or self.generator)
         ids = input_ids.masked_fill(masked, self.mask_token_id)
         inputs = {"input_ids": ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -295,6 +295,9 @@ class DistillationTokenClassifier(nn.Module):
         return self.encoder.config
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, teacher_labels=None):
+        if input_ids.shape[1] + (self.dist_token is not None) > self.config.max_position_embeddings:
+            raise ConfigError(f"{input_ids.shape[1]} tokens plus the distillation token exceed the student's "
+                              f"{self.config.max_position_embeddings} positions: truncate one token shorter")
         embeds = self.encoder.embeddings.word_embeddings(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -372,7 +375,6 @@ def _fit(model: nn.Module, data: Dataset, cfg: StageConfig, *, select=None, log=
     for group in optimizer.param_groups:
         group["betas"] = tuple(cfg.betas)
     seed_everything(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the masks: their own stream, apart from dropout's
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = math.ceil(cfg.warmup * total)
@@ -382,8 +384,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: StageConfig, *, select=None, log=
         losses = []
         for idx in batch_indices(epoch_order(len(data), cfg.seed, epoch), cfg.batch_size):
             batch = data.collate([data[i] for i in idx])
-            extra = {"generator": generator} if isinstance(model, FeatureDistiller) else {}
-            loss = model(**batch, **extra).loss
+            loss = model(**batch).loss
             loss.backward()
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, "cosine")
@@ -400,7 +401,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: StageConfig, *, select=None, log=
             record["select"] = float(select(model))
             if best is None or record["select"] > best:
                 best, result.best_epoch = record["select"], epoch + 1
-                best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result.history.append(record)
         if log:
             log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
