@@ -57,6 +57,7 @@ from petkit.distill.g2sd import (  # noqa: E402
     TextDataset,
     generic_distill,
     specific_distill,
+    teacher_predictions,
 )
 from petkit.distill.student import build_student, parameter_count, safetensors_bytes  # noqa: E402
 from petkit.models.aliases import ModelNotFound  # noqa: E402
@@ -161,8 +162,12 @@ def _student_run(variant: str, n: int, seed: int, teacher, prep, cache: Path, pa
         return evaluate(model, dev, "classification", batch_size=64, collate_fn=prep.dev.collate)["accuracy"]
 
     log(f"{variant} n={n} seed={seed}")
+    if variant != "scratch" and not hasattr(prep, "teacher_labels"):  # once per process: one teacher, many students
+        prep.teacher_labels = teacher_predictions(teacher, prep.train)
     result = specific_distill(student, prep.train, len(prep.labels), cfg,
-                              teacher=None if variant == "scratch" else teacher, select=select, log=log)
+                              teacher=None if variant == "scratch" else teacher,
+                              teacher_labels=None if variant == "scratch" else prep.teacher_labels,
+                              select=select, log=log)
     test = evaluate(result.model, prep.test, "classification", batch_size=64)
     record = {"variant": variant, "n": n, "seed": seed, "dev": max(h["select"] for h in result.history),
               "test": test["accuracy"], "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),

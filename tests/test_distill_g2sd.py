@@ -373,3 +373,13 @@ def test_a_sequence_with_no_room_for_the_distillation_token_is_refused():
     ids = torch.ones(2, model.config.max_position_embeddings, dtype=torch.long)
     with pytest.raises(ConfigError, match="truncate one token shorter"):
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def test_precomputed_teacher_labels_must_match_the_data(tokenizer):
+    """Catches labels from another subset (or without their teacher) silently misaligned with the examples."""
+    teacher, student = teacher_and_student()
+    data = labelled(tokenizer)
+    with pytest.raises(ConfigError, match="one label per training example"):
+        specific_distill(student, data, 2, teacher=teacher, teacher_labels=[0] * (len(data) - 1))
+    with pytest.raises(ConfigError, match="need their teacher"):
+        specific_distill(student, data, 2, teacher_labels=[0] * len(data))

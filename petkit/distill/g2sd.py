@@ -343,23 +343,28 @@ def teacher_predictions(teacher: nn.Module, data: Dataset, batch_size: int = 64)
 
 def specific_distill(student: nn.Module, train_data: Dataset, num_labels: int,
                      cfg: SpecificConfig = SpecificConfig(), *, teacher: nn.Module | None = None,
-                     select: Callable[[nn.Module], float] | None = None,
+                     teacher_labels: Sequence[int] | None = None, select: Callable[[nn.Module], float] | None = None,
                      log: Callable[[str], None] | None = None) -> StageResult:
     """Specific stage: fine-tune ``student`` (in place) on labelled ``train_data`` (a ClassificationDataset).
 
     With ``teacher`` (a classifier whose ``.logits`` cover the same labels): distillation token and hard
     distillation; without: a plain classifier on [CLS] (the from-scratch baseline). ``select(model)``
     scores the model after every epoch (higher is better); the best epoch's weights are kept.
+    ``teacher_labels``: ``teacher_predictions(teacher, train_data)`` computed once by the caller (several
+    students, one teacher); the teacher is then only checked, not run.
     """
     if not isinstance(cfg, SpecificConfig):
         raise ConfigError(f"specific_distill takes a SpecificConfig, got {type(cfg).__name__}")
     if not len(train_data):
         raise ConfigError("the labelled training data is empty")
+    if teacher_labels is not None and (teacher is None or len(teacher_labels) != len(train_data)):
+        raise ConfigError(f"teacher_labels need their teacher and one label per training example "
+                          f"({len(train_data)}), got {len(teacher_labels)}")
     model = DistillationTokenClassifier(student, num_labels, teacher is not None, cfg.distill_weight)
     data = train_data
     if teacher is not None:
         check_pair(teacher, student)
-        labels = teacher_predictions(teacher, train_data)
+        labels = list(teacher_labels) if teacher_labels is not None else teacher_predictions(teacher, train_data)
         if max(labels) >= num_labels:
             raise ConfigError(f"the teacher predicts label {max(labels)} but the task has {num_labels} labels")
         data = _WithTeacherLabels(train_data, labels)
