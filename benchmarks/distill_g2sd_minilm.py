@@ -16,7 +16,7 @@ unlabelled text is the whole SST-2 train split with its labels dropped (the semi
 "few labels"). The generic stage runs once and every g2sd student starts from it. Each specific run
 keeps its best epoch on dev (872 sentences); test (1821) is read once, at the end.
 
-    .venv/bin/python benchmarks/distill_g2sd_minilm.py            # ≈ 30 min of one core (OMP_NUM_THREADS=1)
+    .venv/bin/python benchmarks/distill_g2sd_minilm.py            # ≈ 45 min of one core (OMP_NUM_THREADS=1)
     .venv/bin/python benchmarks/distill_g2sd_minilm.py --smoke --out /tmp/g2sd   # a few-minute smoke run
 
 On a busy machine the same runs can be shared by several processes (each run is claimed by a
@@ -214,8 +214,10 @@ def report(summary: dict, out: Path) -> None:
         lines.append(f"| {r['n']} | {names[r['variant']]} | {r['seeds']} | {r['test_mean']:.1f} ± {r['test_std']:.1f} "
                      f"| {r['dev_mean']:.1f} | {r['parameters'] / 1e6:.2f}M | {r['bytes'] / 1e6:.1f} MB "
                      f"| {r['seconds_mean']:.0f} s |")
-    lines += ["", "Stage time: the specific stage (students, per run, with per-epoch dev scoring) or the teacher's "
-              "fine-tune; the g2sd rows add the one generic stage above.", "", "![g2sd](g2sd.png)", ""]
+    lines += ["", "Stage time: wall-clock of the specific stage (students, per run, with per-epoch dev scoring) or "
+              "of the teacher's fine-tune; the g2sd rows add the one generic stage above. Times are only comparable "
+              "within one results file: runs share the machine with whatever else is running.", "",
+              "![g2sd](g2sd.png)", ""]
     (out / "g2sd.md").write_text("\n".join(lines))
     plot(summary, out / "g2sd.png")
 
