@@ -59,7 +59,7 @@ from petkit.distill.g2sd import (  # noqa: E402
     specific_distill,
     teacher_predictions,
 )
-from petkit.distill.student import build_student, parameter_count, safetensors_bytes  # noqa: E402
+from petkit.distill.bert_student import bert_student, parameter_count, safetensors_bytes  # noqa: E402
 from petkit.models.aliases import ModelNotFound  # noqa: E402
 from petkit.pipeline import RunSpec, prepare  # noqa: E402
 from petkit.train import TrainConfig, evaluate, train  # noqa: E402
@@ -99,7 +99,7 @@ def generic_student(cache: Path, out: Path, smoke: bool) -> dict:
     if smoke:
         texts, cfg = texts[:64], GenericConfig(epochs=1, batch_size=32)
     data = TextDataset(tokenizer, texts, MAX_LENGTH)
-    student = build_student(teacher.config, **SHAPE, seed=0)
+    student = bert_student(teacher.config, **SHAPE, seed=0)
     log(f"generic stage: {len(data)} unlabelled sentences, {cfg.epochs} epochs")
     result = generic_distill(teacher, student, data, cfg, log=log)
     cache.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def student_run(variant: str, n: int, seed: int, teacher, prep, cache: Path, out
 
 
 def _student_run(variant: str, n: int, seed: int, teacher, prep, cache: Path, path: Path, smoke: bool) -> None:
-    student = build_student(teacher.config, **SHAPE, seed=seed)
+    student = bert_student(teacher.config, **SHAPE, seed=seed)
     if variant == "g2sd":
         while not (cache / "generic-student.safetensors").is_file():  # another process runs the generic stage
             log(f"waiting for the generic student in {cache} ...")

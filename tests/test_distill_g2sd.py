@@ -22,8 +22,8 @@ from petkit.distill.g2sd import (
     specific_distill,
     teacher_predictions,
 )
-from petkit.distill.student import (
-    build_student,
+from petkit.distill.bert_student import (
+    bert_student,
     copy_projected_embeddings,
     parameter_count,
     safetensors_bytes,
@@ -42,7 +42,7 @@ def tokenizer():
 
 def teacher_and_student(seed: int = 0):
     teacher = tiny_bert(num_labels=2, seed=seed)
-    return teacher, build_student(teacher.config, layers=1, width=16, heads=2, seed=seed + 1)
+    return teacher, bert_student(teacher.config, layers=1, width=16, heads=2, seed=seed + 1)
 
 
 def labelled(tokenizer):
@@ -277,7 +277,7 @@ def test_selection_keeps_the_best_epochs_weights(tokenizer):
 def test_the_student_has_the_asked_shape_and_parameter_count():
     """Catches a student that silently keeps the teacher's width/depth, or the wrong FFN default."""
     teacher = tiny_bert(num_labels=2)
-    student = build_student(teacher.config, layers=3, width=24, heads=4)
+    student = bert_student(teacher.config, layers=3, width=24, heads=4)
     v, p, t, d, f, n = 100, 64, 2, 24, 96, 3  # vocab, positions, token types, width, FFN = 4d, layers
     embeddings = (v + p + t) * d + 2 * d
     block = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
@@ -290,7 +290,7 @@ def test_projected_embeddings_keep_the_teachers_geometry():
     """Catches a random (not PCA) projection or copying the wrong table: distances between words
     must correlate with the teacher's after projection."""
     teacher = tiny_bert(num_labels=2)
-    student = build_student(teacher.config, layers=1, width=16, heads=2)
+    student = bert_student(teacher.config, layers=1, width=16, heads=2)
     copy_projected_embeddings(student, teacher)
     t = teacher.bert.embeddings.word_embeddings.weight.detach()
     s = student.embeddings.word_embeddings.weight.detach()
@@ -346,10 +346,10 @@ def test_a_bad_student_shape_is_refused():
     """Catches a width that the heads do not divide (HF fails later, obscurely) or a zero-layer student."""
     teacher = tiny_bert(num_labels=2)
     with pytest.raises(ConfigError, match="multiple of its heads"):
-        build_student(teacher.config, layers=1, width=30, heads=4)
+        bert_student(teacher.config, layers=1, width=30, heads=4)
     with pytest.raises(ConfigError, match="layers must be a positive int"):
-        build_student(teacher.config, layers=0, width=16, heads=2)
-    wide = build_student(teacher.config, layers=1, width=64, heads=2)
+        bert_student(teacher.config, layers=0, width=16, heads=2)
+    wide = bert_student(teacher.config, layers=1, width=64, heads=2)
     with pytest.raises(ConfigError, match="wider than the teacher"):
         copy_projected_embeddings(wide, teacher)
 

@@ -1,7 +1,7 @@
 """Building a smaller BERT-style student from a teacher's config, and measuring it.
 
     cfg = student_config(teacher.config, layers=3, width=256, heads=4)      # intermediate = 4 × width
-    student = build_student(teacher.config, layers=3, width=256, heads=4, seed=0)
+    student = bert_student(teacher.config, layers=3, width=256, heads=4, seed=0)
     copy_projected_embeddings(student, teacher)   # optional: the teacher's embeddings, PCA-projected
 
 The student keeps what must match for distillation on the same inputs (vocabulary, special ids,
@@ -40,7 +40,7 @@ def student_config(teacher_config, *, layers: int, width: int, heads: int, inter
                       intermediate_size=intermediate, attn_implementation="eager")
 
 
-def build_student(teacher_config, *, layers: int = 3, width: int = 256, heads: int = 4,
+def bert_student(teacher_config, *, layers: int = 3, width: int = 256, heads: int = 4,
                   intermediate: int | None = None, seed: int = 0) -> nn.Module:
     """A randomly initialised student (BERT init, std 0.02) built from ``seed`` without touching the global RNG."""
     from transformers import BertModel
