@@ -50,3 +50,65 @@ def distill_search(args) -> int:
         Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
         console.print(f"wrote {args.output}")
     return 0
+
+
+def distill_g2sd(args) -> int:
+    from safetensors.torch import save_file
+
+    from petkit.core.errors import ConfigError
+    from petkit.core.load import load
+    from petkit.core.model import adapt
+    from petkit.data import load_dataset
+    from petkit.distill.bert_student import bert_student, copy_projected_embeddings, parameter_count
+    from petkit.distill.g2sd import GenericConfig, SpecificConfig, TextDataset, generic_distill, specific_distill
+    from petkit.models import load_model
+    from petkit.pipeline import RunSpec, prepare
+    from petkit.train import evaluate, train
+
+    generic_cfg = GenericConfig.from_dict({"seed": args.seed, "mask_ratio": args.mask_ratio,
+                                           "teacher_layer": args.teacher_layer, "supervise_all": not args.masked_only,
+                                           **parse_pairs(args.generic_arg, "generic")})
+    specific_cfg = SpecificConfig.from_dict({"seed": args.seed, **parse_pairs(args.specific_arg, "specific")})
+    spec = RunSpec(model=args.teacher, data=args.data, method={"name": "full"}, max_length=args.max_length,
+                   max_train=args.max_train, max_eval=args.max_eval, seed=args.seed,
+                   train=parse_pairs(args.train_arg, "train"))
+    prep = prepare(spec)
+    if prep.task != "classification":
+        raise ConfigError(f"g2sd's specific stage trains a classifier; {args.data} holds {prep.kind} data")
+    student = bert_student(prep.model.config, layers=args.layers, width=args.width, heads=args.heads,
+                           intermediate=args.intermediate, seed=args.seed)
+    report = {"student_parameters": parameter_count(student)}
+    if not args.skip_generic:
+        base = load_model(args.teacher, task="base")
+        if args.copy_embeddings:
+            copy_projected_embeddings(student, base)
+        texts = [ex["text"] for ex in load_dataset(args.unlabelled or args.data, seed=args.seed).train]
+        texts = texts[: args.max_unlabelled] if args.max_unlabelled else texts
+        console.print(f"generic stage: {len(texts)} texts, {generic_cfg.epochs} epoch(s)")
+        result = generic_distill(base, student, TextDataset(prep.tokenizer, texts, args.max_length), generic_cfg,
+                                 log=console.print)
+        report["generic"] = {"history": result.history, "seconds": round(result.seconds, 1)}
+        del base
+    if args.teacher_adapter:
+        teacher = load(prep.model, args.teacher_adapter)
+    else:
+        console.print(f"teacher: fine-tuning {args.teacher} on {len(prep.train)} examples")
+        teacher = adapt(prep.model, spec.method_config())
+        train(teacher, prep.train, spec.train_config(), task="classification", progress=False)
+    report["teacher_dev"] = evaluate(teacher, prep.dev, "classification")["accuracy"]
+    console.print(f"specific stage: {len(prep.train)} labelled examples, {specific_cfg.epochs} epoch(s)")
+    result = specific_distill(student, prep.train, len(prep.labels), specific_cfg, teacher=teacher,
+                              select=lambda model: evaluate(model, prep.dev, "classification")["accuracy"],
+                              log=console.print)
+    report.update(specific={"history": result.history, "best_epoch": result.best_epoch,
+                            "seconds": round(result.seconds, 1)},
+                  test=evaluate(result.model, prep.test, "classification"))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(out / "model.safetensors"))
+    result.model.config.to_json_file(str(out / "config.json"))
+    (out / "labels.json").write_text(json.dumps(prep.labels))
+    (out / "g2sd.json").write_text(json.dumps(report, indent=1))
+    console.print(f"student: test accuracy {report['test']['accuracy']:.4f} (teacher dev {report['teacher_dev']:.4f}); "
+                  f"{out / 'model.safetensors'}")
+    return 0

@@ -194,8 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--steps", type=int, help="optimizer steps (default: the assembling run's whole budget)")
         q.set_defaults(func=compress.assemble)
 
-    p = sub.add_parser("distill", help="train small students from fine-tuned teachers (Compressor: shape search)")
+    p = sub.add_parser("distill", help="train small students from larger models (G2SD; Compressor's shape search)")
     distill_sub = p.add_subparsers(dest="distill_command", required=True)
+    q = distill_sub.add_parser("g2sd", help="G2SD: generic feature distillation on unlabelled text (shared masks), "
+                                           "then task distillation with a DeiT distillation token")
+    q.add_argument("--teacher", default="minilm", help="alias or local folder of the pre-trained BERT-style teacher")
+    q.add_argument("--data", default="sst2", help="the labelled task (dataset name or file)")
+    q.add_argument("--unlabelled", help="texts for the generic stage: a dataset name or file whose train texts are used "
+                                        "without labels (default: --data)")
+    q.add_argument("--max-unlabelled", type=int, help="cap on the generic stage's texts")
+    q.add_argument("--teacher-adapter", help="a saved adapter of the teacher fine-tuned on --data; without it the "
+                                             "teacher is fully fine-tuned here (-t settings)")
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--width", type=int, default=192)
+    q.add_argument("--heads", type=int, default=4)
+    q.add_argument("--intermediate", type=int, help="FFN width (default 4 × width)")
+    q.add_argument("--copy-embeddings", action="store_true",
+                   help="start the student's embeddings from the teacher's, PCA-projected (off: the paper's scratch init)")
+    q.add_argument("--mask-ratio", type=float, default=0.15)
+    q.add_argument("--teacher-layer", type=int, help="teacher block whose states are the target (default: the last)")
+    q.add_argument("--masked-only", action="store_true", help="score only masked tokens (default: all, as the released code)")
+    q.add_argument("--skip-generic", action="store_true", help="specific stage only, from a random init")
+    q.add_argument("-g", "--generic-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="generic-stage setting: lr, epochs, batch_size, warmup, weight_decay, seed (repeatable)")
+    q.add_argument("-s", "--specific-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="specific-stage setting: lr, epochs, batch_size, distill_weight, ... (repeatable)")
+    q.add_argument("-t", "--train-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="teacher fine-tuning setting (repeatable)")
+    q.add_argument("--max-train", type=int)
+    q.add_argument("--max-eval", type=int)
+    q.add_argument("--max-length", type=int, default=64)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--output", default="runs/g2sd", help="folder for the student (safetensors + config) and g2sd.json")
+    q.set_defaults(func=compress.distill_g2sd)
     q = distill_sub.add_parser("search", help="Compressor's genetic search for the student shape with the most "
                                               "FLOPs within a size budget, against the best of N random shapes")
     q.add_argument("--budget-mb", type=float, required=True, help="fp32 size budget in MB (e.g. 3)")
