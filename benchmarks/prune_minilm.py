@@ -36,13 +36,19 @@ from petkit.prune.sweep import SweepConfig, run_sweep, summarise  # noqa: E402
 RUN = {"model": "minilm", "data": "sst2", "method": {"name": "full"}, "max_length": 64, "max_train": 2000,
        "max_eval": 500, "train": {"lr": 5e-5, "epochs": 2, "batch_size": 16}}
 KINDS = ["global", "layer", "random", "erk"]
+# The curve whose knee is read gets every 10%; the controls only the points where they can differ from it
+# (a full grid for all four kinds × 3 seeds is ~110 fine-tuning runs, too long for this CPU).
+GLOBAL_SPARSITIES = [round(0.1 * i, 1) for i in range(10)]
+CONTROL_SPARSITIES = [0.0, 0.5, 0.7, 0.9]
 
 
 def sweep(seeds: list[int], out: Path) -> list[dict]:
     results = []
     for seed in seeds:
-        cfg = SweepConfig(run={**RUN, "seed": seed}, kinds=KINDS, nm=[[2, 4]], output=str(out / f"seed{seed}"))
-        results.append(run_sweep(cfg, progress=False))
+        run, output = {**RUN, "seed": seed}, str(out / f"seed{seed}")
+        run_sweep(SweepConfig(run=run, kinds=["global"], sparsities=GLOBAL_SPARSITIES, output=output), progress=False)
+        results.append(run_sweep(SweepConfig(run=run, kinds=KINDS[1:], sparsities=CONTROL_SPARSITIES, nm=[[2, 4]],
+                                              output=output), progress=False))
     return results
 
 
