@@ -75,6 +75,10 @@ def run(init: str, steps: int, max_eval: int) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def perplexity(value: float) -> str:
+    return f"{value:,.1f}" if value < 1e7 else f"{value:.1e}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
@@ -96,7 +100,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     for r in record.values():
         lines.append(f"| {r['init']} | {r.get('overlap', '–')} | {r.get('combined', '–')} | {r.get('fallback', '–')} | "
-                     f"{r['perplexity_step0']:.1f} | {r['perplexity_after']:.1f} |")
+                     f"{perplexity(r['perplexity_step0'])} | {perplexity(r['perplexity_after'])} |")
     (args.out / "clp.md").write_text("\n".join(lines) + "\n")
     print(f"report: {args.out / 'clp.md'}")
 
