@@ -136,14 +136,14 @@ class MendEditor(nn.Module):
             raise ConfigError(f"no shape given for edited layer(s) {', '.join(missing)}")
         self.config = config
         self.shapes = {t: tuple(shapes[t]) for t in config.targets}
-        self.modes: dict[str, int] = {}
-        counts: dict[str, int] = {}
+        self.modes: dict[str, int] = {}  # a layer's index among the layers of its shape
+        counts: dict[tuple[int, int], int] = {}
         for target in config.targets:
-            key = shape_key(*self.shapes[target])
-            self.modes[target] = counts.get(key, 0)
-            counts[key] = self.modes[target] + 1
-        self.transforms = nn.ModuleDict({key: GradientTransform(*map(int, key[2:].split("_out")), n, config)
-                                         for key, n in counts.items()})
+            shape = self.shapes[target]
+            self.modes[target] = counts.get(shape, 0)
+            counts[shape] = self.modes[target] + 1
+        self.transforms = nn.ModuleDict({shape_key(*shape): GradientTransform(*shape, n, config)
+                                         for shape, n in counts.items()})
         self.edit_lrs = nn.Parameter(torch.full((len(config.targets),), float(config.edit_lr)))
 
     def pseudo_gradient(self, target: str, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
