@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, compress, generate, serve  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, serve, timeseries  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
 
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(0: skip)")
     q.add_argument("--output", help="write the result as JSON here")
     q.set_defaults(func=compress.distill_search)
+
+    timeseries.add_parsers(sub)
 
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
