@@ -73,7 +73,7 @@ def test_forecast_is_in_the_input_units():
 
 def test_training_loss_is_in_unscaled_units_and_falls():
     """A series at offset 1000: a forecaster that stayed in scaled units would be ~1000 off after training."""
-    series = sine(offset=1000.0, amplitude=5.0)
+    series = sine(n=100, offset=1000.0, amplitude=5.0)
     past, future = split_windows(series, 16, 4, "train")
     model = TinyTimeMixer(TINY)
     settings = FitSettings(epochs=15, lr=1e-2, batch_size=32)
@@ -181,7 +181,7 @@ def test_pretrained_zero_shot_beats_scratch_and_is_scored_against_seasonal_naive
 @pytest.mark.parametrize("make, message", [
     (lambda: TTMConfig(context_length=60, patch_length=8), "not divisible by patch_length"),
     (lambda: Series("gappy", np.array([1.0, np.nan, 3.0])), "NaN values"),
-    (lambda: score_test_split(sine(n=30), naive_forecaster(8, 4), 16, 4), "no test window"),
+    (lambda: score_test_split(sine(n=18), naive_forecaster(8, 4), 16, 4), "no test window"),
 ])
 def test_bad_input_is_one_clear_error(make, message):
     with pytest.raises(ConfigError, match=message):
