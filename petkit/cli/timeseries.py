@@ -109,7 +109,7 @@ def predict(args) -> int:
     check_length(series, model.cfg.context_length, 0)
     values = forecast_next(model, series)
     rows = values[:, 0] if values.shape[1] == 1 else values
-    record = {"series": series.name, "horizon": len(values), "forecast": rows.round(6).tolist()}
+    record = {"series": series.name, "horizon": len(values), "forecast": rows.astype(float).round(6).tolist()}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
