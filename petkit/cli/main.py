@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, compress, generate, serve  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, serve, timeseries  # noqa: E402
 from petkit.cli import edit as edit_cli  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=compress.distill_search)
 
     edit_cli.add_parsers(sub)
+    timeseries.add_parsers(sub)
 
     p = sub.add_parser("methods", help="every registered method: name, kind, mergeable, spec")
     p.set_defaults(func=commands.methods)
