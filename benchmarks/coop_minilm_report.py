@@ -24,7 +24,7 @@ def summary(result: dict) -> dict[str, dict[int, list[float]]]:
 
 
 def write_report(out: Path) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"), key=lambda p: ("cocoop" in p.name, p.name))]
     lines = ["# CoOp on MiniLM: learned context vs hand templates vs linear probe", "",
              "Test accuracy (%), mean ± sd over seeds (K-shot sample and init). Written by "
              "`benchmarks/coop_minilm.py`.", ""]
