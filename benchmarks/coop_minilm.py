@@ -11,7 +11,7 @@ encoder; logits = 20·cos. Compared on AG News (4 topics) and TREC (6 coarse cla
 - CoOp unified, random init N(0, 0.02²), M = 16 (CoOp's default);
 - CoOp class-specific context (CSC), initialised from the template words;
 - CoCoOp (meta-net 384→24→384, template init, batch 32) alone with ``--cocoop`` (about 1 s a step: slow;
-  the committed run: ``--cocoop --datasets ag_news --shots 4 --steps 50``, about 10 minutes).
+  the committed run: ``--cocoop --datasets ag_news --shots 4 --steps 50``, about 12 minutes).
 CoOp: Adam lr 2e-3, full batch, up to ``--steps`` steps; dev accuracy every 25 steps picks the step.
 
 Splits (data seed 0, the same for every few-shot seed): AG News ships only its 7,600-row test split
