@@ -85,7 +85,7 @@ def test_probe_reads_a_planted_label_and_is_at_chance_on_noise():
     labels = torch.randint(0, 3, (400,), generator=g)
     noise = torch.randn(400, 8, generator=g)
     planted = noise.clone()
-    planted[:, 0] += 4.0 * labels  # the label, linearly readable
+    planted[:, 0] += 8.0 * labels  # the label, linearly readable
     feats = {0: noise, 1: planted}
     acc = probe_layers({k: v[:300] for k, v in feats.items()}, labels[:300].tolist(),
                        {k: v[300:] for k, v in feats.items()}, labels[300:].tolist())
@@ -100,7 +100,7 @@ def test_prune_delta_puts_back_the_largest_changes_first():
     base = {"a": torch.zeros(4), "b": torch.ones(2), "head": torch.zeros(1)}
     adapted = {"a": torch.tensor([0.1, -5.0, 0.2, 3.0]), "b": torch.tensor([1.0, 1.5]), "extra": torch.ones(3),
                "head": torch.ones(1) * 9}
-    half = prune_delta(base, {k: v for k, v in adapted.items() if k != "head"}, 0.5)
+    half = prune_delta(base, {k: v for k, v in adapted.items() if k != "head"}, 2 / 6)  # 2 of the 6 shared entries
     assert half["a"].tolist() == pytest.approx([0.1, 0.0, 0.2, 0.0])  # -5 and 3 are the top |ΔW|; 0.5 stays
     assert half["b"].tolist() == [1.0, 1.5] and torch.equal(half["extra"], torch.ones(3))
     assert all(torch.equal(prune_delta(base, adapted, 0.0)[k], adapted[k]) for k in adapted)
