@@ -36,6 +36,9 @@ def test_perturbations_touch_rate_of_the_tokens_and_never_the_specials(kind):
     else:
         assert sorted(out) == sorted(ROW) and sum(a != b for a, b in zip(out, ROW)) == 4
     assert augmenter(kind, 0.0).perturb(ROW, kind) == ROW
+    for seed in range(10):  # at a high rate too: the specials stay first and last
+        heavy = augmenter(kind, 0.9, seed).perturb(ROW, kind)
+        assert heavy[0] == 2 and heavy[-1] == 3 and heavy.count(2) == heavy.count(3) == 1
 
 
 def test_batch_augmentation_keeps_labels_and_pads_consistently():
