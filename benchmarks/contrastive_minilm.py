@@ -3,7 +3,7 @@
 InfoNCE term between each sentence and a perturbed view of it (token drop / swap / mask), scored on the
 clean test set and on test sets perturbed the same ways at 10/20/30% of the tokens.
 
-    .venv/bin/python benchmarks/contrastive_minilm.py                  # 2 seeds, ~15 minutes of one core
+    .venv/bin/python benchmarks/contrastive_minilm.py                  # 2 seeds, ~30 minutes on the shared 2-core machine
     .venv/bin/python benchmarks/contrastive_minilm.py --seeds 0 1 2    # a third seed (finished runs are kept)
 
 Writes benchmarks/results/contrastive/: contrastive.json, contrastive.md, contrastive.png.

@@ -4,7 +4,7 @@ type) in the pre-trained model, after adapting it to AG News (LoRA, full fine-tu
 a large learning rate), after pruning the largest weight changes back to the base, and during a short
 reverse fine-tuning on TREC; plus linear CKA per layer between the base and each adapted model.
 
-    .venv/bin/python benchmarks/wrapper_minilm.py                 # seed 0, ~10 minutes of one core
+    .venv/bin/python benchmarks/wrapper_minilm.py                 # seed 0, ~25 minutes on the shared 2-core machine
     .venv/bin/python benchmarks/wrapper_minilm.py --seeds 0 1 2   # more seeds (resumes: finished seeds are kept)
 
 Writes benchmarks/results/wrapper-minilm/: wrapper.json, wrapper.md, wrapper.png.
@@ -40,7 +40,7 @@ from petkit.models import load_model, load_tokenizer  # noqa: E402
 from petkit.train import TrainConfig, evaluate, seed_everything, train  # noqa: E402
 
 MAX_LENGTH = 48
-# Sizes fit a 2-core machine shared with other jobs: ~10 minutes of one core per seed.
+# Sizes fit a 2-core machine shared with other jobs: ~25 minutes per seed there.
 PROBE_TRAIN, PROBE_TEST, ADAPT_TRAIN = 600, 300, 800
 # The paper's small/medium/large fine-tuning rates, in spirit: LoRA and full FT at usual rates, and full
 # FT at a rate ~20x higher, where the paper finds the capability can really be lost.
