@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, compress, generate, serve, timeseries  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, probe_layers, serve, timeseries  # noqa: E402
 from petkit.cli import edit as edit_cli  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="methods x tasks x seeds: leaderboard, plots, optional side by side with PEFT")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+
+    probe_layers.add_parsers(sub)
     return parser
 
 
