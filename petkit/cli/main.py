@@ -1,4 +1,4 @@
-"""`petkit`: train, eval, generate, chat, serve, inspect, merge-unload, methods, demo, bench.
+"""`petkit`: train, eval, generate, chat, serve, inspect, merge-unload, methods, demo, bench, probe.
 
 Errors in the user's input print as one line (`error: ...`) with exit code 2, never a traceback.
 """
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, compress, generate, serve  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, probe, serve  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
 
@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="methods x tasks x seeds: leaderboard, plots, optional side by side with PEFT")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+
+    probe.add_parsers(sub)
     return parser
 
 
