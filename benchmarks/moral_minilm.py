@@ -77,7 +77,7 @@ def main() -> None:
 
     emb = template_embeddings(model, tokenizer, VERBS)
     direction = MoralDirection.fit(model, tokenizer)
-    labels_rule = MoralDirection.fit(model, tokenizer, sign_rule="labels")
+    labels_rule = MoralDirection.from_embeddings(emb, VERBS, sign_rule="labels")
     verb_scores = dict(zip(VERBS, direction.project(emb).tolist()))
     loo = leave_one_out(emb)
     shifts = []
@@ -88,8 +88,8 @@ def main() -> None:
                        "holds": templ[0] > templ[1], "holds_raw": raw[0] > raw[1]})
     layers = {}
     for layer in range(1, model.config.num_hidden_layers + 1):
-        d = MoralDirection.fit(model, tokenizer, layer=layer)
         e = template_embeddings(model, tokenizer, VERBS, layer=layer)
+        d = MoralDirection.from_embeddings(e, VERBS)
         layers[layer] = {"sign_accuracy": sign_accuracy(dict(zip(VERBS, d.project(e).tolist()))),
                          "pc1_explained_variance": d.explained_variance[0]}
     result = {
