@@ -67,7 +67,13 @@ def leave_one_out(emb: torch.Tensor) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(HERE / "results" / "moral-minilm"))
+    parser.add_argument("--replot", action="store_true", help="only redraw moral.png and moral.md from moral.json")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads((Path(args.out) / "moral.json").read_text(encoding="utf-8"))
+        (Path(args.out) / "moral.md").write_text(report(result), encoding="utf-8")
+        plot(result["verb_scores"], Path(args.out) / "moral.png")
+        return
     torch.set_num_threads(1)
     from transformers.utils import logging
     logging.set_verbosity_error()
@@ -141,16 +147,16 @@ def plot(scores: dict[str, float], path: Path) -> None:
 
     groups = [("positive", POSITIVE, "tab:green"), ("negative", NEGATIVE, "tab:red"),
               ("neutral", [v for v in VERBS if v not in POSITIVE and v not in NEGATIVE], "tab:grey")]
-    fig, ax = plt.subplots(figsize=(12, 3.6))
+    fig, ax = plt.subplots(figsize=(13, 5))
     for row, (name, verbs, color) in enumerate(groups):
         xs = sorted((scores[v], v) for v in verbs)
         ax.scatter([x for x, _ in xs], [row] * len(xs), color=color, s=18, zorder=3)
-        for j, (x, v) in enumerate(xs):
-            ax.annotate(v, (x, row), xytext=(0, 6 if j % 2 else -11), textcoords="offset points", fontsize=6.5,
-                        ha="center", rotation=0)
+        for j, (x, v) in enumerate(xs):  # names upright, alternately above and below, so neighbours stay legible
+            ax.annotate(v, (x, row), xytext=(0, 5 if j % 2 else -5), textcoords="offset points", fontsize=6.5,
+                        ha="center", va="bottom" if j % 2 else "top", rotation=90)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(groups)), [g[0] for g in groups])
-    ax.set_ylim(-0.7, len(groups) - 0.3)
+    ax.set_ylim(-0.6, len(groups) - 0.4)
     ax.set_xlabel("moral score (PC1, scaled)")
     ax.set_title("The 64 verbs on MiniLM's moral direction")
     fig.tight_layout()

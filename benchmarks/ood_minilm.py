@@ -187,7 +187,11 @@ def main() -> None:
     parser.add_argument("--max-eval", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="1 seed, 5 steps, 100 train / 60 eval texts")
     parser.add_argument("--out", default=str(HERE / "results" / "ood-minilm"))
+    parser.add_argument("--replot", action="store_true", help="only redraw ood.md and ood.png from ood.json")
     args = parser.parse_args()
+    if args.replot:
+        render(json.loads((Path(args.out) / "ood.json").read_text(encoding="utf-8")), Path(args.out))
+        return
     if args.quick:
         args.seeds, args.steps, args.max_train, args.max_eval = [0], 5, 100, 60
     torch.set_num_threads(1)

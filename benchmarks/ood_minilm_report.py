@@ -50,7 +50,11 @@ def render(result: dict, out: Path) -> None:
         l2s = ", ".join(f"{x['probe']['l2']:g}" for x in r)
         lines.append(f"| {task} | {_cell([x['probe']['test_accuracy'] for x in r])} | {l2s} | "
                      f"{_cell([x['lora']['test_accuracy'] for x in r])} | {r[0]['lora']['lr']:g} |")
-    lines += ["", f"Grids: probe L2 {', '.join(f'{v:g}' for v in result['settings']['probe_l2_grid'])}; "
+    grid = result["settings"]["probe_l2_grid"]
+    edge = sorted({f"{task} seed {seed}: {r['probe']['l2']:g}" for task, runs in result["runs"].items()
+                   for seed, r in runs.items() if r["probe"]["l2"] in (grid[0], grid[-1])})
+    lines += ["", f"Grids: probe L2 {', '.join(f'{v:g}' for v in grid)}"
+              + (f" (chosen at the grid's edge: {'; '.join(edge)})" if edge else "") + "; "
               f"LoRA lr {', '.join(f'{v:g}' for v in result['settings']['lora_lr_grid'])} (seed 0 only, dev accuracy "
               "per lr in ood.json).", "",
               "k sensitivity of the frozen kNN (AUROC %, not used to choose k):", "",
@@ -74,7 +78,7 @@ def _plot(result: dict, pairs: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.8 / len(MAIN)
     cmap = plt.get_cmap("tab10")
     for i, score in enumerate(MAIN):
@@ -88,7 +92,7 @@ def _plot(result: dict, pairs: list[str], path: Path) -> None:
     ax.set_ylim(40, 100)
     ax.axhline(50, color="grey", lw=0.8, ls=":")
     ax.set_title("OOD detection on MiniLM: kNN on frozen features vs probe / LoRA logit scores")
-    ax.legend(ncol=3, fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,7 @@ import torch
 from petkit.analysis.embed import sentence_embeddings
 from petkit.analysis.moral import NEGATIVE, NEUTRAL, POSITIVE, VERBS, MoralDirection, template_embeddings
 from petkit.cli.main import main
-from petkit.core.errors import BaseModelMismatch, ConfigError
+from petkit.core.errors import AdapterFileError, BaseModelMismatch, ConfigError
 from petkit.testing import tiny_bert, tiny_tokenizer
 
 
@@ -70,8 +70,13 @@ def test_direction_round_trip_scores_and_bad_input(tiny, tmp_path):
     again = MoralDirection.load(tmp_path / "moral", model)
     assert torch.allclose(again.score(model, tok, ["kill time", "kill people"]), scores)
     assert again.verbs == list(VERBS) and again.explained_variance == d.explained_variance
+    other = tiny_bert(num_labels=2, seed=1)
     with pytest.raises(BaseModelMismatch, match="moral_direction"):
-        MoralDirection.load(tmp_path / "moral", tiny_bert(num_labels=2, seed=1))
+        MoralDirection.load(tmp_path / "moral", other)
+    with pytest.raises(BaseModelMismatch, match="fitted with another model"):
+        d.score(other, tok, ["kill time"])
+    with pytest.raises(AdapterFileError, match="holds no moral_direction"):
+        MoralDirection.load(tmp_path / "nothing", model)
     with pytest.raises(ConfigError, match="empty"):
         d.score(model, tok, [])
     with pytest.raises(ConfigError, match="layer must be"):

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from petkit.analysis.embed import checked_texts, check_layer, sentence_embeddings
-from petkit.analysis.stored import encoder_fingerprint, load_artefact, save_artefact
-from petkit.core.errors import ConfigError, MissingExtra
+from petkit.analysis.stored import encoder_fingerprint, load_artefact, model_mismatch, save_artefact
+from petkit.core.errors import BaseModelMismatch, ConfigError, MissingExtra
 
 # MoRT/mort/dataMoral.py: experimental_quests_paper
 TEMPLATES = ("Is it ok to {}?", "Should I {}?", "Shall I {}?", "May I {}?", "Is it allowed to {}?",
@@ -128,6 +128,9 @@ class MoralDirection:
         """Each phrase's moral score: with `qa_template` (the paper's default) the phrase is put into the
         question templates and their embeddings averaged, else the bare phrase is embedded."""
         phrases = checked_texts(phrases, "phrases")
+        why = self.model_fingerprint and model_mismatch(self.model_fingerprint, model)
+        if why:
+            raise BaseModelMismatch(f"this moral direction was fitted with another model: {why}")
         if qa_template:
             emb = template_embeddings(model, tokenizer, phrases, templates=self.templates, layer=self.layer,
                                       normalize=self.normalize)
@@ -146,6 +149,6 @@ class MoralDirection:
         try:
             return cls(tensors["mean"], tensors["axis"], float(meta["norm"]), list(meta["explained_variance"]),
                        list(meta["verbs"]), list(meta["templates"]), meta.get("layer"), bool(meta.get("normalize", True)),
-                       meta.get("model_fingerprint"))
+                       encoder_fingerprint(model))  # checked (or forced) above: this model is the one
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{folder} is not a complete moral direction (bad or missing {exc})") from None

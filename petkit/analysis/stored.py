@@ -39,6 +39,8 @@ def save_artefact(folder, kind: str, tensors: dict[str, torch.Tensor], meta: dic
 
 def load_artefact(folder, kind: str, model: nn.Module, force: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     folder = Path(folder)
+    if not (folder / META_NAME).is_file():
+        raise AdapterFileError(f"{folder} holds no {kind}: {META_NAME} not found")
     meta = read_json(folder / META_NAME)
     if meta.get("kind") != kind:
         raise AdapterFileError(f"{folder} holds a {meta.get('kind')!r}, not a {kind!r}")
