@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
+from petkit.models.pooling import masked_mean
 
 
 def checked_texts(texts: Sequence[str], what: str) -> list[str]:
@@ -76,8 +77,7 @@ def sentence_embeddings(model: nn.Module, tokenizer, texts: Sequence[str], *, la
         for batch in _batches(tokenizer, texts, batch_size, max_length):
             result = encoder(**batch, output_hidden_states=layer is not None)
             states = result.last_hidden_state if layer is None else result.hidden_states[layer]
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            out.append(((states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float())
+            out.append(masked_mean(states, batch["attention_mask"]).float())
     features = torch.cat(out)
     return nn.functional.normalize(features, dim=-1) if normalize else features
 

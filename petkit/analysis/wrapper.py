@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
+from petkit.models.pooling import masked_mean
 
 
 def layer_features(model: nn.Module, dataset, layers: Iterable[int] | None = None,
@@ -44,9 +45,8 @@ def layer_features(model: nn.Module, dataset, layers: Iterable[int] | None = Non
                 if wanted is None:
                     wanted = list(range(len(hidden)))
                 check_layers(wanted, len(hidden) - 1)
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
                 for i in wanted:
-                    pooled.setdefault(i, []).append((hidden[i] * mask).sum(1) / mask.sum(1).clamp(min=1))
+                    pooled.setdefault(i, []).append(masked_mean(hidden[i], batch["attention_mask"]))
     finally:
         model.train(was_training)
     if not pooled:

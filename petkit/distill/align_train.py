@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from petkit.core.errors import ConfigError
+from petkit.models.pooling import masked_mean
 
 from .align import LOSSES, Projector, text_alignment_loss
 
@@ -174,9 +175,7 @@ def embed_texts(model_or_dir: nn.Module | str | Path, tokenizer, texts: Sequence
             batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
             out = model(**batch, output_hidden_states=True)
-            hidden = out.hidden_states[-1]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            rows.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+            rows.append(F.normalize(masked_mean(out.hidden_states[-1], batch["attention_mask"]), dim=-1))
     finally:
         model.train(was_training)
     return torch.cat(rows).float()
