@@ -16,7 +16,7 @@ import petkit
 import petkit.hf
 from petkit.core.errors import ConfigError
 from petkit.core.registry import config_from_dict
-from petkit.data import RegressionDataset, check_targets, load_dataset
+from petkit.data import JointRegressionDataset, RegressionDataset, check_targets, load_dataset
 from petkit.data.records import from_splits
 from petkit.models.regression import RegressionConfig, RegressionModel, saved_config
 from petkit.testing import tiny_bert, tiny_llama, tiny_tokenizer
@@ -232,23 +232,45 @@ def test_the_learned_targets_are_predicted_in_their_units():
 
 
 def test_a_prompt_tuned_decoder_still_reads_the_last_real_token():
-    """Catches: the mask's positions not shifted past prompt tokens put in front of the input."""
-    am = petkit.adapt(decoder(outputs=2), config_from_dict({"method": "prompt", "num_virtual_tokens": 3}))
+    """Catches: the mask's positions not shifted past the prompt tokens put in front of the input."""
+    am = petkit.adapt(decoder(outputs=2).standardise(records(20)),
+                      config_from_dict({"method": "prompt", "num_virtual_tokens": 3}))
     together, alone = _alone_vs_padded(am, records(6))
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    one = batch_of(records(1))
+    with torch.no_grad():
+        hidden = am.base.backbone(input_ids=one["input_ids"], attention_mask=one["attention_mask"],
+                                  output_hidden_states=True).hidden_states[-1]
+        assert hidden.shape[1] == one["input_ids"].shape[1] + 3  # the prompt is in front
+        wanted = am.base.regressor(hidden[:, -1]) * am.base.target_std + am.base.target_mean
+        torch.testing.assert_close(am(**one).logits, wanted)
 
 
 # -- VLA4CD: text and values from one decoder -----------------------------------------------------------
 
-def joint_batch(rows):
-    batch = batch_of(rows)
-    lm_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    return {**batch, "lm_labels": lm_labels}
+def joint_rows(n: int = 6, seed: int = 0) -> list[dict]:
+    """A question, a text answer and the values, as VLA4CD's driving records are."""
+    return [{"text": f"count: {r['text']}", "answer": "a" * int(r["target"][0]) + ".", "target": r["target"]}
+            for r in records(n, seed)]
+
+
+def joint_batch(rows) -> dict:
+    data = JointRegressionDataset(tiny_tokenizer(), rows, max_length=48, outputs=2)
+    return data.collate([data[i] for i in range(len(data))])
+
+
+def test_joint_records_score_the_answer_tokens_only():
+    row = joint_rows(1)[0]
+    tok = tiny_tokenizer()
+    item = JointRegressionDataset(tok, [row], outputs=2)[0]
+    prompt = len(tok(row["text"])["input_ids"])
+    answer = tok(row["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert item["lm_labels"] == [-100] * prompt + answer and item["input_ids"][prompt:] == answer
 
 
 def test_the_joint_loss_is_the_weighted_sum_of_the_text_and_value_losses():
     model = decoder(outputs=2, lm_weight=0.3, regression_weight=2.0).standardise(records(20))
-    batch = joint_batch(records(6))
+    batch = joint_batch(joint_rows())
     with torch.no_grad():
         out = model(**batch)
         text = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -258,22 +280,38 @@ def test_the_joint_loss_is_the_weighted_sum_of_the_text_and_value_losses():
     assert out.lm_logits.shape[:2] == batch["input_ids"].shape
 
 
-def test_padding_is_not_scored_as_text_in_the_joint_loss():
-    """Catches: lm_labels that score pad tokens (a mask not applied to the text loss)."""
-    model = decoder(outputs=2, lm_weight=1.0)
-    rows = records(6)
+def test_label_smoothing_follows_vla4cds_formula():
+    model = decoder(outputs=2, lm_weight=1.0, label_smoothing=0.1)
+    batch = joint_batch(joint_rows())
     with torch.no_grad():
-        together = model(**joint_batch(rows)).lm_loss
+        out = model(**batch)
+    logp = out.lm_logits[:, :-1].log_softmax(-1)
+    targets = batch["lm_labels"][:, 1:]
+    scored = targets != -100
+    nll = -logp[scored].gather(-1, targets[scored][:, None]).mean()
+    uniform = -logp[scored].mean()
+    torch.testing.assert_close(out.lm_loss, 0.9 * nll + 0.1 * uniform, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_is_not_scored_as_text_in_the_joint_loss():
+    """Catches: lm_labels padded with the pad id (pad tokens scored as text) instead of -100."""
+    model = decoder(outputs=2, lm_weight=1.0)
+    rows = joint_rows()
+    batch = joint_batch(rows)
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        together = model(**batch).lm_loss
         alone = [model(**joint_batch([r])) for r in rows]
-    tokens = [int(joint_batch([r])["attention_mask"].sum()) - 1 for r in rows]
+    tokens = [int((joint_batch([r])["lm_labels"][:, 1:] != -100).sum()) for r in rows]
     mean = sum(o.lm_loss * n for o, n in zip(alone, tokens)) / sum(tokens)
     torch.testing.assert_close(together, mean, rtol=1e-4, atol=1e-5)
 
 
 def test_joint_training_lowers_both_losses_with_lora():
-    rows = records(48)
+    rows = joint_rows(48)
     torch.manual_seed(0)
-    am = petkit.adapt(decoder(outputs=2, lm_weight=1.0).standardise(rows), DECODER_LORA)
+    lora = petkit.LoraConfig(r=4, alpha=8, targets=["q_proj", "v_proj", "o_proj", "down_proj"])  # o, down: text moves
+    am = petkit.adapt(decoder(outputs=2, lm_weight=1.0).standardise(rows), lora)
     data = [joint_batch(rows[i:i + 8]) for i in range(0, 48, 8)]
 
     def losses():

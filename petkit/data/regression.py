@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from petkit.core.errors import ConfigError
 
-from .batches import pad_batch, pad_token_id
+from .batches import IGNORE_INDEX, pad_batch, pad_token_id
 
 TARGET_FIELD = "target"
 
@@ -95,3 +95,26 @@ class RegressionDataset(Dataset):
         batch = pad_batch([{k: v for k, v in f.items() if k != "labels"} for f in features], self.pad_id)
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.float32)
         return batch
+
+
+class JointRegressionDataset(RegressionDataset):
+    """VLA4CD-style records for a decoder that answers in text and in values at once:
+    ``{"text": prompt, "answer": text, "target": [...]}``. ``lm_labels`` score the answer tokens (and
+    the EOS after them) only; the head reads the last real token, the end of the answer."""
+
+    def __init__(self, tokenizer, examples: Sequence[dict], max_length: int = 256, outputs: int | None = None):
+        self.pad_id = pad_token_id(tokenizer)
+        self.features = []
+        if not examples:
+            return
+        check_targets(examples, "joint regression data", outputs)
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for i, ex in enumerate(examples):
+            if not isinstance(ex.get("answer"), str):
+                raise ConfigError(f"joint regression data: row {i} has no text 'answer' (the text to learn)")
+            prompt = tokenizer(ex["text"])["input_ids"]
+            answer = tokenizer(ex["answer"], add_special_tokens=False)["input_ids"] + eos
+            ids = (prompt + answer)[:max_length]
+            lm_labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+            self.features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "lm_labels": lm_labels,
+                                  "labels": target_values(ex, "joint regression data", i)})

@@ -44,7 +44,9 @@ class RegressionConfig:
       else [CLS]; or ``pooler``, ``cls``, ``mean`` (of real tokens), ``last``.
     - ``head``: ``linear``, or ``mlp`` (Linear-GELU-Linear, VLA4CD's paper; its released "MLP" has no
       nonlinearity, so it is a linear map: ``linear`` is the code's behaviour).
-    - ``lm_weight`` / ``regression_weight``: the joint loss on a causal-LM backbone (VLA4CD: both 1).
+    - ``lm_weight`` / ``regression_weight``: the joint loss on a causal-LM backbone (VLA4CD: both 1);
+      ``label_smoothing``: ε of the text loss, (1-ε)·NLL + ε·mean over the vocabulary of -log p
+      (VLA4CD's code: 0.1; 0 = the model's own loss).
     """
 
     outputs: int = 1
@@ -56,6 +58,7 @@ class RegressionConfig:
     dropout: float = 0.0
     lm_weight: float = 0.0
     regression_weight: float = 1.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))
@@ -66,12 +69,13 @@ class RegressionConfig:
         check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         check(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        for name in ("huber_delta", "dropout", "lm_weight", "regression_weight"):
+        for name in ("huber_delta", "dropout", "lm_weight", "regression_weight", "label_smoothing"):
             value = getattr(self, name)
             check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
                   f"{name} must be a number >= 0, got {value!r}")
         check(self.huber_delta > 0, f"huber_delta must be > 0, got {self.huber_delta}")
         check(self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.lm_weight > 0 or self.regression_weight > 0, "lm_weight and regression_weight are both 0: no loss")
 
     def to_dict(self) -> dict:
@@ -226,7 +230,8 @@ class RegressionModel(nn.Module):
         predictions = z * self.target_std.to(z.dtype) + self.target_mean.to(z.dtype)
         result = RegressionOutput(logits=predictions)
         if self.decoder and lm_labels is not None:
-            result.lm_loss, result.lm_logits = out.loss, out.logits
+            result.lm_logits = out.logits
+            result.lm_loss = self._text_loss(out.logits, lm_labels) if self.regression.label_smoothing else out.loss
         if labels is not None:
             result.regression_loss = self.loss(z, labels)
         result.loss = self._total(result.regression_loss, result.lm_loss)
@@ -242,6 +247,12 @@ class RegressionModel(nn.Module):
         if self.regression.loss == "huber":
             return nn.functional.huber_loss(z, target, delta=self.regression.huber_delta)
         return nn.functional.mse_loss(z, target)
+
+    def _text_loss(self, logits: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy with label smoothing, over the scored (not -100) positions."""
+        logits = logits[:, -lm_labels.shape[1]:]  # a prompt-tuned model's logits are already cut to the input
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(),
+                                           ignore_index=-100, label_smoothing=self.regression.label_smoothing)
 
     def _total(self, value_loss, text_loss):
         weights = self.regression
