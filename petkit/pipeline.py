@@ -135,9 +135,10 @@ def prepare(spec: RunSpec) -> Prepared:
         model = load_model(spec.model, task="classification", num_labels=data.num_labels)
         splits = [ClassificationDataset(tokenizer, s, spec.max_length) for s in (data.train, data.dev, data.test)]
     elif data.task == "regression":  # the head predicts targets standardised by the train split's mean/std
-        model = load_model(spec.model, task="regression", regression=spec.regression_config(data.num_labels, data.labels))
-        model.standardise(data.train)
-        splits = [RegressionDataset(tokenizer, s, spec.max_length, data.num_labels) for s in (data.train, data.dev, data.test)]
+        head = spec.regression_config(data.num_labels, data.labels)
+        model = load_model(spec.model, task="regression", regression=head).standardise(data.train)
+        splits = [RegressionDataset(tokenizer, s, spec.max_length, data.num_labels)
+                  for s in (data.train, data.dev, data.test)]
     elif data.task == "sft":
         model = load_model(spec.model, task="causal_lm")
         splits = [sft_dataset(tokenizer, s, spec.max_length, spec.truncation, packing=spec.packing and s is data.train)
@@ -248,9 +249,8 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
 def evaluate_adapter(model: str, data: str, adapter: str | None, split: str = "test", *, max_eval=None,
                      max_length: int = 128, batch_size: int = 32, seed: int = 0, force: bool = False) -> dict:
     """Metrics of a base model (with a saved adapter, if given) on one split of a dataset."""
-    from petkit.train import evaluate
-
     from petkit.models.regression import saved_config
+    from petkit.train import evaluate
 
     saved = saved_config(adapter) if adapter else None  # a regression adapter: its head and pooling
     regression = {k: v for k, v in saved.to_dict().items() if k in REGRESSION_SETTINGS} if saved else {}

@@ -414,3 +414,22 @@ def test_transformers_trainer_trains_a_regression_adapter_and_checkpoints_its_un
     batch = batch_of(rows[:4])
     with torch.no_grad():
         torch.testing.assert_close(back(**batch).logits, am(**batch).logits)
+
+
+# -- run specs and the CLI ---------------------------------------------------------------------------------
+
+def test_a_run_spec_names_a_mistyped_head_setting():
+    from petkit.pipeline import RunSpec
+    with pytest.raises(ConfigError, match="loss"):
+        RunSpec(data="vader", regression={"los": "huber"})
+
+
+def test_petkit_train_takes_the_regression_task_and_head_settings():
+    from petkit.cli.commands import _spec_from_args
+    from petkit.cli.main import build_parser
+    args = build_parser().parse_args(["train", "--data", "vader", "--task", "regression", "-r", "loss=huber",
+                                      "-r", "pooling=mean"])
+    spec = _spec_from_args(args)
+    assert spec.task == "regression" and spec.regression == {"loss": "huber", "pooling": "mean"}
+    assert spec.regression_config(2, ["valence", "rater_std"]) == RegressionConfig(
+        outputs=2, names=("valence", "rater_std"), loss="huber", pooling="mean")

@@ -28,9 +28,10 @@ from .splits import permutation, stratified_sample, stratified_split
 from .task import DatasetNotFound, TaskData
 
 __all__ = [
-    "ENV_VAR", "FORMATS", "IGNORE_INDEX", "TRUNCATION", "ClassificationDataset", "DatasetNotFound", "JointRegressionDataset", "LMBlockDataset",
-    "PackedSFTDataset", "RegressionDataset", "SFTDataset", "SFTStats", "TaskData", "classification_batches", "data_dir_candidates",
-    "detect_format", "from_hf", "known_datasets", "lm_batches", "lm_blocks", "load_dataset", "load_file",
-    "check_targets", "pack_rows", "pad_batch", "pad_token_id", "permutation", "prompt_ids", "read_rows", "reference_answer",
-    "sft_dataset", "stratified_sample", "stratified_split", "subsample", "target_stats", "tokenize_records",
+    "ENV_VAR", "FORMATS", "IGNORE_INDEX", "TRUNCATION", "ClassificationDataset", "DatasetNotFound",
+    "JointRegressionDataset", "LMBlockDataset", "PackedSFTDataset", "RegressionDataset", "SFTDataset", "SFTStats",
+    "TaskData", "check_targets", "classification_batches", "data_dir_candidates", "detect_format", "from_hf",
+    "known_datasets", "lm_batches", "lm_blocks", "load_dataset", "load_file", "pack_rows", "pad_batch",
+    "pad_token_id", "permutation", "prompt_ids", "read_rows", "reference_answer", "sft_dataset",
+    "stratified_sample", "stratified_split", "subsample", "target_stats", "tokenize_records",
 ]

@@ -141,6 +141,14 @@ class RegressionModel(nn.Module):
     def config(self):
         return self.backbone.config
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.dtype
+
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
 
@@ -166,12 +174,13 @@ class RegressionModel(nn.Module):
         return self
 
     def _set_stats(self, mean, std, where: str) -> None:
-        mean, std = torch.as_tensor(mean, dtype=torch.float32).reshape(-1), torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (mean, std))
         if mean.numel() != self.regression.outputs or std.numel() != self.regression.outputs:
             raise ConfigError(f"{where}: {mean.numel()} means and {std.numel()} stds for a head of "
                               f"{self.regression.outputs} outputs")
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-            raise ConfigError(f"{where}: means must be finite and stds finite and > 0, got {mean.tolist()} / {std.tolist()}")
+            raise ConfigError(f"{where}: means must be finite and stds finite and > 0, got {mean.tolist()} / "
+                              f"{std.tolist()}")
         self.target_mean.copy_(mean)
         self.target_std.copy_(std)
 
