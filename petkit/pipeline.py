@@ -9,6 +9,10 @@ repeats over a grid. A spec is plain data, so the same run can be written as fla
     train: {epochs: 2, lr: 5.0e-4, batch_size: 16}
     max_length: 128
     output: runs/bbc-lora
+
+A regression run (``data: vader`` or records with a ``target``) adds ``regression: {loss: huber,
+pooling: mean, head: mlp}`` (petkit.models.regression.RegressionConfig's settings; the outputs and their
+names come from the data).
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ from petkit.core.unwrapped import base_parameters
 DEFAULT_METHOD = {"name": "lora", "r": 8, "alpha": 16, "targets": ["query", "value"]}
 
 
-TASKS = ("classification", "causal_lm", "sft")
+TASKS = ("classification", "causal_lm", "sft", "regression")
+REGRESSION_SETTINGS = ("loss", "huber_delta", "pooling", "head", "dropout")
 
 
 @dataclass
 class RunSpec:
     model: str = "minilm"
     data: str | dict = "bbc"  # a dataset name, a data file, or your own split files {train, dev, test}
-    task: str | None = None   # None: the data's (classification, causal_lm or sft); given, it is checked
+    task: str | None = None   # None: the data's (classification, causal_lm, sft or regression); given, it is checked
     method: dict = field(default_factory=lambda: dict(DEFAULT_METHOD))
     train: dict = field(default_factory=dict)  # petkit.train.TrainConfig fields
     max_length: int = 128
@@ -59,6 +64,8 @@ class RunSpec:
     # A low-bit frozen base (QLoRA-style): petkit.quantize's settings, e.g. {bits: 4} or
     # {bits: 4, scheme: nf4, group_size: 64, embeddings: true}; None keeps the base in float.
     quantize: dict | None = None
+    # Regression data: the head and loss (RegressionConfig settings: loss, huber_delta, pooling, head, dropout)
+    regression: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -70,6 +77,13 @@ class RunSpec:
                 raise ConfigError(f"quantize must be a mapping with bits, e.g. {{bits: 4}}, got {self.quantize!r}")
             check_keys(self.quantize, ("bits", "scheme", "group_size", "embeddings", "targets", "exclude"),
                        where="quantize")
+        if not isinstance(self.regression, dict):
+            raise ConfigError(f"regression must be a mapping of head settings, e.g. {{loss: huber}}, got {self.regression!r}")
+        check_keys(self.regression, REGRESSION_SETTINGS, where="regression")
+
+    def regression_config(self, outputs: int, names=()):
+        from petkit.models.regression import RegressionConfig
+        return RegressionConfig(outputs=outputs, names=tuple(names), **self.regression)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -98,19 +112,19 @@ class RunSpec:
 class Prepared:
     """Everything a run needs, loaded: the data splits as datasets, tokenizer and the base model."""
     spec: RunSpec
-    task: str            # what the trainer and evaluate score: classification or causal_lm (SFT is causal_lm)
+    task: str            # what the trainer and evaluate score: classification, regression or causal_lm (SFT is causal_lm)
     labels: list[str]
     tokenizer: object
     model: torch.nn.Module
     train: object
     dev: object
     test: object
-    kind: str = ""                                        # the data's task: classification, causal_lm or sft
+    kind: str = ""                                   # the data's task: classification, causal_lm, sft or regression
     test_records: list = field(default_factory=list, repr=False)  # sft: the test records, to generate answers for
 
 
 def prepare(spec: RunSpec) -> Prepared:
-    from petkit.data import ClassificationDataset, lm_blocks, load_dataset, sft_dataset, subsample
+    from petkit.data import ClassificationDataset, RegressionDataset, lm_blocks, load_dataset, sft_dataset, subsample
     from petkit.models import load_model, load_tokenizer
 
     data = _checked_task(spec, load_dataset(spec.data, seed=spec.seed))
@@ -120,6 +134,11 @@ def prepare(spec: RunSpec) -> Prepared:
     if data.task == "classification":
         model = load_model(spec.model, task="classification", num_labels=data.num_labels)
         splits = [ClassificationDataset(tokenizer, s, spec.max_length) for s in (data.train, data.dev, data.test)]
+    elif data.task == "regression":  # the head predicts targets standardised by the train split's mean/std
+        head = spec.regression_config(data.num_labels, data.labels)
+        model = load_model(spec.model, task="regression", regression=head).standardise(data.train)
+        splits = [RegressionDataset(tokenizer, s, spec.max_length, data.num_labels)
+                  for s in (data.train, data.dev, data.test)]
     elif data.task == "sft":
         model = load_model(spec.model, task="causal_lm")
         splits = [sft_dataset(tokenizer, s, spec.max_length, spec.truncation, packing=spec.packing and s is data.train)
@@ -133,7 +152,7 @@ def prepare(spec: RunSpec) -> Prepared:
         from petkit.quant import quantize
 
         quantize(model, **spec.quantize)  # before the adapter: the base is stored low-bit, the adapter trains
-    task = "classification" if data.task == "classification" else "causal_lm"
+    task = data.task if data.task in ("classification", "regression") else "causal_lm"
     return Prepared(spec, task, data.labels, tokenizer, model, *splits, kind=data.task,
                     test_records=list(data.test) if data.task == "sft" else [])
 
@@ -156,6 +175,8 @@ def _checked_task(spec: RunSpec, data):
         raise ConfigError(f"task {spec.task!r} was asked for, but {data.name} holds {data.task} data{hint}")
     if data.task != "sft" and (spec.packing or spec.truncation != "truncate"):
         raise ConfigError(f"packing and truncation apply to SFT data; {data.name} holds {data.task} data")
+    if data.task != "regression" and spec.regression:
+        raise ConfigError(f"regression settings apply to regression data; {data.name} holds {data.task} data")
     return data
 
 
@@ -177,7 +198,8 @@ def _answers(model, prep: Prepared) -> dict:
 
 
 def _headline(metrics: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match", "rouge_l")
+    keep = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match", "rouge_l", "mse", "mae", "r2", "pearson",
+            "spearman")
     return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
 
 
@@ -227,9 +249,13 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True, log=print
 def evaluate_adapter(model: str, data: str, adapter: str | None, split: str = "test", *, max_eval=None,
                      max_length: int = 128, batch_size: int = 32, seed: int = 0, force: bool = False) -> dict:
     """Metrics of a base model (with a saved adapter, if given) on one split of a dataset."""
+    from petkit.models.regression import saved_config
     from petkit.train import evaluate
 
-    prep = prepare(RunSpec(model=model, data=data, max_eval=max_eval, max_train=1, max_length=max_length, seed=seed))
+    saved = saved_config(adapter) if adapter else None  # a regression adapter: its head and pooling
+    regression = {k: v for k, v in saved.to_dict().items() if k in REGRESSION_SETTINGS} if saved else {}
+    prep = prepare(RunSpec(model=model, data=data, max_eval=max_eval, max_train=1, max_length=max_length, seed=seed,
+                           regression=regression))
     if split not in ("dev", "test", "train"):
         raise ConfigError(f"split must be dev, test or train, got {split!r}")
     target = load(prep.model, adapter, force=force) if adapter else prep.model

@@ -52,7 +52,7 @@ def _totals(data) -> Counter:
 
 def test_known_names():
     assert known_datasets() == ["ag_news", "agnews-instruct", "bbc", "rte", "sms_spam", "sst2", "sst2-instruct",
-                                "tiny_shakespeare", "trec", "trec-instruct", "trec-json"]
+                                "tiny_shakespeare", "trec", "trec-instruct", "trec-json", "vader"]
 
 
 @needs_shared

@@ -88,6 +88,8 @@ def _spec_from_args(args):
     if method:
         data["method"] = method
     data["train"] = {**(data.get("train") or {}), **parse_pairs(args.train_arg, "train")}
+    if getattr(args, "regression_arg", None):
+        data["regression"] = {**(data.get("regression") or {}), **parse_pairs(args.regression_arg, "regression")}
     return RunSpec.from_dict(data)
 
 

@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a model with a method (flags or --config run.yaml)")
     p.add_argument("--config", help="YAML file with the run settings (flags override it)")
     p.add_argument("--model", help="alias (minilm, smollm2) or a local Hugging Face folder")
-    p.add_argument("--data", help="dataset name (bbc, sst2, trec, rte, ag_news, sms_spam, tiny_shakespeare) or a file")
-    p.add_argument("--task", choices=["classification", "causal_lm", "sft"],
+    p.add_argument("--data", help="dataset name (bbc, sst2, trec, rte, ag_news, sms_spam, tiny_shakespeare, vader) "
+                                  "or a file")
+    p.add_argument("--task", choices=["classification", "causal_lm", "sft", "regression"],
                    help="what the data must be: checked against the data's own task (default: the data's)")
     p.add_argument("--train-file", help="your own train split (CSV/TSV/JSONL/Parquet; instead of --data)")
     p.add_argument("--dev-file", help="your own dev split (default: 10%% of the train file)")
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method setting, e.g. -m r=8 -m targets=query,value (repeatable)")
     p.add_argument("-t", "--train-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="trainer setting, e.g. -t lr=1e-3 -t epochs=2 (repeatable)")
+    p.add_argument("-r", "--regression-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="regression head setting, e.g. -r loss=huber -r pooling=mean -r head=mlp (repeatable)")
     p.add_argument("--max-length", type=int)
     p.add_argument("--max-train", type=int)
     p.add_argument("--max-eval", type=int)

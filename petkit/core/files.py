@@ -14,7 +14,7 @@ from petkit.core.composition import from_dict
 from petkit.core.errors import AdapterFileError, ConfigError
 from petkit.core.load_checks import check_base, check_tensors, copy_tensors
 from petkit.core.registry import config_from_dict
-from petkit.core.storage import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_files
+from petkit.core.storage import CONFIG_NAME, TASK_NAME, WEIGHTS_NAME, read_json, read_tensors, write_files
 from petkit.interop.peft import save_peft
 from petkit.version import __version__
 
@@ -26,10 +26,40 @@ def save_adapters(am, path, format: str = "petkit", names=None) -> None:
     am.state.check_names(names)
     if not names:
         raise ConfigError("there is no adapter to save")
-    if format == "peft":
-        return save_peft(am, Path(path), names)
-    if format != "petkit":
+    if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "peft":
+        save_peft(am, Path(path), names)
+    else:
+        _save_petkit(am, Path(path), names)
+    task_file = getattr(am.base, "task_file", None)
+    if callable(task_file):  # a base with a task state of its own (a regression head's target scale)
+        write_files(Path(path), {TASK_NAME: task_file()})
+
+
+def read_task_file(path: Path) -> dict | None:
+    """A folder's task.json, or None when it has none."""
+    return read_json(path / TASK_NAME) if (path / TASK_NAME).is_file() else None
+
+
+def apply_task_file(base, path: Path):
+    """Give the base the task state a folder saved (task.json), or refuse an adapter whose task the base
+    cannot take: a task.json (regression) onto a model without a task state, a plain adapter onto one
+    that needs it, another head. Returns what puts the base's previous state back (for a failed load)."""
+    saved = read_task_file(path)
+    loader = getattr(base, "load_task_file", None)
+    if saved is None and not callable(loader):
+        return lambda: None
+    if not callable(loader):
+        raise ConfigError(f"{path} holds a {saved.get('task')!r} adapter ({TASK_NAME}); {type(base).__name__} "
+                          f"cannot take it: load it onto the model it was trained with (e.g. "
+                          f"petkit.models.RegressionModel for regression)")
+    previous = base.task_file()
+    loader(saved, str(path))  # the base checks the file fits it (and raises if not, e.g. None)
+    return lambda: loader(previous, str(path))
+
+
+def _save_petkit(am, path: Path, names) -> None:
     tensors, adapters = {}, {}
     composition = am.state.composition
     for n in names:
@@ -43,7 +73,7 @@ def save_adapters(am, path, format: str = "petkit", names=None) -> None:
         "composition": composition.to_dict() if composition is not None and set(composition.leaves()) <= set(names)
         else None,
     }
-    write_files(Path(path), {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
+    write_files(path, {WEIGHTS_NAME: (tensors, {"format": "petkit"}), CONFIG_NAME: config})
 
 
 def load_petkit(am, path: Path, config: dict, name, force: bool, as_name: str | None = None) -> None:

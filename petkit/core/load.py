@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from petkit.core.errors import AdapterFileError, PetkitError
-from petkit.core.files import load_petkit
+from petkit.core.files import apply_task_file, load_petkit
 from petkit.core.model import AdaptedModel
 from petkit.core.storage import CONFIG_NAME, read_json
 from petkit.interop.peft import load_peft
@@ -26,6 +26,8 @@ def load(model: nn.Module, path, name: str | None = None, *, as_name: str | None
     if not path.is_dir():
         raise AdapterFileError(f"adapter folder {path} does not exist")
     config = read_json(path / CONFIG_NAME)
+    base = model.base if isinstance(model, AdaptedModel) else model
+    restore_task = apply_task_file(base, path)  # first: a task the model cannot take is refused before any change
     created = not isinstance(model, AdaptedModel)
     am = AdaptedModel(model) if created else model
     before = set(am.adapters)
@@ -38,6 +40,7 @@ def load(model: nn.Module, path, name: str | None = None, *, as_name: str | None
         else:
             raise AdapterFileError(f"{path / CONFIG_NAME} is neither a petkit nor a PEFT adapter config")
     except Exception as exc:
+        restore_task()
         for n in set(am.adapters) - before:
             am.delete(n)  # new adapters are never merged, so this restores the model exactly
         for p, flag in grads:

@@ -19,6 +19,9 @@ from petkit.core.errors import AdapterFileError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# {"task": ..., ...}: what a base model with a task of its own (petkit.models.RegressionModel: targets'
+# mean/std) needs back to predict as it did; written from base.task_file(), read by base.load_task_file()
+TASK_NAME = "task.json"
 LABELS_NAME = "labels.json"  # {"labels": a classifier adapter's class names in head order} (petkit train)
 
 

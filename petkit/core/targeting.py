@@ -17,7 +17,7 @@ from petkit.core.module_types import LINEAR_TYPES, is_norm
 from petkit.core.roles import MissingRole, as_on_model, role_paths
 from petkit.core.unwrapped import named_base_modules
 
-HEAD_NAMES = ("classifier", "score", "qa_outputs", "classification_head")  # freshly initialised task heads
+HEAD_NAMES = ("classifier", "score", "qa_outputs", "classification_head", "regressor")  # freshly initialised task heads
 
 
 def output_head_names(model: nn.Module) -> set[str]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from petkit.core.errors import ConfigError
 
 IGNORE_INDEX = -100  # label value the HF losses skip
-_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}
+_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX, "lm_labels": IGNORE_INDEX}
 
 
 def pad_token_id(tokenizer) -> int:

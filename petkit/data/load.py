@@ -36,7 +36,8 @@ def load_dataset(
     Named datasets keep their source splits where they have them (see each reader's docstring); the
     rest get a seeded stratified 80/10/10 split. A labelled file is split the same way; a file without
     labels becomes a language-modelling text split 90/5/5 in reading order; a file of SFT records
-    (prompt/completion, chat messages or Alpaca fields, see ``sft_formats``) a seeded 80/10/10 split.
+    (prompt/completion, chat messages or Alpaca fields, see ``sft_formats``) or of regression records
+    (``text`` + ``target``: a number or a list of numbers) a seeded 80/10/10 split.
 
     ``{"train": path, "dev": path, "test": path}`` (``validation`` also names dev) keeps your splits;
     a missing dev or test is carved from train and ``splits_note`` says so. A ``datasets.Dataset``,
@@ -78,7 +79,7 @@ def subsample(data: TaskData, max_train: int | None, max_eval: int | None, seed:
     def cap(examples: list[dict], n: int | None, split: str) -> list[dict]:
         if data.task == "causal_lm":
             return examples if n is None else examples[:n]
-        if data.task == "sft" and not (examples and "label" in examples[0]):
+        if data.task == "regression" or (data.task == "sft" and not (examples and "label" in examples[0])):
             return seeded_sample(examples, n, seed, f"{data.name}/{split}")
         return stratified_sample(examples, n, seed, f"{data.name}/{split}")
 
@@ -116,7 +117,7 @@ def _from_file(path: Path, seed: int, options: dict) -> TaskData:
         records = load_file(path, **options)
     else:
         rows = read_rows(path)
-        if task_of(rows, str(path)) == "sft":  # SFT records: one file, split by seed
+        if task_of(rows, str(path)) in ("sft", "regression"):  # SFT or regression records: one file, split by seed
             return from_splits(name, {"train": rows}, seed, source="one file:")
         records = to_records(rows, path)
     if "label" not in records[0]:

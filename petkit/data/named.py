@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .locate import find_dataset_dir, package_dir
-from .splits import contiguous_split, stratified_split
+from .splits import contiguous_split, shuffled_split, stratified_split
 from .task import DatasetNotFound, TaskData
 
 # Datasets without a source split get this seeded, stratified train/dev/test split.
@@ -118,6 +118,29 @@ def bbc(seed: int) -> TaskData:
     return _split_three("bbc", labels, rows, seed)
 
 
+VADER_TARGETS = ["valence", "rater_std"]
+
+
+def vader(seed: int) -> TaskData:
+    """Regression: the VADER sentiment lexicon (Hutto & Gilbert 2014) from the ``vaderSentiment`` wheel.
+
+    7,517 words, emoticons and slang, each rated by 10 people from -4 (most negative) to +4; the
+    targets are the raters' mean valence and the standard deviation of their ratings (how much they
+    disagreed). No source split: seeded 80/10/10.
+    """
+    root = package_dir("vaderSentiment")
+    path = root / "vader_lexicon.txt" if root else None
+    if path is None or not path.is_file():
+        raise DatasetNotFound("dataset 'vader' ships in the PyPI package vaderSentiment, which is not installed "
+                              "(looked for vaderSentiment/vader_lexicon.txt). Install it with: pip install vaderSentiment")
+    rows = []
+    for line in _lines(path):
+        token, mean, std = line.split("\t")[:3]
+        rows.append({"text": token, "target": [float(mean), float(std)]})
+    train, dev, test = shuffled_split(rows, DEFAULT_FRACTIONS, seed, "vader")
+    return TaskData("vader", "regression", list(VADER_TARGETS), train, dev, test, "seeded 80/10/10")
+
+
 def _read_text_any(path: Path) -> str:
     # One BBC file (sports/199.txt) is Latin-1 ("£" as 0xA3); the rest are UTF-8.
     data = path.read_bytes()
@@ -156,4 +179,5 @@ READERS: dict[str, Callable[[int], TaskData]] = {
     "sst2": sst2,
     "tiny_shakespeare": tiny_shakespeare,
     "trec": trec,
+    "vader": vader,
 }

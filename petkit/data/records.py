@@ -2,7 +2,8 @@
 
 The user's splits are kept; a missing dev or test split is carved from train, and ``splits_note``
 says which. The task is read from the records' fields: an SFT format (``sft_formats``) → ``sft``;
-``text`` + ``label`` → ``classification``; ``text`` alone → ``causal_lm``.
+``text`` + ``label`` → ``classification``; ``text`` + ``target`` (numbers) → ``regression``;
+``text`` alone → ``causal_lm``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from petkit.core.errors import ConfigError
 
 from .named import CARVE_FRACTION, DEFAULT_FRACTIONS
+from .regression import TARGET_FIELD, check_targets, target_names
 from .sft_formats import FORMATS, record_format
 from .splits import contiguous_split, shuffled_split, stratified_split
 from .task import TaskData
@@ -36,11 +38,13 @@ def task_of(rows: list[dict], where: str) -> str:
     if record_format(first):
         return "sft"
     if isinstance(first, dict) and "text" in first:
+        if TARGET_FIELD in first:
+            return "regression"
         return "classification" if "label" in first else "causal_lm"
     fields = sorted(first) if isinstance(first, dict) else type(first).__name__
     formats = "; ".join(f"{n} ({' + '.join(f)})" for n, f in FORMATS.items())
     raise ConfigError(f"{where}: records with fields {fields} are neither SFT examples ({formats}) nor text "
-                      f"(+ label) examples")
+                      f"(+ label, or + target) examples")
 
 
 def from_splits(name: str, splits: dict[str, list[dict]], seed: int = 0, *, source: str = "",
@@ -60,6 +64,11 @@ def from_splits(name: str, splits: dict[str, list[dict]], seed: int = 0, *, sour
     labels: list[str] = []
     if task == "classification":
         splits, labels = _label_ids(splits, label_names)
+    if task == "regression":
+        outputs = None
+        for split, rows in splits.items():
+            outputs = check_targets(rows, f"{name}/{split}", outputs)
+        labels = target_names(outputs, label_names)
     missing = [s for s in ("dev", "test") if not splits.get(s)]
     kept = [s for s in ("train", "dev", "test") if splits.get(s)]
     train = splits["train"]
@@ -68,7 +77,7 @@ def from_splits(name: str, splits: dict[str, list[dict]], seed: int = 0, *, sour
         fractions = DEFAULT_FRACTIONS if len(missing) == 2 else (1 - CARVE_FRACTION, CARVE_FRACTION)
         parts = _carve(train, fractions, seed, name, task)
         train, carved = parts[0], dict(zip(missing, parts[1:]))
-    how = {"classification": "seeded stratified", "sft": "seeded", "causal_lm": "contiguous"}[task]
+    how = {"classification": "seeded stratified", "sft": "seeded", "regression": "seeded", "causal_lm": "contiguous"}[task]
     note = f"{source + ' ' if source else ''}{'/'.join(kept)} kept"
     if missing:
         share = "10%" if len(missing) == 1 else "10% each"

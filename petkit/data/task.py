@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from petkit.core.errors import PetkitError
 
-TASKS = ("classification", "causal_lm", "sft")
+TASKS = ("classification", "causal_lm", "sft", "regression")
 
 
 class DatasetNotFound(PetkitError, ValueError):
@@ -25,6 +25,8 @@ class TaskData:
     chunks of one running text, in reading order, and ``labels`` is empty. SFT examples are records in
     one of the ``sft_formats`` (prompt/completion, chat messages, Alpaca); ``labels`` names the label
     words of an instruction task built from a classification set (``instruct``), else it is empty.
+    Regression examples are ``{"text": str, "target": [float, ...]}`` in original units, and
+    ``labels`` names the targets (one name per output).
     """
 
     name: str
@@ -51,6 +53,8 @@ class TaskData:
 
     def label_counts(self, split: str = "train") -> dict[str, int]:
         """How many examples of each label name a split holds (every label listed, even at 0)."""
+        if self.task != "classification":
+            raise ValueError(f"label_counts applies to classification data; {self.name} holds {self.task} data")
         counts = {name: 0 for name in self.labels}
         for ex in getattr(self, split):
             counts[self.labels[ex["label"]]] += 1
@@ -58,5 +62,6 @@ class TaskData:
 
     def summary(self) -> str:
         sizes = f"train {len(self.train)} / dev {len(self.dev)} / test {len(self.test)}"
-        labels = f", {self.num_labels} labels" if self.labels else ""
+        what = "targets" if self.task == "regression" else "labels"
+        labels = f", {self.num_labels} {what}" if self.labels else ""
         return f"{self.name} ({self.task}{labels}): {sizes}"

@@ -17,7 +17,7 @@ from .gguf_cache import smollm2_checkpoint
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-MODEL_TASKS = ("classification", "causal_lm", "base")
+MODEL_TASKS = ("classification", "causal_lm", "base", "regression")
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -51,10 +51,13 @@ def load_model(
     task: str = "classification",
     num_labels: int | None = None,
     dtype: torch.dtype = torch.float32,
+    regression=None,
 ):
     """Load a pre-trained model for a task: ``classification`` (a new, randomly initialised head of
-    ``num_labels`` outputs; seed torch first for a reproducible head), ``causal_lm`` or ``base``
-    (the bare encoder/decoder). Aliases: ``minilm``, ``smollm2``; any local HF folder works too.
+    ``num_labels`` outputs; seed torch first for a reproducible head), ``causal_lm``, ``base``
+    (the bare encoder/decoder) or ``regression`` (a ``RegressionModel``: the bare encoder, or the causal
+    LM of a decoder, with a new continuous head of ``num_labels`` outputs or as the ``regression``
+    RegressionConfig says). Aliases: ``minilm``, ``smollm2``; any local HF folder works too.
     """
     from transformers import (
         AutoModel,
@@ -64,8 +67,11 @@ def load_model(
 
     if task not in MODEL_TASKS:
         raise ConfigError(f"task must be one of {MODEL_TASKS}, got {task!r}")
-    if num_labels is not None and (task != "classification" or num_labels < 1):
-        raise ConfigError(f"num_labels={num_labels!r} only applies to task='classification' and must be >= 1")
+    if num_labels is not None and (task not in ("classification", "regression") or num_labels < 1):
+        raise ConfigError(f"num_labels={num_labels!r} only applies to task='classification' or 'regression' "
+                          f"and must be >= 1")
+    if regression is not None and task != "regression":
+        raise ConfigError(f"a RegressionConfig applies to task='regression', not {task!r}")
     folder = resolve(name_or_path)
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if task == "classification":
@@ -77,6 +83,28 @@ def load_model(
             model.config.pad_token_id = load_tokenizer(folder).pad_token_id
     elif task == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    elif task == "regression":
+        return _regression_model(folder, kwargs, num_labels, regression).eval()
     else:
         model = AutoModel.from_pretrained(folder, **kwargs)
     return model.eval()
+
+
+def _regression_model(folder: Path, kwargs: dict, outputs: int | None, config):
+    """A RegressionModel on the folder's bare encoder, or on its causal LM (so text can train jointly)."""
+    import json
+
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from .regression import RegressionConfig, RegressionModel
+
+    if config is None:
+        config = RegressionConfig(outputs=outputs or 1)
+    elif outputs is not None and outputs != config.outputs:
+        raise ConfigError(f"num_labels={outputs} but the RegressionConfig has outputs={config.outputs}")
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    decoder = any(a.endswith("ForCausalLM") for a in architectures)
+    backbone = (AutoModelForCausalLM if decoder else AutoModel).from_pretrained(folder, **kwargs)
+    if decoder and backbone.config.pad_token_id is None:
+        backbone.config.pad_token_id = load_tokenizer(folder).pad_token_id
+    return RegressionModel(backbone, config)

@@ -9,8 +9,10 @@ from torch.utils.data import Dataset
 from .batching import batch_indices, to_device, unpack
 from .distributed import world
 from .metrics import accuracy, class_accuracy, macro_f1, perplexity
+from .regression_metrics import regression_metrics
 
-TASKS = ("classification", "causal_lm", "seq2seq")
+TASKS = ("classification", "causal_lm", "seq2seq", "regression")
+PER_EXAMPLE = ("classification", "regression")  # one loss term (and one progress item) per example
 
 
 def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size: int = 32,
@@ -22,7 +24,9 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
 
     Classification: ``loss``, ``accuracy``, ``macro_f1`` (and with per_class=True ``class_accuracy``,
     a list: each class's accuracy, NaN for a class the data lacks). Language modelling (``causal_lm``,
-    ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``.
+    ``seq2seq``): ``loss`` (mean per scored token), ``perplexity``, ``tokens``. Regression (``logits`` are
+    predictions in the targets' units, ``labels`` the targets): ``loss`` (the model's, on standardised
+    targets) and ``mse``, ``mae``, ``r2``, ``pearson``, ``spearman`` in original units (averaged over outputs).
 
     In a multi-process run (torchrun) every rank must call it: each scores every world-size-th batch
     and all ranks return the metrics of the whole data.
@@ -62,6 +66,9 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
                 if task == "classification":
                     predictions += out.logits.argmax(-1).tolist()
                     labels += batch["labels"].tolist()
+                elif task == "regression":
+                    predictions += out.logits.reshape(len(batch["labels"]), -1).tolist()
+                    labels += batch["labels"].reshape(len(batch["labels"]), -1).tolist()
             for _ in range(padding):
                 model(**to_device(spare(), device))
     finally:
@@ -75,12 +82,14 @@ def evaluate(model: nn.Module, data, task: str = "classification", *, batch_size
     if task == "classification":
         metrics = {"loss": mean_loss, "accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
         return {**metrics, "class_accuracy": class_accuracy(predictions, labels)} if per_class else metrics
+    if task == "regression":
+        return {"loss": mean_loss, **regression_metrics(predictions, labels)}
     return {"loss": mean_loss, "perplexity": perplexity(mean_loss), "tokens": weight}
 
 
 def loss_weight(labels: torch.Tensor, task: str) -> int:
     """How many terms the model's mean loss averaged over."""
-    if task == "classification":
+    if task in PER_EXAMPLE:
         return labels.shape[0]
     if task == "causal_lm":
         return int((labels[:, 1:] != -100).sum())  # the model predicts token t+1 from tokens <= t

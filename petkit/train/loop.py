@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import World, prepare_model, world
-from .evaluate import TASKS, evaluate, loss_weight
+from .evaluate import PER_EXAMPLE, TASKS, evaluate, loss_weight
 from .lm_loss import can_keep_labelled_logits, training_loss
 from .metrics import MetricsLog
 from .progress import ProgressBar
@@ -85,8 +85,8 @@ def train(
     ``train_data`` / ``eval_data``: map-style Datasets (petkit.data datasets carry their collate
     function) or DataLoaders, whose dataset and collate function are used — the trainer orders and
     batches the data itself, with ``cfg.batch_size`` and a per-epoch seeded shuffle, so that a resume
-    can skip exactly the batches already seen. ``task``: classification, causal_lm or seq2seq (which
-    metrics to compute). ``resume``: continue from the newest valid checkpoint in ``cfg.output_dir``
+    can skip exactly the batches already seen. ``task``: classification, causal_lm, seq2seq or
+    regression (which metrics to compute). ``resume``: continue from the newest valid checkpoint in ``cfg.output_dir``
     (same data order, dropout RNG and learning rate as if never stopped), or start fresh if none.
     Without ``resume``, an ``output_dir`` that already holds checkpoints is refused, so two runs
     never mix. ``on_step`` is called after every optimizer step (to log, or to stop by raising).
@@ -171,7 +171,7 @@ def train(
 
     # --- 4. The loop.
     model.train()
-    with ProgressBar(total_steps, state["step"], "samples" if task == "classification" else "tokens",
+    with ProgressBar(total_steps, state["step"], "samples" if task in PER_EXAMPLE else "tokens",
                      progress and ranks.main) as bar:
         while state["step"] < total_steps:
             batches = batch_indices(epoch_order(len(dataset), cfg.seed, state["epoch"]), cfg.batch_size)
@@ -271,7 +271,7 @@ def _accumulate_gradients(model, dataset, collate, group, device, task, ranks: W
 
 def _items(batch: dict, task: str) -> int:
     """What the progress bar counts: samples, or tokens read for language models."""
-    if task == "classification":
+    if task in PER_EXAMPLE:
         return batch["labels"].shape[0]
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
