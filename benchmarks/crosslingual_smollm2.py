@@ -101,7 +101,7 @@ def accuracy(model, tok, lang: Language, test: list[dict], demos: list[dict]) ->
     """Label-word log-likelihood ranking; the k demonstrations are read once into a KV cache."""
     model.eval()
     labels = [encode(tok, s) for s in lang.labels()]
-    rows = len({tuple(lab[:-1]) for lab in labels})  # single-token labels: one row reads them all
+    rows = 1 if all(len(lab) == 1 for lab in labels) else len(labels)  # single-token labels: one row reads all
     cache, prefix = None, 0
     if demos:
         text = "\n\n".join(lang.prompt(d["text"], 10_000 + j) + lang.labels()[d["label"]] for j, d in enumerate(demos))
@@ -110,7 +110,7 @@ def accuracy(model, tok, lang: Language, test: list[dict], demos: list[dict]) ->
     correct = 0
     for i, r in enumerate(test):
         prompt = encode(tok, lang.prompt(r["text"], i))
-        seqs = [prompt + lab[:-1] for lab in labels][:rows] if rows > 1 else [prompt + labels[0][:-1]]
+        seqs = [prompt + lab[:-1] for lab in labels[:rows]]
         width = max(map(len, seqs))
         x = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
         keep = width - len(prompt) + 1  # logits from the last prompt position on

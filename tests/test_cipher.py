@@ -70,3 +70,10 @@ def test_bad_input_is_a_config_error():
         cipher_dataset([{"label": 1}], c)
     with pytest.raises(ConfigError, match="seed"):
         Cipher("0")
+
+
+def test_no_letter_is_left_in_place_for_any_seed():
+    # catches: a plain shuffle (a fixed letter leaves words such as "a" or "i" readable English)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for seed in range(50):
+        assert all(a != b for a, b in zip(letters, Cipher(seed).encode(letters))), seed
