@@ -153,7 +153,7 @@ def test_local_folder_loads_for_each_task(tmp_path):
     assert type(clf).__name__ == "BertForSequenceClassification" and clf.config.num_labels == 4
     assert type(load_model(tmp_path, task="base")).__name__ == "BertModel"
     with pytest.raises(ValueError, match="task must be one of"):
-        load_model(tmp_path, task="regression")
+        load_model(tmp_path, task="segmentation")
     with pytest.raises(ValueError, match="num_labels"):
         load_model(tmp_path, task="causal_lm", num_labels=2)
 

@@ -53,8 +53,8 @@ class TaskData:
 
     def label_counts(self, split: str = "train") -> dict[str, int]:
         """How many examples of each label name a split holds (every label listed, even at 0)."""
-        if self.task != "classification":
-            raise ValueError(f"label_counts applies to classification data; {self.name} holds {self.task} data")
+        if self.task == "regression":  # SFT sets built from a classification set keep their labels
+            raise ValueError(f"label_counts applies to labelled data; {self.name} holds regression targets")
         counts = {name: 0 for name in self.labels}
         for ex in getattr(self, split):
             counts[self.labels[ex["label"]]] += 1
