@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import petkit  # noqa: E402
 from petkit.core.registry import config_from_dict  # noqa: E402
 from petkit.pipeline import RunSpec, prepare  # noqa: E402
-from petkit.prune.importance import spearman  # noqa: E402
+from petkit.train.regression_metrics import spearman  # noqa: E402
 from petkit.prune.loraprune import PAPER_LORA, loraprune  # noqa: E402
 from petkit.prune.structured import StructuredPruner  # noqa: E402
 from petkit.train import TrainConfig, evaluate  # noqa: E402

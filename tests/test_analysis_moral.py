@@ -79,7 +79,7 @@ def test_direction_round_trip_scores_and_bad_input(tiny, tmp_path):
         MoralDirection.load(tmp_path / "nothing", model)
     with pytest.raises(ConfigError, match="empty"):
         d.score(model, tok, [])
-    with pytest.raises(ConfigError, match="layer must be"):
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[5\] do not exist"):
         MoralDirection.fit(model, tok, layer=5)
 
 
@@ -96,7 +96,7 @@ def test_cli_probe_moral(tiny, tmp_path, capsys):
     assert main(argv + ["kill time"]) == 0  # loads the saved direction
     out = capsys.readouterr().out
     assert "fitted" not in out and out.strip().startswith("kill time")
-    for extra, message in [([], "no phrases to score"), (["--fit", "--layer", "9", "x"], "layer must be"),
+    for extra, message in [([], "no phrases to score"), (["--fit", "--layer", "9", "x"], "layer(s) [9] do not exist"),
                            ([" "], "empty")]:
         assert main(argv + extra) == 2
         assert message in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_sentence_embeddings_ignore_padding_and_check_input(tiny):
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
     assert sentence_embeddings(model, tok, TEXTS, normalize=True).norm(dim=-1).sub(1).abs().max() < 1e-5
     assert not torch.allclose(sentence_embeddings(model, tok, ["ok"], layer=0), alone)
-    with pytest.raises(ConfigError, match="layer must be an int in 0..2"):
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[3\] do not exist: this model has layers 0..2"):
         sentence_embeddings(model, tok, ["ok"], layer=3)
     with pytest.raises(ConfigError, match="empty"):
         sentence_embeddings(model, tok, [])

@@ -10,9 +10,9 @@ from petkit.prune.importance import (
     group_scores,
     lora_gradient_estimate,
     lora_importance,
-    spearman,
     true_importance,
 )
+from petkit.train.regression_metrics import spearman
 from petkit.testing import tiny_batch, tiny_llama
 
 

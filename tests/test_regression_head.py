@@ -21,7 +21,7 @@ from petkit.data.records import from_splits
 from petkit.models.regression import RegressionConfig, RegressionModel, saved_config
 from petkit.testing import tiny_bert, tiny_llama, tiny_tokenizer
 from petkit.train import TrainConfig, evaluate, train
-from petkit.train.regression_metrics import regression_metrics
+from petkit.train.regression_metrics import regression_metrics, spearman
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -395,6 +395,8 @@ def test_metrics_match_scipy_and_scikit_learn():
     for j, name in enumerate("ab"):
         assert m[f"pearson_{name}"] == pytest.approx(stats.pearsonr(p[:, j], y[:, j])[0], rel=1e-5)
         assert m[f"spearman_{name}"] == pytest.approx(stats.spearmanr(p[:, j], y[:, j])[0], rel=1e-5)
+    # the flat-vector form the pruning benchmarks rank importance scores with
+    assert spearman(p[:, 0], y[:, 0]) == pytest.approx(stats.spearmanr(p[:, 0], y[:, 0])[0], rel=1e-5)
     assert math.isnan(regression_metrics([[1.0]], [[1.0]])["pearson"])
 
 

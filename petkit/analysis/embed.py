@@ -8,13 +8,12 @@ these spaces, so they share this one reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
-from petkit.models.pooling import masked_mean
+from petkit.models.pooling import embed_sentences, evaluating
 
 
 def checked_texts(texts: Sequence[str], what: str) -> list[str]:
@@ -29,57 +28,36 @@ def checked_texts(texts: Sequence[str], what: str) -> list[str]:
     return texts
 
 
-def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int):
-    for start in range(0, len(texts), batch_size):
-        yield tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-
-
-@contextmanager
-def _evaluating(model: nn.Module):
-    """Dropout off while reading features; the model's mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def num_hidden_layers(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
 
+def check_layers(layers: Sequence[int], num_blocks: int, *, from_end: bool = False) -> None:
+    """A ConfigError naming the valid range if a layer is not in 0..num_blocks (0: the embeddings,
+    num_blocks: the last block's output); with ``from_end``, negative indices count from the end."""
+    low = -(num_blocks + 1) if from_end else 0
+    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not low <= i <= num_blocks]
+    if bad:
+        end = "; negative counts from the end" if from_end else ""
+        raise ConfigError(f"layer(s) {bad} do not exist: this model has layers 0..{num_blocks} "
+                          f"(0 = embeddings, {num_blocks} = the last block's output{end})")
+
+
 def check_layer(model: nn.Module, layer: int | None) -> None:
     """`layer` indexes the hidden states: 0 is the embedding output, 1..L the blocks (negative from the end)."""
-    if layer is None:
-        return
-    n = num_hidden_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -(n + 1) <= layer <= n:
-        raise ConfigError(f"layer must be an int in 0..{n} (0: the embeddings, {n}: the last block; "
-                          f"negative counts from the end), got {layer!r}: this model has {n} layers")
+    if layer is not None:
+        check_layers([layer], num_hidden_layers(model), from_end=True)
 
 
-@torch.no_grad()
 def sentence_embeddings(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | None = None,
                         normalize: bool = False, batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
     """(N, hidden) mean of the token states over the attention mask (padding left out), at the last layer
     or hidden state `layer`; `normalize` L2-normalises each row (sentence-transformers' Normalize module).
-
-    `model` is a bare encoder or a model with a head: the head is skipped (its `base_model` is run).
-    """
+    `model` is a bare encoder or a model with a head: the head is skipped."""
     texts = checked_texts(texts, "texts")
     check_layer(model, layer)
-    inner = getattr(model, "base", model)  # an AdaptedModel runs its user's model, adapters included
-    encoder = getattr(inner, "base_model", inner)
-    out = []
-    with _evaluating(encoder):
-        for batch in _batches(tokenizer, texts, batch_size, max_length):
-            result = encoder(**batch, output_hidden_states=layer is not None)
-            states = result.last_hidden_state if layer is None else result.hidden_states[layer]
-            out.append(masked_mean(states, batch["attention_mask"]).float())
-    features = torch.cat(out)
-    return nn.functional.normalize(features, dim=-1) if normalize else features
+    return embed_sentences(model, tokenizer, texts, layer=layer, normalize=normalize, batch_size=batch_size,
+                           max_length=max_length)
 
 
 def classifier_head(model: nn.Module) -> nn.Module:
@@ -104,8 +82,10 @@ def classifier_outputs(model: nn.Module, tokenizer, texts: Sequence[str], *, bat
     handle = head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().float()))
     logits = []
     try:
-        with _evaluating(model):
-            for batch in _batches(tokenizer, texts, batch_size, max_length):
+        with evaluating(model):
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
                 logits.append(model(**batch).logits.float())
     finally:
         handle.remove()

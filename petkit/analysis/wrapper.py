@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from petkit.core.errors import ConfigError
-from petkit.models.pooling import masked_mean
+from petkit.analysis.embed import check_layers
+from petkit.models.pooling import evaluating, masked_mean
 
 
 def layer_features(model: nn.Module, dataset, layers: Iterable[int] | None = None,
@@ -34,32 +35,19 @@ def layer_features(model: nn.Module, dataset, layers: Iterable[int] | None = Non
     naming the valid range."""
     wanted = None if layers is None else sorted(set(layers))
     pooled: dict[int, list[torch.Tensor]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                batch = dataset.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-                batch.pop("labels", None)
-                hidden = model(**batch, output_hidden_states=True).hidden_states
-                if wanted is None:
-                    wanted = list(range(len(hidden)))
-                check_layers(wanted, len(hidden) - 1)
-                for i in wanted:
-                    pooled.setdefault(i, []).append(masked_mean(hidden[i], batch["attention_mask"]))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch.pop("labels", None)
+            hidden = model(**batch, output_hidden_states=True).hidden_states
+            if wanted is None:
+                wanted = list(range(len(hidden)))
+            check_layers(wanted, len(hidden) - 1)
+            for i in wanted:
+                pooled.setdefault(i, []).append(masked_mean(hidden[i], batch["attention_mask"]))
     if not pooled:
         raise ConfigError("layer_features needs at least one example")
     return {i: torch.cat(chunks).float() for i, chunks in pooled.items()}
-
-
-def check_layers(layers: Sequence[int], num_blocks: int) -> None:
-    """A ConfigError naming the valid range if any layer is not in 0..num_blocks."""
-    bad = [i for i in layers if not isinstance(i, int) or not 0 <= i <= num_blocks]
-    if bad:
-        raise ConfigError(f"layer(s) {bad} do not exist: this model has layers 0..{num_blocks} "
-                          f"(0 = embeddings, {num_blocks} = the last block's output)")
 
 
 def probe_layers(train: Mapping[int, torch.Tensor], train_labels: Sequence[int],

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from petkit.core.errors import ConfigError
-from petkit.models.pooling import masked_mean
+from petkit.models.pooling import embed_sentences
 
 from .align import LOSSES, Projector, text_alignment_loss
 
@@ -145,7 +145,6 @@ class AlignedExamples(Dataset):
         return item
 
 
-@torch.no_grad()
 def embed_texts(model_or_dir: nn.Module | str | Path, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                 max_length: int = 128) -> torch.Tensor:
     """One unit-norm row per text: the encoder's last hidden states averaged over real (non-pad) tokens.
@@ -167,15 +166,4 @@ def embed_texts(model_or_dir: nn.Module | str | Path, tokenizer, texts: Sequence
         model_or_dir = load_model(model_or_dir, task="base")
     elif tokenizer is None:
         raise ConfigError("embed_texts with a loaded model needs its tokenizer")
-    model, was_training = model_or_dir, model_or_dir.training
-    model.eval()  # dropout off: the embedding of a description must not depend on the draw
-    rows = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
-            out = model(**batch, output_hidden_states=True)
-            rows.append(F.normalize(masked_mean(out.hidden_states[-1], batch["attention_mask"]), dim=-1))
-    finally:
-        model.train(was_training)
-    return torch.cat(rows).float()
+    return embed_sentences(model_or_dir, tokenizer, texts, batch_size=batch_size, max_length=max_length)

@@ -4,6 +4,7 @@ over the real (non-pad) tokens, then L2-normalised (all-MiniLM-L6-v2's recipe)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -31,20 +32,35 @@ def encode(encoder: nn.Module, attention_mask: torch.Tensor, *, input_ids: torch
     return F.normalize(pooled, dim=-1) if normalize else pooled
 
 
+@contextmanager
+def evaluating(model: nn.Module):
+    """Dropout off while reading features; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
-def embed_sentences(encoder: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
-                    max_length: int = 128) -> torch.Tensor:
-    """Unit-norm sentence embeddings of texts (N, d) from a frozen encoder, in eval mode (no dropout)."""
+def embed_sentences(model: nn.Module, tokenizer, texts: Sequence[str], *, layer: int | None = None,
+                    normalize: bool = True, batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+    """(N, d) sentence embeddings from a frozen encoder in eval mode: the token states of the last layer
+    (or of hidden state ``layer``: 0 the embeddings, i block i) averaged over the real tokens, unit-norm
+    unless ``normalize=False``. ``model`` is a bare encoder, a model with a head (the head is skipped)
+    or an AdaptedModel (its adapters are part of the features)."""
     if not len(texts):
         raise ConfigError("no texts to embed")
-    was_training = encoder.training
-    encoder.eval()
+    inner = getattr(model, "base", model)  # an AdaptedModel runs its user's model, adapters included
+    encoder = getattr(inner, "base_model", inner)
     rows = []
-    try:
+    with evaluating(encoder):
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
-            rows.append(encode(encoder, batch["attention_mask"], input_ids=batch["input_ids"]))
-    finally:
-        encoder.train(was_training)
-    return torch.cat(rows).float()
+            out = encoder(**batch, output_hidden_states=layer is not None)
+            states = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            rows.append(masked_mean(states, batch["attention_mask"]))
+    features = torch.cat(rows).float()
+    return F.normalize(features, dim=-1) if normalize else features

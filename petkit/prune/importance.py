@@ -52,20 +52,3 @@ def group_scores(importance: torch.Tensor, along: str, size: int = 1) -> torch.T
     if per.numel() % size:
         raise ValueError(f"{per.numel()} {along} do not split into groups of {size}")
     return per.view(-1, size).sum(1)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten().double()
-        order = x.argsort()
-        r = torch.empty_like(x)
-        r[order] = torch.arange(len(x), dtype=torch.double)
-        for value in x.unique():  # ties share their mean rank
-            tied = x == value
-            if tied.sum() > 1:
-                r[tied] = r[tied].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-30))

@@ -36,6 +36,11 @@ def regression_metrics(predictions: Sequence, targets: Sequence, names: Sequence
     return out
 
 
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two flat score vectors (average ranks for ties)."""
+    return float(_pearson(_ranks(_matrix(a.flatten())), _ranks(_matrix(b.flatten())))[0])
+
+
 def _matrix(values) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float64)
     return t.reshape(-1, 1) if t.dim() == 1 else t
