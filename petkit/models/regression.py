@@ -27,6 +27,7 @@ from transformers.utils import ModelOutput
 
 from petkit.core.config import check
 from petkit.core.errors import ConfigError
+from petkit.models.pooling import masked_mean
 
 LOSSES = ("mse", "huber")
 POOLINGS = ("auto", "pooler", "cls", "mean", "last")
@@ -217,11 +218,10 @@ class RegressionModel(nn.Module):
         hidden = hidden[:, hidden.shape[1] - attention_mask.shape[1]:]
         if self.pooling == "cls":
             return hidden[:, 0]
-        mask = attention_mask.to(hidden.dtype)
         if self.pooling == "mean":
-            return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            return masked_mean(hidden, attention_mask)
         # the last real token: the highest position the mask keeps (right or left padding alike)
-        positions = torch.arange(mask.shape[1], device=hidden.device)
+        positions = torch.arange(attention_mask.shape[1], device=hidden.device)
         last = (attention_mask.bool() * (positions + 1)).argmax(-1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
