@@ -1,5 +1,5 @@
 """Wrapper analysis: linear CKA, per-layer features and probes, pruning ΔW back, the reFT metric, and
-`petkit layers` on a tiny model folder (seconds, no real weights)."""
+`petkit probe layers|cka|revive` on a tiny model folder (seconds, no real weights)."""
 
 from __future__ import annotations
 
@@ -142,17 +142,17 @@ def test_cli_layers_probe_compare_revive(folder_and_data, capsys):
     import json
     folder, data, adapter = folder_and_data
     common = ["--model", str(folder), "--data", str(data), "--json"]
-    assert main(["layers", "probe", *common, "--layers", "0,2"]) == 0
+    assert main(["probe", "layers", *common, "--layers", "0,2"]) == 0
     assert list(json.loads(capsys.readouterr().out)["base"]) == ["0", "2"]
-    assert main(["layers", "compare", *common, "--adapter", str(adapter)]) == 0
+    assert main(["probe", "cka", *common, "--adapter", str(adapter)]) == 0
     cka = json.loads(capsys.readouterr().out)["CKA"]
     assert cka["0"] == pytest.approx(1.0) and len(cka) == 3  # LoRA on attention leaves the embeddings alone
-    assert main(["layers", "revive", *common, "--adapter", str(adapter), "--fraction", "1"]) == 0
+    assert main(["probe", "revive", *common, "--adapter", str(adapter), "--fraction", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["top 100.0% ΔW pruned"] == pytest.approx(out["base"])  # all of ΔW back: the base itself
 
 
 def test_cli_bad_layer_is_one_clear_line(folder_and_data, capsys):
     folder, data, _ = folder_and_data
-    assert main(["layers", "probe", "--model", str(folder), "--data", str(data), "--layers", "7"]) == 2
+    assert main(["probe", "layers", "--model", str(folder), "--data", str(data), "--layers", "7"]) == 2
     assert "this model has layers 0..2" in capsys.readouterr().err

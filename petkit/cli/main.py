@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from petkit.cli import bench, commands, compress, generate, probe, probe_layers, serve, timeseries  # noqa: E402
+from petkit.cli import bench, commands, compress, generate, probe, serve, timeseries  # noqa: E402
 from petkit.cli import edit as edit_cli  # noqa: E402
 from petkit.merge.run import merge_help  # noqa: E402
 
@@ -265,7 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
-    probe_layers.add_parsers(sub)
     probe.add_parsers(sub)
     return parser
 

@@ -1,14 +1,17 @@
-"""`petkit probe moral`: score phrases on an encoder's moral direction (petkit.analysis.moral)."""
+"""`petkit probe`: what a pre-trained model represents: `moral` scores phrases on an encoder's moral direction
+(petkit.analysis.moral); `layers`, `cka` and `revive` read it layer by layer (petkit.cli.probe_layers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from petkit.cli import probe_layers
 from petkit.core.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("probe", help="probe what a pre-trained encoder represents (moral direction)")
+    p = sub.add_parser("probe", help="probe what a model (+ adapter) represents: the moral direction, per-layer "
+                                     "linear probes, CKA against the base, revival of the base's abilities")
     probe_sub = p.add_subparsers(dest="probe_command", required=True)
     q = probe_sub.add_parser("moral", help="score phrases on the moral direction (PC1 of 64 verbs in 10 question "
                                            "templates; higher = more acceptable to do)")
@@ -23,6 +26,7 @@ def add_parsers(sub) -> None:
                         "(the known positive verbs score positive)")
     q.add_argument("--raw", action="store_true", help="embed the bare phrases, without the question templates")
     q.set_defaults(func=moral)
+    probe_layers.add_parsers(probe_sub)
 
 
 def moral(args) -> int:

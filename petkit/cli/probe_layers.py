@@ -1,4 +1,4 @@
-"""`petkit layers probe|compare|revive`: per-layer probes and CKA of a model with an optional adapter
+"""`petkit probe layers|cka|revive`: per-layer probes and CKA of a model with an optional adapter
 (is the adaptation a "wrapper" on top of what the base already encodes? see docs/wrapper-analysis.md)."""
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from petkit.cli.commands import console
 from petkit.core.errors import ConfigError
 
 
-def add_parsers(sub) -> None:
-    p = sub.add_parser("layers", help="per-layer analysis of a model (+ adapter): linear probes of a labelled "
-                                      "dataset, CKA against the base, revival by pruning the weight change")
-    layers_sub = p.add_subparsers(dest="layers_command", required=True)
-    q = layers_sub.add_parser("probe", help="a logistic-regression probe per layer, fitted on train, scored on test")
+def add_parsers(probe_sub) -> None:
+    """The per-layer commands, added to the `petkit probe` group."""
+    q = probe_sub.add_parser("layers", help="a logistic-regression probe per layer (fitted on train, scored on test), "
+                                            "of the base and, with --adapter, of the adapted model")
     _common(q, adapter_required=False)
     q.set_defaults(func=probe)
-    q = layers_sub.add_parser("compare", help="linear CKA per layer between the base model and the base + adapter")
+    q = probe_sub.add_parser("cka", help="linear CKA per layer between the base model and the base + adapter")
     _common(q, adapter_required=True)
     q.set_defaults(func=compare)
-    q = layers_sub.add_parser("revive", help="probe the base, the adapted model, and the adapted model with its largest "
-                                             "weight changes (top |ΔW|) put back to the base")
+    q = probe_sub.add_parser("revive", help="probe the base, the adapted model, and the adapted model with its largest "
+                                            "weight changes (top |ΔW|) put back to the base")
     _common(q, adapter_required=True)
     q.add_argument("--fraction", type=float, default=0.01, help="share of the ΔW entries put back (default 0.01)")
     q.set_defaults(func=revive)
