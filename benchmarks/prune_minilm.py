@@ -5,9 +5,10 @@ plus what the pruned model costs on disk (petkit's sparse file) and whether a sp
 pruned layer faster on this CPU (torch's CSR matmul against the dense one, side by side).
 
     .venv/bin/python benchmarks/prune_minilm.py                 # the sweep (3 seeds) and the size/speed table
-    .venv/bin/python benchmarks/prune_minilm.py --speed-only    # the size/speed table alone (a quiet machine)
+    .venv/bin/python benchmarks/prune_minilm.py --speed-only    # the disk/speed tables alone (a quiet machine)
 
-Writes to benchmarks/results/prune-minilm/: seed<k>/sweep.json (resumable), prune.md, sweep.png, speed.json.
+Writes to benchmarks/results/prune-minilm/: seed<k>/sweep.json (resumable), prune.md, sweep.png, disk.json,
+speed.json.
 Selection happens on dev only: the tolerance point and the sharp drop are read on the dev curve.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from petkit.models import load_model  # noqa: E402
+from petkit.prune import load_pruned, prune, save_pruned  # noqa: E402
 from petkit.prune.report import plot_sweep, sweep_table  # noqa: E402
 from petkit.prune.sweep import SweepConfig, run_sweep, summarise  # noqa: E402
 
@@ -59,8 +63,19 @@ def mean_result(results: list[dict]) -> dict:
         for p in r["points"]:
             by_key.setdefault((p["kind"], p["sparsity"], tuple(p["nm"] or ())), []).append(p)
     points = [{**group[0], "dev": statistics.mean(p["dev"] for p in group),
-               "test": statistics.mean(p["test"] for p in group)} for group in by_key.values()]
+               "test": statistics.mean(p["test"] for p in group), "seeds": len(group),
+               "test_sd": statistics.stdev(p["test"] for p in group) if len(group) > 1 else 0.0}
+              for group in by_key.values()]
     return summarise(points, SweepConfig(kinds=KINDS))
+
+
+def spread_table(averaged: dict) -> str:
+    """Test accuracy mean ± sd over seeds (and how many seeds) at every point."""
+    lines = ["| kind | sparsity | test acc % (mean ± sd) | seeds |", "|---|---|---|---|"]
+    for p in sorted(averaged["points"], key=lambda p: (p["kind"], p["sparsity"])):
+        kind = f"{p['kind']} {p['nm'][0]}:{p['nm'][1]}" if p["nm"] else p["kind"]
+        lines.append(f"| {kind} | {p['sparsity']:.0%} | {100 * p['test']:.1f} ± {100 * p['test_sd']:.1f} | {p['seeds']} |")
+    return "\n".join(lines)
 
 
 def speed(out: Path, repeats: int = 20) -> dict:
@@ -85,6 +100,27 @@ def speed(out: Path, repeats: int = 20) -> dict:
     return record
 
 
+def disk(out: Path) -> dict:
+    """MiniLM (2-label head) pruned once, saved with save_pruned: model.safetensors bytes against the dense
+    model's own safetensors, and the pruned file read back (max |difference| of the weights)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = load_model("minilm", num_labels=2)
+        dense.save_pretrained(Path(tmp) / "dense", safe_serialization=True)
+        dense_bytes = (Path(tmp) / "dense" / "model.safetensors").stat().st_size
+        for label, kwargs in [(f"{s:.0%}", {"sparsity": s}) for s in (0.0, 0.5, 0.7, 0.9)] + [("2:4", {"kind": "nm", "n": 2, "m": 4})]:
+            model = load_model("minilm", num_labels=2)
+            result = prune(model, **kwargs)
+            folder = Path(tmp) / label.replace(":", "-").replace("%", "")
+            size = save_pruned(model, result, folder)
+            back = load_pruned(folder)
+            error = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+            rows.append({"pattern": label, "bytes": size, "over_dense": size / dense_bytes, "max_abs_error": error})
+    record = {"dense_bytes": dense_bytes, "rows": rows}
+    (out / "disk.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -97,7 +133,14 @@ def main() -> None:
         results = sweep(args.seeds, args.out)
         averaged = mean_result(results)
         plot_sweep(averaged, args.out / "sweep.png", f"MiniLM on SST-2, mean of {len(results)} seeds", 0.01)
-        lines += [sweep_table(averaged), "", "![sweep](sweep.png)", ""]
+        lines += [sweep_table(averaged), "", "![sweep](sweep.png)", "", "### Spread over seeds", "",
+                  spread_table(averaged), ""]
+    sizes = disk(args.out)
+    lines += ["## On disk", "", f"Dense model.safetensors (fp32): {sizes['dense_bytes']:,} bytes. The pruned file keeps "
+              "embeddings, norms, biases and the head dense; each pruned weight costs 1 bit + 32 bits per kept value.", "",
+              "| pruned | model.safetensors bytes | / dense | max abs error read back |", "|---|---|---|---|"]
+    lines += [f"| {r['pattern']} | {r['bytes']:,} | {r['over_dense']:.2f} | {r['max_abs_error']:.1e} |" for r in sizes["rows"]]
+    lines += [""]
     record = speed(args.out)
     lines += ["## A sparse format on this CPU", "", "| sparsity | dense ms | CSR ms | CSR / dense |", "|---|---|---|---|"]
     lines += [f"| {r['sparsity']:.0%} | {r['dense_ms']:.2f} | {r['csr_ms']:.2f} | {r['csr_over_dense']:.2f} |"
