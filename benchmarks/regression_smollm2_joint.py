@@ -14,7 +14,7 @@ accuracy (every answer token the argmax, teacher-forced; no generation). The pap
 joint model keeps the text close to text-only while the value-only model loses it, and it predicts
 values as well as value-only.
 
-    .venv/bin/python benchmarks/regression_smollm2_joint.py            # ~15 min on a loaded machine (1 seed)
+    .venv/bin/python benchmarks/regression_smollm2_joint.py            # 3 seeds, ~4 min a run: ~36 min of one core
     .venv/bin/python benchmarks/regression_smollm2_joint.py --seeds 0 --max-train 64 --out /tmp/j  # smoke
 
 Writes benchmarks/results/regression/joint_smollm2.json and joint_smollm2.md.
@@ -105,7 +105,7 @@ def one_run(variant: str, seed: int, args, tokenizer, data) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "regression")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-train", type=int, default=600)
     parser.add_argument("--max-test", type=int, default=300)
     args = parser.parse_args()
