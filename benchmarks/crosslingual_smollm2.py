@@ -277,9 +277,11 @@ def render(result: dict, out: Path) -> None:
              "(asserted), so its numbers are the English row's.", ""]
     for task in s["tasks"]:
         chance = 1 / len(TASKS[task][1])
+        labels = [r["label"] for r in load_dataset(task, seed=0).test[:s["test"]]]
+        majority = max(labels.count(c) for c in set(labels)) / len(labels)
         columns = [f"prompt k={k}" for k in SHOTS] + ["LAFT k=0", "LAFT k=4", "LAFT + vocabulary k=0",
                                                       "LAFT + vocabulary k=4"] + list(METHODS)
-        lines += [f"## {task} (chance {chance:.3f})", "", "| language | " + " | ".join(columns) + " |",
+        lines += [f"## {task} (chance {chance:.3f}, majority class {majority:.3f} of the test rows)", "", "| language | " + " | ".join(columns) + " |",
                   "|---" * (len(columns) + 1) + "|"]
         for lang in ("English", "translate p=0.1", "cipher"):
             lines.append(f"| {lang} | " + " | ".join(acc(f"{task}|{lang}|{c}") for c in columns) + " |")
