@@ -27,8 +27,12 @@ Everything is scored by log-likelihood ranking of the label words (sum of their 
 Cipher perplexity is reported per WORD (the tokenizers differ once the vocabulary grows), on held-out
 ciphered text (Tiny Shakespeare's test split and the tasks' test texts). One seed.
 
-    .venv/bin/python benchmarks/crosslingual_smollm2.py                 # ~60 min of one thread (2 tasks)
-    .venv/bin/python benchmarks/crosslingual_smollm2.py --quick --out /tmp/xl   # smoke run, ~3 min
+    .venv/bin/python benchmarks/crosslingual_smollm2.py                 # the committed run (see below)
+    .venv/bin/python benchmarks/crosslingual_smollm2.py --quick --tasks sst2 --methods LoRA --out /tmp/xl  # smoke, ~3 min
+
+The committed run's cells add up to 157 min of one thread on a loaded 2-core machine (prompting,
+fine-tuning grids, scoring; LAFT training comes on top). It was shared out over four processes with
+--parts / --methods and separate --out folders, whose crosslingual.json cells were then merged.
     .venv/bin/python benchmarks/crosslingual_smollm2.py --report-only   # re-render crosslingual.md
 
 Writes crosslingual.json (after every cell; a rerun skips finished cells) and crosslingual.md to --out
@@ -178,7 +182,6 @@ def tuned(base, tok, method: str, grid, lang: Language, r: dict, args, cell, key
         dev = cell(f"{key}|lr={lr:g}", lambda: {"dev": accuracy(model, tok, lang, r["dev"], [])})["dev"]
         if best is None or dev > best[1]:  # ties: the first (smallest) rate
             best, best_model = (lr, dev), model
-        del model
     return {"lr": best[0], "dev": best[1], "edge": best[0] in (grid[0], grid[-1]),
             "accuracy": accuracy(best_model, tok, lang, r["test"], [])}
 
@@ -263,7 +266,6 @@ def run(args) -> dict:
             for lang, k in LAFT_CELLS:
                 cell(f"{task}|{lang}|{variant} k={k}",
                      lambda: {"accuracy": accuracy(model, vtok, Language(lang, cipher, task), r["test"], r["demos"][:k])})
-        del model
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -301,7 +303,8 @@ def render(result: dict, out: Path) -> None:
                 if "added" in c else ""
             lines.append(f"| {variant} | {c['nll_per_word']:.3f} | {fert} |")
     seconds = sum(c["seconds"] for key, c in cells.items() if "|lr=" not in key)  # a grid's cells sit inside its pick
-    lines += ["", f"Total measured time {seconds / 60:.1f} min (one thread on a shared 2-core machine)."]
+    lines += ["", f"Time measured in the cells: {seconds / 60:.1f} min of one thread on a shared, loaded 2-core machine "
+              "(LAFT training not included)."]
     (out / "crosslingual.md").write_text("\n".join(lines) + "\n")
 
 

@@ -19,7 +19,7 @@ MiniLM teacher into it on unlabelled text (Shi et al., ASE 2022; spec §11).
 
 Scale: sequences are cut to 64 tokens in training and evaluation (SST-2 sentences average 33 tokens of
 the student's BPE; the cost model still prices the code's 514). Teacher: one epoch. On a quiet core the
-whole run is about 30 minutes of CPU (measured: `cpu_seconds` in the run files); the wall-clock numbers
+whole run is about 40 minutes of CPU (measured: `cpu_seconds` in the cells and teacher.json add up to 38); the wall-clock numbers
 in the table were taken on a shared 2-core machine and are slower than on a quiet one.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_compressor_minilm.py
